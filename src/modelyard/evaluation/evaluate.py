@@ -1,0 +1,116 @@
+"""``modelyard evaluate``: metrics and report for a finished run, on its test split or any labelled file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from modelyard._internal.io import read_json, write_json
+from modelyard._internal.rundir import find_run
+from modelyard.errors import DataError
+
+
+def evaluate(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    console: Console | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Evaluate a run. Returns ``(output_dir, metrics)``.
+
+    Without ``data`` the run's saved valid/test splits are re-scored and ``metrics.json``,
+    ``predictions.parquet`` and ``report.html`` in the run are rewritten (atomically). With ``data``
+    (any labelled CSV/TSV/JSONL/Parquet file) results go to ``<run>/evaluations/<file>-<time>/``.
+
+    Raises:
+        ModelyardError: the run or file is unusable (missing columns, labels the model doesn't know …).
+    """
+    import pandas as pd
+
+    from modelyard.config import load_recipe
+    from modelyard.evaluation.metrics import compute_metrics
+    from modelyard.evaluation.report import write_report
+    from modelyard.inference import load
+    from modelyard.training.finetune import prediction_frame, print_metrics
+
+    console = console or Console(stderr=True)
+    run = find_run(Path(run_dir))
+    recipe = load_recipe(run / "recipe.yaml")
+    clf = load(run)
+    index = {lab: i for i, lab in enumerate(clf.labels)}
+
+    if data is None:
+        splits = {s: pd.read_parquet(run / "splits" / f"{s}.parquet") for s in ("valid", "test")}
+        out_dir = run
+        history = read_json(run / "history.json") if (run / "history.json").is_file() else []
+    else:
+        from modelyard.data import read_table
+
+        path = Path(data)
+        frame = read_table(path, "auto", recipe.data.encoding)
+        tcol, lcol = text_column or recipe.data.text_column, label_column or recipe.data.label_column
+        for col, key in ((tcol, "--text-column"), (lcol, "--label-column")):
+            if col not in frame.columns:
+                raise DataError(
+                    f"{path}: column '{col}' not found; columns found: {', '.join(map(str, frame.columns))}; "
+                    f"pass {key}"
+                )
+        frame = pd.DataFrame({"text": frame[tcol].astype(str), "label": frame[lcol].astype(str).str.strip()})
+        unknown = sorted(set(frame["label"]) - set(index))
+        if unknown:
+            rows = [int(i) + 2 for i in frame.index[frame["label"].isin(unknown)][:5]]
+            raise DataError(
+                f"{path}: labels {unknown[:10]} are not classes of this model ({clf.labels}); "
+                f"first rows (1-based, header = row 1): {rows}"
+            )
+        frame = frame[frame["text"].str.strip() != ""]
+        if frame.empty:
+            raise DataError(f"{path}: no rows with text to evaluate")
+        splits = {"eval": frame.reset_index(drop=True)}
+        out_dir = run / "evaluations" / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        history = []
+
+    metrics: dict[str, Any] = {}
+    frames = []
+    for name, frame in splits.items():
+        y = np.array([index[x] for x in frame["label"]], dtype=np.int64)
+        probs = clf.predict_proba(frame["text"].tolist())
+        eps = 1e-12
+        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
+        metrics[name] = compute_metrics(y, probs, clf.labels, loss=loss)
+        frames.append(prediction_frame(name, frame["text"].tolist(), y, probs, clf.labels))
+    predictions = pd.concat(frames, ignore_index=True)
+    write_json(out_dir / "metrics.json", metrics)
+    tmp = out_dir / ".predictions.parquet.tmp"
+    predictions.to_parquet(tmp, index=False)
+    tmp.replace(out_dir / "predictions.parquet")
+    steps = []
+    if data is None:
+        from modelyard.training.finetune import read_jsonl
+
+        steps = [r for r in read_jsonl(run / "progress.jsonl") if "event" not in r]
+    info = {
+        "run": run.name,
+        "backbone": clf.meta.get("backbone"),
+        "evaluated": str(data) if data is not None else "run splits (valid, test)",
+    }
+    write_report(
+        out_dir / "report.html",
+        title=f"{recipe.name} · {run.name} · evaluation",
+        metrics=metrics,
+        labels=clf.labels,
+        history=history,
+        steps=steps,
+        predictions=predictions,
+        info=info,
+    )
+    print_metrics(console, metrics)
+    console.print(f"report: {out_dir / 'report.html'}")
+    return out_dir, metrics

@@ -1,0 +1,389 @@
+"""The FastAPI app: model loading in the background, readiness, prediction, metrics.
+
+Request flow for ``POST /v1/predict``::
+
+    MetricsMiddleware -> JsonBodyGuardMiddleware (415 / 413 body / UTF-8) -> FastAPI validation (422)
+      -> endpoint (413 per-text limits, 503 not ready) -> MicroBatcher (503 overloaded) -> model thread
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from modelyard import __version__
+from modelyard.config import ServeConfig
+from modelyard.serving.batcher import BatcherClosedError, BatchFailedError, MicroBatcher, QueueFullError
+from modelyard.serving.http_errors import ApiError, install_error_handlers
+from modelyard.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from modelyard.serving.middleware import JsonBodyGuardMiddleware, MetricsMiddleware
+from modelyard.serving.schemas import (
+    ErrorResponse,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    ReadyResponse,
+)
+
+logger = logging.getLogger("modelyard.serving")
+
+# Loopback by default: the server has no authentication, no TLS and no rate limiting, and serves a
+# model whose compute (and possibly training-data memorisation) is worth protecting. Binding every
+# interface (0.0.0.0) would expose that to anything that can reach the machine, so it has to be an
+# explicit choice - typically behind a reverse proxy that adds TLS and auth.
+DEFAULT_HOST = "127.0.0.1"
+
+# How long shutdown waits for in-flight requests (uvicorn) and then for queued texts (batcher).
+# ServeConfig has no field for it yet; see the proposal in the serving hand-over notes.
+GRACEFUL_SHUTDOWN_S = 30.0
+
+_RETRY_AFTER = {"Retry-After": "1"}
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """What the server needs from a model (see ``modelyard.inference``)."""
+
+    labels: list[str]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Probabilities ``(len(texts), len(labels))``, rows summing to 1. Blocking."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """JSON-able description: name, run id, backbone, labels …"""
+        ...
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    classifier: Classifier
+    labels: tuple[str, ...]
+    info: dict[str, Any]
+
+
+class ModelRuntime:
+    """Loads the model in a background thread and tracks the server's readiness.
+
+    The load runs off the event loop so ``/healthz`` and ``/readyz`` answer while a large model
+    loads (orchestrators kill a process whose liveness probe hangs).
+
+    Args:
+        metrics: Where to publish the model's identity once loaded.
+    """
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self._metrics = metrics
+        # One immutable snapshot, assigned once from the loader thread: readers on the event loop
+        # see either nothing or the complete model, never half of it.
+        self._loaded: _Loaded | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self.shutting_down = False
+
+    def start_loading(self, load_classifier: Callable[[], Classifier]) -> None:
+        """Call ``load_classifier`` in a daemon thread (daemon: a hung load must not block exit).
+
+        Args:
+            load_classifier: Returns the classifier; may take minutes.
+        """
+        self._thread = threading.Thread(
+            target=self._load, args=(load_classifier,), name="modelyard-load", daemon=True
+        )
+        self._thread.start()
+
+    def _load(self, load_classifier: Callable[[], Classifier]) -> None:
+        start = time.perf_counter()
+        try:
+            classifier = load_classifier()
+            labels = tuple(str(x) for x in classifier.labels)
+            if not labels:
+                raise ValueError("the classifier has no labels")
+            info = classifier.info()
+            if not isinstance(info, dict):
+                raise TypeError(f"Classifier.info() returned {type(info).__name__}, expected a dict")
+            # Round-trip through JSON once, here, so numpy scalars or paths in info() can't make
+            # every later response fail to serialise.
+            info = json.loads(json.dumps(info, default=str))
+        except BaseException as err:  # noqa: B036 - a SystemExit in a thread must still be reported
+            self._error = err
+            logger.error("model failed to load after %.1fs", time.perf_counter() - start, exc_info=err)
+            self._metrics.set_model(None)
+            return
+        self._loaded = _Loaded(classifier, labels, info)
+        self._metrics.set_model(info)
+        logger.info("model ready after %.1fs: %s", time.perf_counter() - start, info.get("name", "?"))
+
+    @property
+    def status(self) -> str:
+        """``loading``, ``ready``, ``error`` or ``shutting_down``."""
+        if self.shutting_down:
+            return "shutting_down"
+        if self._error is not None:
+            return "error"
+        return "ready" if self._loaded is not None else "loading"
+
+    @property
+    def error_detail(self) -> str | None:
+        """Why loading failed, or ``None``."""
+        return None if self._error is None else (str(self._error) or type(self._error).__name__)
+
+    @property
+    def loaded(self) -> _Loaded | None:
+        """The loaded model, or ``None``."""
+        return self._loaded
+
+    def require_ready(self) -> _Loaded:
+        """The loaded model, or an :class:`ApiError` (503) saying why there is none.
+
+        Returns:
+            The loaded model.
+
+        Raises:
+            ApiError: Loading, failed to load, or shutting down.
+        """
+        status = self.status
+        if status == "ready":
+            assert self._loaded is not None
+            return self._loaded
+        if status == "shutting_down":
+            raise ApiError(503, "shutting_down", "the server is shutting down; retry", headers=_RETRY_AFTER)
+        if status == "error":
+            # No Retry-After: retrying cannot help until an operator fixes the model and restarts.
+            raise ApiError(
+                503, "model_not_ready", "the model failed to load; see GET /readyz and the server log"
+            )
+        raise ApiError(
+            503, "model_not_ready", "the model is still loading; retry shortly", headers=_RETRY_AFTER
+        )
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        """Score ``texts`` with the loaded model (runs in the batcher's model thread).
+
+        Args:
+            texts: One batch.
+
+        Returns:
+            ``(len(texts), len(labels))`` probabilities.
+
+        Raises:
+            RuntimeError: No model is loaded.
+            ValueError: The model returned a wrongly shaped or non-finite array.
+        """
+        loaded = self._loaded
+        if loaded is None:
+            raise RuntimeError("no model is loaded")
+        probs = np.asarray(loaded.classifier.predict_proba(list(texts)), dtype=np.float64)
+        if probs.shape != (len(texts), len(loaded.labels)):
+            raise ValueError(
+                f"predict_proba returned shape {probs.shape}; expected ({len(texts)}, {len(loaded.labels)})"
+            )
+        if not np.isfinite(probs).all():
+            raise ValueError("predict_proba returned NaN or infinite probabilities")
+        return probs
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": desc}
+    for code, desc in {
+        413: "Too many texts (`too_many_texts`), a text too long (`text_too_long`) or body too large "
+        "(`body_too_large`).",
+        415: "Content-Type is not application/json (`unsupported_media_type`).",
+        422: "Malformed JSON (`invalid_json`) or schema violation (`invalid_request`).",
+        500: "The model failed on the batch holding this request (`prediction_failed`).",
+        503: "Model not loaded yet (`model_not_ready`), queue full (`overloaded`) or shutting down "
+        "(`shutting_down`); honour Retry-After.",
+    }.items()
+}
+
+
+def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> FastAPI:
+    """Build the serving app. Nothing is loaded until the app's lifespan starts.
+
+    Args:
+        load_classifier: Returns the classifier; called once, in a background thread, at startup.
+        cfg: Limits and batching settings.
+
+    Returns:
+        The FastAPI app; ``app.state`` holds ``config``, ``metrics``, ``runtime`` and ``batcher``.
+    """
+    if cfg.max_texts_per_request > cfg.max_queue:
+        logger.warning(
+            "serve.max_texts_per_request (%d) > serve.max_queue (%d): requests larger than the queue "
+            "always get 503",
+            cfg.max_texts_per_request,
+            cfg.max_queue,
+        )
+    metrics = ServingMetrics(cfg.max_batch_size)
+    runtime = ModelRuntime(metrics)
+    batcher = MicroBatcher(
+        runtime.predict,
+        max_batch_size=cfg.max_batch_size,
+        max_wait_ms=cfg.max_wait_ms,
+        max_queue=cfg.max_queue,
+        on_batch=metrics.observe_batch,
+    )
+    metrics.bind_queue_depth(lambda: batcher.queue_depth)
+    metrics.set_model(None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.shutting_down = False
+        await batcher.start()
+        runtime.start_loading(load_classifier)
+        try:
+            yield
+        finally:
+            # readyz flips first so a load balancer stops routing here; then queued texts finish.
+            runtime.shutting_down = True
+            await batcher.close(timeout=GRACEFUL_SHUTDOWN_S)
+            stats = {k: v for k, v in batcher.stats().items() if k != "recent_sizes"}
+            logger.info("batcher stopped: %s", stats)
+
+    app = FastAPI(
+        title="modelyard",
+        version=__version__,
+        description="Text classification served by modelyard. Every error is "
+        '`{"error": {"code": ..., "message": ...}}`.',
+        lifespan=lifespan,
+    )
+    app.state.config = cfg
+    app.state.metrics = metrics
+    app.state.runtime = runtime
+    app.state.batcher = batcher
+    install_error_handlers(app)
+    # CORS is deliberately off: browsers on other origins must not call the model; put a proxy in
+    # front if a web page needs it. Middleware added last runs first, so metrics see every response.
+    app.add_middleware(JsonBodyGuardMiddleware, max_body_bytes=cfg.max_body_bytes, routes=app.router.routes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness: 200 while the process runs")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: 200 once the model is loaded",
+        response_model=ReadyResponse,
+        responses={503: {"model": ReadyResponse, "description": "loading, error or shutting_down"}},
+    )
+    async def readyz() -> JSONResponse:
+        status = runtime.status
+        loaded = runtime.loaded
+        if status == "ready" and loaded is not None:
+            return JSONResponse({"status": "ready", "model": loaded.info})
+        body: dict[str, Any] = {"status": status}
+        if status == "error":
+            body["detail"] = runtime.error_detail
+        return JSONResponse(body, status_code=503)
+
+    @app.get(
+        "/v1/model",
+        tags=["model"],
+        summary="The serving model's info()",
+        response_model=dict[str, Any],
+        responses={503: {"model": ErrorResponse, "description": "Model not loaded (`model_not_ready`)."}},
+    )
+    async def model_info() -> dict[str, Any]:
+        return runtime.require_ready().info
+
+    @app.post(
+        "/v1/predict",
+        tags=["model"],
+        summary="Classify texts",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+    )
+    async def predict(request: PredictRequest) -> PredictResponse:
+        texts = request.texts
+        if len(texts) > cfg.max_texts_per_request:
+            raise ApiError(
+                413,
+                "too_many_texts",
+                f"texts has {len(texts)} items; the limit is {cfg.max_texts_per_request} per request "
+                "(max_texts_per_request); split them over several requests",
+                limit=cfg.max_texts_per_request,
+            )
+        for i, text in enumerate(texts):
+            if len(text) > cfg.max_chars_per_text:
+                raise ApiError(
+                    413,
+                    "text_too_long",
+                    f"texts[{i}] has {len(text)} characters; the limit is {cfg.max_chars_per_text} "
+                    "(max_chars_per_text); shorten or split it",
+                    limit=cfg.max_chars_per_text,
+                    index=i,
+                )
+        loaded = runtime.require_ready()
+        try:
+            rows = await batcher.submit(texts)
+        except QueueFullError as err:
+            raise ApiError(
+                503, "overloaded", f"the server is overloaded ({err}); retry shortly", headers=_RETRY_AFTER
+            ) from None
+        except BatcherClosedError:
+            raise ApiError(
+                503, "shutting_down", "the server is shutting down; retry", headers=_RETRY_AFTER
+            ) from None
+        except BatchFailedError:
+            # Already logged with its traceback by the batcher; the client gets no internals.
+            raise ApiError(
+                500,
+                "prediction_failed",
+                "the model failed on the batch holding this request; the server log has the details",
+            ) from None
+        labels = loaded.labels
+        probs = np.vstack(rows)
+        best = probs.argmax(axis=1)
+        predictions = [
+            Prediction(label=labels[int(b)], scores=dict(zip(labels, row.tolist(), strict=True)))
+            for b, row in zip(best, probs, strict=True)
+        ]
+        return PredictResponse(predictions=predictions, model=loaded.info)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(
+    load_classifier: Callable[[], Classifier],
+    cfg: ServeConfig,
+    host: str | None = None,
+    port: int | None = None,
+) -> None:
+    """Run the app with uvicorn until SIGINT/SIGTERM, then shut down gracefully.
+
+    On a signal uvicorn stops accepting connections, lets in-flight requests finish (at most
+    :data:`GRACEFUL_SHUTDOWN_S`), then the lifespan drains the batcher.
+
+    Args:
+        load_classifier: Returns the classifier; called once in a background thread.
+        cfg: Serving settings.
+        host: Interface to bind; defaults to ``cfg.host`` (loopback unless configured otherwise).
+        port: TCP port; defaults to ``cfg.port``.
+    """
+    import uvicorn  # imported here so building the app (tests, ASGI hosts) doesn't need it
+
+    uvicorn.run(
+        create_app(load_classifier, cfg),
+        host=host or cfg.host or DEFAULT_HOST,
+        port=cfg.port if port is None else port,
+        lifespan="on",  # the app can't serve without its lifespan; fail loudly rather than silently
+        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
+        server_header=False,
+        log_level="info",
+    )

@@ -1,0 +1,89 @@
+"""Request/response schemas of the HTTP API (pydantic v2).
+
+These models are the contract published at ``/openapi.json``; size limits that depend on the
+server's :class:`~modelyard.config.ServeConfig` (texts per request, characters per text) are
+checked by the endpoint and answered with HTTP 413, so they are described here in prose rather
+than as schema constraints (a schema violation is a 422).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class PredictRequest(BaseModel):
+    """Body of ``POST /v1/predict``."""
+
+    # Unknown keys are rejected so a typo (`text` for `texts`) fails loudly instead of being ignored.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"texts": ["a good film", "a dull, overlong mess"]}]},
+    )
+
+    texts: list[str] = Field(
+        ...,
+        description="Texts to classify, answered in the same order. At least 1; at most the server's "
+        "`max_texts_per_request` (else HTTP 413), each at most `max_chars_per_text` characters (else 413).",
+        json_schema_extra={"minItems": 1},
+    )
+
+    @field_validator("texts")
+    @classmethod
+    def _not_empty(cls, texts: list[str]) -> list[str]:
+        # A custom validator (rather than Field(min_length=1)) so the 422 says what to do in our words.
+        if not texts:
+            raise ValueError("must contain at least 1 text")
+        return texts
+
+
+class Prediction(BaseModel):
+    """The model's answer for one text."""
+
+    label: str = Field(..., description="The most probable label.")
+    scores: dict[str, float] = Field(..., description="Probability of every label; they sum to 1.")
+
+
+class PredictResponse(BaseModel):
+    """Body of a successful ``POST /v1/predict``."""
+
+    predictions: list[Prediction] = Field(..., description="One prediction per input text, in input order.")
+    model: dict[str, Any] = Field(..., description="The serving model's `info()` (name, run id, labels …).")
+
+
+class ErrorDetail(BaseModel):
+    """One problem found while validating a request."""
+
+    loc: list[str | int] = Field(..., description="Where the problem is, e.g. ['body', 'texts', 0].")
+    msg: str = Field(..., description="What is wrong.")
+    type: str = Field(..., description="Machine-readable pydantic error type.")
+
+
+class ErrorBody(BaseModel):
+    """The ``error`` object of every non-2xx response."""
+
+    code: str = Field(
+        ...,
+        description="Stable machine-readable code: invalid_request, invalid_json, too_many_texts, "
+        "text_too_long, body_too_large, unsupported_media_type, model_not_ready, overloaded, "
+        "shutting_down, prediction_failed, not_found, method_not_allowed, internal_error …",
+    )
+    message: str = Field(..., description="Human-readable explanation, naming the field and the fix.")
+    limit: int | None = Field(None, description="The limit that was exceeded (413 responses).")
+    index: int | None = Field(None, description="Index of the offending text (text_too_long).")
+    details: list[ErrorDetail] | None = Field(None, description="Every validation problem (422 responses).")
+
+
+class ErrorResponse(BaseModel):
+    """Body of every error response."""
+
+    error: ErrorBody
+
+
+class ReadyResponse(BaseModel):
+    """Body of ``GET /readyz``."""
+
+    status: str = Field(..., description="ready, loading, error or shutting_down.")
+    model: dict[str, Any] | None = Field(None, description="The model's `info()` once ready.")
+    detail: str | None = Field(None, description="Why loading failed (status `error`).")

@@ -1,0 +1,110 @@
+"""Resumable checkpoints in safetensors + JSON only (no pickle, no ``torch.load``).
+
+A checkpoint restores model, optimizer, scheduler, RNG states and the position in the data, so a
+resumed run ends with the same weights as an uninterrupted one. ``torch.save`` would be one line,
+but it is pickle: loading a checkpoint someone hands you would run their code. The optimizer state
+is therefore flattened into named tensors plus a JSON skeleton by hand.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from modelyard._internal.io import read_json, write_json
+from modelyard.errors import ModelyardError
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for pid, pstate in state["state"].items():
+        entry: dict[str, Any] = {}
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                name = f"{pid}.{key}"
+                tensors[name] = value.detach().cpu().contiguous()
+                entry[key] = {"tensor": name}
+            else:
+                entry[key] = value
+        skeleton["state"][str(pid)] = entry
+    return tensors, skeleton
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], skeleton: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for pid, entry in skeleton["state"].items():
+        state[int(pid)] = {
+            k: (tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v) for k, v in entry.items()
+        }
+    return {"state": state, "param_groups": skeleton["param_groups"]}
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's state dict with tied/shared storage broken (safetensors needs that)."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    directory: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+) -> None:
+    """Write a complete checkpoint to ``directory`` atomically (temp dir, then rename)."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(model_state(model), str(tmp / "model.safetensors"))
+    opt_tensors, opt_skeleton = _flatten_optimizer(optimizer.state_dict())
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    write_json(tmp / "optimizer.json", opt_skeleton)
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"torch_cuda_{i}"] = s
+    save_file(rng, str(tmp / "rng.safetensors"))
+    write_json(tmp / "trainer_state.json", {**trainer_state, "scheduler": scheduler.state_dict()})
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(
+    directory: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> dict[str, Any]:
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns the trainer state.
+
+    Raises:
+        ModelyardError: the checkpoint is missing or incomplete.
+    """
+    needed = ["model.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors", "trainer_state.json"]
+    missing = [n for n in needed if not (directory / n).is_file()]
+    if missing:
+        raise ModelyardError(f"checkpoint {directory} is incomplete (missing {', '.join(missing)}); cannot resume")
+    device = next(model.parameters()).device
+    model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
+    opt = _unflatten_optimizer(load_file(str(directory / "optimizer.safetensors")), read_json(directory / "optimizer.json"))
+    optimizer.load_state_dict(opt)
+    state = read_json(directory / "trainer_state.json")
+    scheduler.load_state_dict(state.pop("scheduler"))
+    rng = load_file(str(directory / "rng.safetensors"))
+    torch.set_rng_state(rng["torch_cpu"])
+    if torch.cuda.is_available():
+        cuda_states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    return state

@@ -1,0 +1,578 @@
+"""Fine-tune a sequence classifier: the visible training recipe behind ``modelyard train``.
+
+The loop is written out (``for epoch … for batch …``) so a reader can see every step: AdamW with
+linear warm-up/decay, gradient accumulation and clipping, autocast for bf16/fp16, per-epoch
+validation, best-epoch selection, early stopping, periodic checkpoints and exact resume. Plain
+torch handles devices and mixed precision here; a hidden Trainer would make resume semantics and
+progress reporting hard to audit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from modelyard._internal.batching import length_grouped_batches, pad_batch, sorted_batches
+from modelyard._internal.io import atomic_write_text, read_json, write_json
+from modelyard._internal.rundir import (
+    INCOMPLETE,
+    discard_run,
+    finish_run,
+    git_commit,
+    hardware,
+    package_versions,
+    start_run,
+)
+from modelyard._internal.runtime import pick_device, pick_dtype, rng_state, seed_everything, set_rng_state
+from modelyard.config import LOWER_IS_BETTER, Recipe, load_recipe
+from modelyard.errors import ModelyardError
+from modelyard.training.checkpoint import load_checkpoint, model_state, save_checkpoint
+
+CHECKPOINT_DIR = "checkpoints"
+HEADLINE = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "roc_auc", "log_loss", "ece")
+
+
+class TrainingInterrupted(ModelyardError):
+    """Training stopped before the end; the run directory keeps its last checkpoint for ``--resume``."""
+
+
+@dataclass
+class Encoded:
+    """A split as token ids (unpadded) and integer labels."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    labels: np.ndarray
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+
+def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    """Tokenize without padding (padding happens per batch)."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+@torch.no_grad()
+def predict_probs(
+    model: torch.nn.Module,
+    ids: list[list[int]],
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    labels: np.ndarray | None = None,
+) -> tuple[np.ndarray, float | None]:
+    """Class probabilities for token id lists (length-sorted batches), plus mean loss if labels given."""
+    model.eval()
+    n = len(ids)
+    probs = np.zeros((n, model.config.num_labels), dtype=np.float64)
+    loss_sum = 0.0
+    for idx in sorted_batches([len(x) for x in ids], batch_size):
+        batch = {k: v.to(device) for k, v in pad_batch([ids[i] for i in idx], pad_id).items()}
+        with _autocast(device, dtype):
+            logits = model(**batch).logits.float()
+        probs[idx] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+        if labels is not None:
+            y = torch.as_tensor(labels[idx], device=device)
+            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+    return probs, (loss_sum / n if labels is not None and n else None)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class TrainerState:
+    """Everything besides tensors needed to resume exactly where a checkpoint was taken."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    global_step: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+class FineTuneRecipe:
+    """setup → train → finalize, with checkpoints in between. One instance per run directory."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, data: Any, console: Console) -> None:
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.data = data
+        self.console = console
+        self.cfg = recipe.train
+        self.state = TrainerState()
+        self.ckpt_dir = run_dir / CHECKPOINT_DIR
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Build model/tokenizer, tokenize the splits, create optimizer and scheduler."""
+        from transformers import get_scheduler
+
+        from modelyard.models import build_model
+
+        if self.cfg.num_threads:
+            torch.set_num_threads(self.cfg.num_threads)
+        seed_everything(self.cfg.seed)
+        self.device = pick_device(self.cfg.device)
+        self.dtype = pick_dtype(self.cfg.precision, self.device)
+        self.labels: list[str] = list(self.data.labels)
+        model, tokenizer = build_model(self.recipe.model, self.labels, self.recipe.base_dir)
+        self.model = model.to(self.device)
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        label_index = {lab: i for i, lab in enumerate(self.labels)}
+        self.splits: dict[str, Encoded] = {}
+        for name in ("train", "valid", "test"):
+            frame = getattr(self.data, name)
+            texts = frame["text"].tolist()
+            self.splits[name] = Encoded(
+                texts=texts,
+                ids=encode(tokenizer, texts, self.recipe.model.max_length),
+                labels=np.array([label_index[x] for x in frame["label"]], dtype=np.int64),
+            )
+
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+        groups = [
+            {"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
+             "weight_decay": self.cfg.weight_decay},
+            {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
+             "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
+        n_batches = math.ceil(len(self.splits["train"].ids) / self.cfg.batch_size)
+        self.steps_per_epoch = math.ceil(n_batches / self.cfg.gradient_accumulation_steps)
+        self.total_steps = self.steps_per_epoch * self.cfg.epochs
+        if self.cfg.warmup_steps is not None:
+            self.warmup_steps = min(self.cfg.warmup_steps, self.total_steps)
+        else:
+            self.warmup_steps = round((self.cfg.warmup_ratio or 0.0) * self.total_steps)
+        self.scheduler = get_scheduler(
+            "linear", self.optimizer, num_warmup_steps=self.warmup_steps, num_training_steps=self.total_steps
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        self.n_params = sum(p.numel() for p in model.parameters())
+        # Print derived values instead of silently deciding them (nanoGPT style).
+        self.console.print(
+            f"[bold]model[/] {self.recipe.model.backbone} ({self.n_params / 1e6:.1f}M params) · device {self.device}"
+            f" · precision {self.dtype or 'fp32'} · {len(self.splits['train'].ids)} train examples"
+            f" · {self.steps_per_epoch} steps/epoch × {self.cfg.epochs} epochs = {self.total_steps} steps"
+            f" · warm-up {self.warmup_steps} steps · effective batch"
+            f" {self.cfg.batch_size * self.cfg.gradient_accumulation_steps}"
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        """Checkpoint model, optimizer, scheduler, RNG and data position (at an optimizer-step boundary)."""
+        state = self.state.__dict__ | {"rng": rng_state()}
+        save_checkpoint(
+            self.ckpt_dir / "last", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            trainer_state=state,
+        )
+
+    def load_checkpoint(self) -> None:
+        """Restore the last checkpoint of this run directory."""
+        raw = load_checkpoint(self.ckpt_dir / "last", model=self.model, optimizer=self.optimizer,
+                              scheduler=self.scheduler)
+        set_rng_state(raw.pop("rng"))
+        self.state = TrainerState(**raw)
+        self.console.print(
+            f"resuming at epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}, "
+            f"step {self.state.global_step}/{self.total_steps}"
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_split(self, name: str) -> tuple[dict[str, Any], np.ndarray]:
+        """Metrics and probabilities for one split with the current weights."""
+        from modelyard.evaluation.metrics import compute_metrics
+
+        enc = self.splits[name]
+        probs, loss = predict_probs(
+            self.model, enc.ids, batch_size=self.cfg.eval_batch_size, pad_id=self.pad_id, device=self.device,
+            dtype=self.dtype, labels=enc.labels,
+        )
+        return compute_metrics(enc.labels, probs, self.labels, loss=loss), probs
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, stop_after_step: int | None = None) -> None:
+        """Run (or continue) the epochs. ``stop_after_step`` simulates an interruption (tests, time limits)."""
+        cfg, st = self.cfg, self.state
+        train = self.splits["train"]
+        accum = cfg.gradient_accumulation_steps
+        progress_path = self.run_dir / "progress.jsonl"
+        log = progress_path.open("a", encoding="utf-8")
+        window_start, window_samples, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+        session_start, session_steps0 = time.perf_counter(), st.global_step
+        columns = (TextColumn("[bold]train[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[sps]} samples/s"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+        with Progress(*columns, console=self.console, transient=False) as bar:
+            task = bar.add_task("train", total=self.total_steps, completed=st.global_step, epoch=st.epoch + 1,
+                                loss="-", sps="-")
+            for epoch in range(st.epoch, cfg.epochs):
+                batches = length_grouped_batches(train.lengths, cfg.batch_size, cfg.seed + epoch,
+                                                 group_by_length=cfg.group_by_length)
+                self.model.train()
+                epoch_t0 = time.perf_counter()
+                for b in range(st.batch_in_epoch, len(batches)):
+                    idx = batches[b]
+                    inputs = {k: v.to(self.device) for k, v in pad_batch([train.ids[i] for i in idx], self.pad_id).items()}
+                    y = torch.as_tensor(train.labels[idx], device=self.device)
+                    with _autocast(self.device, self.dtype):
+                        logits = self.model(**inputs).logits
+                    loss = torch.nn.functional.cross_entropy(logits.float(), y)
+                    if not torch.isfinite(loss):
+                        raise ModelyardError(
+                            f"training diverged (loss {loss.item()}) at step {st.global_step}; "
+                            "lower train.learning_rate or use train.precision=fp32"
+                        )
+                    scaled = loss / accum
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                    st.epoch_loss_sum += loss.item() * len(idx)
+                    st.epoch_loss_count += len(idx)
+                    window_loss += loss.item() * len(idx)
+                    window_n += len(idx)
+                    window_samples += len(idx)
+                    if (b + 1) % accum and b + 1 != len(batches):
+                        continue
+                    # --- optimizer step (end of an accumulation group, or a short last group)
+                    if self.scaler:
+                        self.scaler.unscale_(self.optimizer)
+                    if cfg.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    if self.scaler:
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                    else:
+                        self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    st.global_step += 1
+                    st.batch_in_epoch = b + 1
+
+                    now = time.perf_counter()
+                    done_here = st.global_step - session_steps0
+                    eta = (now - session_start) / max(done_here, 1) * (self.total_steps - st.global_step)
+                    if st.global_step % cfg.log_every_steps == 0 or b + 1 == len(batches):
+                        sps = window_samples / max(now - window_start, 1e-9)
+                        record = {
+                            "time": time.time(), "step": st.global_step, "total_steps": self.total_steps,
+                            "epoch": round(epoch + (b + 1) / len(batches), 4), "loss": window_loss / max(window_n, 1),
+                            "lr": self.scheduler.get_last_lr()[0], "samples_per_s": round(sps, 2),
+                            "eta_s": round(eta, 1), "elapsed_s": round(st.train_seconds + now - session_start, 1),
+                        }
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                        bar.update(task, loss=f"{record['loss']:.4f}", sps=f"{sps:.1f}")
+                        window_start, window_samples, window_loss, window_n = now, 0, 0.0, 0
+                    bar.update(task, completed=st.global_step, epoch=epoch + 1)
+                    if cfg.checkpoint_every_steps and st.global_step % cfg.checkpoint_every_steps == 0:
+                        self._checkpoint_with_time(session_start)
+                        session_start, session_steps0 = time.perf_counter(), st.global_step
+                    if stop_after_step is not None and st.global_step >= stop_after_step:
+                        log.close()
+                        raise TrainingInterrupted(f"stopped after step {st.global_step} as requested")
+
+                # --- end of epoch: validate, select, maybe stop, checkpoint
+                metrics, _ = self.evaluate_split("valid")
+                entry = {"epoch": epoch + 1, "step": st.global_step,
+                         "train_loss": st.epoch_loss_sum / max(st.epoch_loss_count, 1),
+                         "valid_loss": metrics["loss"], "epoch_seconds": round(time.perf_counter() - epoch_t0, 2)}
+                entry |= {f"valid_{k}": metrics[k] for k in HEADLINE}
+                st.history.append(entry)
+                log.write(json.dumps({"event": "eval", "time": time.time(), **entry}) + "\n")
+                log.flush()
+                self._select_best(entry)
+                bar.console.print(
+                    f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f} · valid loss {entry['valid_loss']:.4f}"
+                    f" · valid accuracy {entry['valid_accuracy']:.4f} · valid macro-F1 {entry['valid_macro_f1']:.4f}"
+                    + (" · best so far" if st.best_epoch == epoch + 1 else "")
+                )
+                st.epoch, st.batch_in_epoch = epoch + 1, 0
+                st.epoch_loss_sum, st.epoch_loss_count = 0.0, 0
+                if cfg.patience is not None and st.bad_epochs >= cfg.patience and epoch + 1 < cfg.epochs:
+                    st.stopped_early = True
+                    bar.console.print(f"early stopping: valid {cfg.metric} did not improve for {cfg.patience} epochs")
+                self._checkpoint_with_time(session_start)
+                session_start, session_steps0 = time.perf_counter(), st.global_step
+                if st.stopped_early:
+                    break
+        log.close()
+
+    def _checkpoint_with_time(self, session_start: float) -> None:
+        self.state.train_seconds += time.perf_counter() - session_start
+        self.save_checkpoint()
+
+    def _select_best(self, entry: dict[str, Any]) -> None:
+        st, metric = self.state, self.cfg.metric
+        value = entry["valid_loss"] if metric == "loss" else entry.get(f"valid_{metric}")
+        if value is None:  # e.g. roc_auc undefined on this split: fall back to loss
+            value, metric = entry["valid_loss"], "loss"
+        lower = metric in LOWER_IS_BETTER
+        better = st.best_value is None or (value < st.best_value if lower else value > st.best_value)
+        if better:
+            st.best_value, st.best_epoch, st.bad_epochs = float(value), entry["epoch"], 0
+            from safetensors.torch import save_file
+
+            self.ckpt_dir.mkdir(exist_ok=True)
+            tmp = self.ckpt_dir / "best.safetensors.tmp"
+            save_file(model_state(self.model), str(tmp))
+            tmp.replace(self.ckpt_dir / "best.safetensors")
+        else:
+            st.bad_epochs += 1
+
+    # ------------------------------------------------------------------ finalize
+    def finalize(self) -> dict[str, Any]:
+        """Load the best epoch's weights, evaluate valid/test, write model/, metrics, predictions, report."""
+        import pandas as pd
+        from safetensors.torch import load_file
+
+        best = self.ckpt_dir / "best.safetensors"
+        if best.is_file():
+            self.model.load_state_dict(load_file(str(best), device=str(self.device)))
+        metrics, frames = {}, []
+        for split in ("valid", "test"):
+            m, probs = self.evaluate_split(split)
+            metrics[split] = m
+            frames.append(prediction_frame(split, self.splits[split].texts, self.splits[split].labels, probs,
+                                           self.labels))
+        write_json(self.run_dir / "metrics.json", metrics)
+        predictions = pd.concat(frames, ignore_index=True)
+        predictions.to_parquet(self.run_dir / "predictions.parquet", index=False)
+        save_model_dir(self.run_dir / "model", self.model, self.tokenizer, self.recipe, self.labels)
+        write_json(self.run_dir / "history.json", self.state.history)
+        return metrics
+
+
+def prediction_frame(split: str, texts: list[str], y: np.ndarray | None, probs: np.ndarray, labels: list[str]) -> Any:
+    """The predictions table shared by train, evaluate and the report."""
+    import pandas as pd
+
+    pred = probs.argmax(axis=1)
+    frame = pd.DataFrame({
+        "split": split,
+        "text": texts,
+        "label": [labels[i] for i in y] if y is not None else None,
+        "pred": [labels[i] for i in pred],
+        "confidence": probs.max(axis=1),
+    })
+    for j, lab in enumerate(labels):
+        frame[f"prob_{lab}"] = probs[:, j]
+    return frame
+
+
+def save_model_dir(path: Path, model: Any, tokenizer: Any, recipe: Recipe, labels: list[str]) -> None:
+    """Save a Hugging Face layout directory that plain ``transformers`` loads, plus ``modelyard.json``."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    write_json(path / "modelyard.json", {
+        "format": 1,
+        "task": recipe.task,
+        "name": recipe.name,
+        "labels": labels,
+        "max_length": recipe.model.max_length,
+        "backbone": recipe.model.backbone,
+        "model_type": recipe.model.type,
+        "text_column": recipe.data.text_column,
+        "cleaning": recipe.data.clean.model_dump(mode="json"),
+    })
+
+
+# ---------------------------------------------------------------------- orchestration
+
+
+def train(
+    recipe: Recipe,
+    *,
+    resume: Path | None = None,
+    console: Console | None = None,
+    stop_after_step: int | None = None,
+) -> Path:
+    """Train a recipe into a new run directory (or resume an unfinished one) and return its path.
+
+    The run lives in ``<output_dir>/<run-id>.incomplete`` until everything is written, then is
+    renamed to ``<output_dir>/<run-id>``. A failure before the first checkpoint removes it; a later
+    interruption keeps it (with ``checkpoints/last``) for ``--resume``.
+
+    Raises:
+        ModelyardError: bad data, recipe or backbone (nothing is left behind), or an interruption.
+    """
+    from modelyard.data import prepare_data
+    from modelyard.models import resolve_backbone
+
+    console = console or Console(stderr=True)
+    t0 = time.time()
+    if resume is not None:
+        run_dir, recipe, data = _reopen(Path(resume), recipe, console)
+        run_id = run_dir.name.removesuffix(INCOMPLETE)
+    else:
+        # Everything that can fail on user input fails here, before a directory exists.
+        data = prepare_data(recipe.data, recipe.base_dir)
+        if recipe.model.type == "hf-encoder":
+            resolve_backbone(recipe.model.backbone, recipe.base_dir)
+        print_data_report(console, data.report)
+        run_id, run_dir = start_run(recipe.resolve(recipe.output_dir))
+        _write_inputs(run_dir, recipe, data)
+    console.print(f"run [bold]{run_id}[/] → {run_dir}")
+
+    ft = FineTuneRecipe(recipe, run_dir, data, console)
+    try:
+        ft.setup()
+        if resume is not None:
+            ft.load_checkpoint()
+        ft.train(stop_after_step=stop_after_step)
+        metrics = ft.finalize()
+        _write_report_and_manifest(ft, run_id, t0, resumed_from=str(resume) if resume else None)
+        if not recipe.train.keep_checkpoints:
+            import shutil
+
+            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+        final = finish_run(run_dir)
+    except BaseException as err:
+        resumable = (run_dir / CHECKPOINT_DIR / "last" / "trainer_state.json").is_file()
+        if resumable:
+            console.print(f"[yellow]run interrupted; resume with: modelyard train RECIPE --resume {run_dir}[/]")
+            if isinstance(err, KeyboardInterrupt):
+                raise TrainingInterrupted(f"interrupted; resume with --resume {run_dir}") from None
+        elif resume is None:
+            discard_run(run_dir)
+        raise
+    print_metrics(console, metrics)
+    console.print(f"report: {final / 'report.html'}")
+    return final
+
+
+def _write_inputs(run_dir: Path, recipe: Recipe, data: Any) -> None:
+    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    write_json(run_dir / "data_report.json", data.report)
+    split_dir = run_dir / "splits"
+    split_dir.mkdir()
+    for name in ("train", "valid", "test"):
+        getattr(data, name).to_parquet(split_dir / f"{name}.parquet", index=False)
+    write_json(split_dir / "labels.json", list(data.labels))
+    write_json(run_dir / "fingerprints.json", data.fingerprints)
+
+
+def _reopen(run_dir: Path, recipe: Recipe, console: Console) -> tuple[Path, Recipe, Any]:
+    """Reload an unfinished run: its own resolved recipe and saved splits, so nothing can drift."""
+    import pandas as pd
+
+    from modelyard.data import PreparedData
+
+    if not run_dir.is_dir():
+        raise ModelyardError(f"--resume: run directory not found: {run_dir}")
+    if not run_dir.name.endswith(INCOMPLETE):
+        raise ModelyardError(f"--resume: {run_dir} is a finished run; start a new one instead")
+    if not (run_dir / CHECKPOINT_DIR / "last" / "trainer_state.json").is_file():
+        raise ModelyardError(f"--resume: {run_dir} has no checkpoint to resume from")
+    saved = load_recipe(run_dir / "recipe.yaml")
+    saved._base_dir = recipe.base_dir
+    if saved.model_dump() != recipe.model_dump():
+        console.print("[yellow]note: the recipe differs from the one this run started with; "
+                      "resuming with the run's own recipe.yaml[/]")
+    split_dir = run_dir / "splits"
+    frames = {n: pd.read_parquet(split_dir / f"{n}.parquet") for n in ("train", "valid", "test")}
+    data = PreparedData(**frames, labels=read_json(split_dir / "labels.json"),
+                        report=read_json(run_dir / "data_report.json"),
+                        fingerprints=read_json(run_dir / "fingerprints.json"))
+    return run_dir, saved, data
+
+
+def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resumed_from: str | None) -> None:
+    import pandas as pd
+
+    from modelyard.evaluation.report import write_report
+
+    run_dir, recipe = ft.run_dir, ft.recipe
+    steps = [r for r in read_jsonl(run_dir / "progress.jsonl") if "event" not in r]
+    manifest = {
+        "run_id": run_id,
+        "name": recipe.name,
+        "task": recipe.task,
+        "seed": {"train": recipe.train.seed, "data": recipe.data.seed},
+        "command": sys.argv,
+        "started_at": t0,
+        "finished_at": time.time(),
+        "wall_time_s": round(time.time() - t0, 2),
+        "train_time_s": round(ft.state.train_seconds, 2),
+        "resumed_from": resumed_from,
+        "versions": package_versions(),
+        "git_commit": git_commit(recipe.base_dir),
+        "hardware": hardware(ft.device),
+        "precision": str(ft.dtype or "fp32"),
+        "data_fingerprints": ft.data.fingerprints,
+        "data_sizes": {k: len(v.ids) for k, v in ft.splits.items()},
+        "model": {"type": recipe.model.type, "backbone": recipe.model.backbone, "parameters": ft.n_params},
+        "epochs_completed": ft.state.epoch,
+        "best_epoch": ft.state.best_epoch,
+        "stopped_early": ft.state.stopped_early,
+        "total_steps": ft.state.global_step,
+    }
+    info = {"run": run_id, "recipe name": recipe.name, "backbone": recipe.model.backbone,
+            "parameters": f"{ft.n_params:,}", "device": str(ft.device), "precision": manifest["precision"],
+            "train time (s)": manifest["train_time_s"], "best epoch": ft.state.best_epoch,
+            "data": recipe.data.path, "train / valid / test": " / ".join(str(len(ft.splits[s].ids))
+                                                                          for s in ("train", "valid", "test"))}
+    write_report(run_dir / "report.html", title=f"{recipe.name} · {run_id}",
+                 metrics=read_json(run_dir / "metrics.json"), labels=ft.labels, history=ft.state.history,
+                 steps=steps, predictions=pd.read_parquet(run_dir / "predictions.parquet"), info=info)
+    write_json(run_dir / "manifest.json", manifest)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSON-lines file, skipping a torn last line (the writer may have been killed mid-line)."""
+    out = []
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out
+
+
+def print_data_report(console: Console, report: dict[str, Any]) -> None:
+    """One compact summary of what the data stage kept and dropped."""
+    dropped = {k: v for k, v in report.get("dropped", {}).items() if v}
+    sizes = report.get("split_sizes", {})
+    console.print(
+        f"[bold]data[/] {report.get('source')}: {report.get('rows_in')} rows in → {report.get('rows_out')} kept"
+        + (f" (dropped: {', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else "")
+        + f" · classes {report.get('class_balance')} · split {sizes}"
+    )
+
+
+def print_metrics(console: Console, metrics: dict[str, Any]) -> None:
+    """A table of the headline metrics per split."""
+    from rich.table import Table
+
+    table = Table(title="metrics")
+    table.add_column("split")
+    for k in HEADLINE:
+        table.add_column(k, justify="right")
+    for split, m in metrics.items():
+        table.add_row(split, *("-" if m.get(k) is None else f"{m[k]:.4f}" for k in HEADLINE))
+    console.print(table)

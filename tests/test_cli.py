@@ -1,0 +1,155 @@
+"""The CLI contract: bad input → one clear line, exit 2, no run directory; happy paths end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from modelyard.cli import app
+from tests.conftest import synthetic_sentiment, write_tiny_recipe
+
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _assert_clean_failure(result, tmp_path: Path, *fragments: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    err = " ".join(result.stderr.split())  # rich may wrap long lines
+    assert err.startswith("error:"), result.stderr
+    for f in fragments:
+        assert f in err, (f, result.stderr)
+    assert "Traceback" not in result.stderr
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
+
+
+def _recipe(tmp_path: Path, data: Path, backbone: Path, **data_keys: object) -> Path:
+    path = write_tiny_recipe(tmp_path, data, backbone)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"].update(data_keys)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_missing_file(tmp_path: Path, tiny_backbone: Path) -> None:
+    r = _run("train", _recipe(tmp_path, tmp_path / "nope.csv", tiny_backbone))
+    _assert_clean_failure(r, tmp_path, "not found", "nope.csv")
+
+
+def test_empty_file(tmp_path: Path, tiny_backbone: Path) -> None:
+    data = tmp_path / "empty.csv"
+    data.write_text("")
+    _assert_clean_failure(_run("train", _recipe(tmp_path, data, tiny_backbone)), tmp_path, "empty.csv", "empty")
+
+
+def test_missing_column_lists_found_columns(tmp_path: Path, tiny_backbone: Path) -> None:
+    data = tmp_path / "d.csv"
+    synthetic_sentiment(60).rename(columns={"text": "review"}).to_csv(data, index=False)
+    r = _run("train", _recipe(tmp_path, data, tiny_backbone))
+    _assert_clean_failure(r, tmp_path, "'text'", "review", "label", "data.text_column")
+
+
+def test_class_too_small_for_split(tmp_path: Path, tiny_backbone: Path) -> None:
+    frame = pd.concat([synthetic_sentiment(60), pd.DataFrame({"text": ["odd one", "odd two"], "label": "rare"})])
+    data = tmp_path / "d.csv"
+    frame.to_csv(data, index=False)
+    _assert_clean_failure(_run("train", _recipe(tmp_path, data, tiny_backbone)), tmp_path, "rare")
+
+
+def test_single_class(tmp_path: Path, tiny_backbone: Path) -> None:
+    data = tmp_path / "d.csv"
+    synthetic_sentiment(60).assign(label="pos").to_csv(data, index=False)
+    _assert_clean_failure(_run("train", _recipe(tmp_path, data, tiny_backbone)), tmp_path, "pos")
+
+
+def test_all_texts_empty_after_cleaning(tmp_path: Path, tiny_backbone: Path) -> None:
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"text": ["   ", "\u3000", "", "\t\n"] * 5, "label": ["a", "b"] * 10}).to_csv(data, index=False)
+    _assert_clean_failure(_run("train", _recipe(tmp_path, data, tiny_backbone)), tmp_path, "no usable texts")
+
+
+def test_malformed_yaml(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("data: [unclosed\n")
+    _assert_clean_failure(_run("train", p), tmp_path, "malformed YAML")
+
+
+def test_unknown_key_and_negative_lr(tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path) -> None:
+    p = _recipe(tmp_path, sentiment_csv, tiny_backbone)
+    _assert_clean_failure(_run("train", p, "train.epoks=2"), tmp_path, "train.epoks", "train.epochs")
+    _assert_clean_failure(_run("train", p, "train.learning_rate=-0.1"), tmp_path, "train.learning_rate")
+
+
+def test_nonexistent_backbone(tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path) -> None:
+    p = _recipe(tmp_path, sentiment_csv, tiny_backbone)
+    _assert_clean_failure(_run("train", p, "model.backbone=./no/such/model"), tmp_path, "model.backbone", "not found")
+    _assert_clean_failure(_run("train", p, "model.backbone=bundled:gpt-17"), tmp_path, "bundled:minilm-l6")
+    _assert_clean_failure(_run("train", p, "model.backbone=someorg/uncached-model"), tmp_path, "local cache")
+
+
+def test_train_predict_evaluate_init_round_trip(tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path) -> None:
+    r = _run("train", _recipe(tmp_path, sentiment_csv, tiny_backbone), "train.epochs=2")
+    assert r.exit_code == 0, r.stderr
+    run_dir = Path(r.stdout.strip().splitlines()[-1])
+    assert run_dir.is_dir() and (run_dir / "manifest.json").is_file()
+    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["epochs"] == 2
+
+    # predict: same format out, input columns kept, label + per-class probabilities added
+    for ext in ("csv", "jsonl", "parquet"):
+        inp = tmp_path / f"in.{ext}"
+        frame = pd.DataFrame({"id": [1, 2], "text": ["great fun film", "boring and dull"]})
+        {"csv": lambda p: frame.to_csv(p, index=False),
+         "jsonl": lambda p: frame.to_json(p, orient="records", lines=True),
+         "parquet": lambda p: frame.to_parquet(p)}[ext](inp)
+        out = tmp_path / f"out.{ext}"
+        r = _run("predict", run_dir, "--input", inp, "--output", out)
+        assert r.exit_code == 0, r.stderr
+        got = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[ext](out)
+        assert list(got.columns) == ["id", "text", "predicted_label", "confidence", "prob_neg", "prob_pos"]
+        assert got["predicted_label"].tolist() == ["pos", "neg"]
+        assert (got["prob_neg"] + got["prob_pos"]).round(9).eq(1).all()
+
+    # evaluate on the run's test split and on another labelled file
+    r = _run("evaluate", run_dir)
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 48
+    other = tmp_path / "other.csv"
+    synthetic_sentiment(40, seed=9).to_csv(other, index=False)
+    r = _run("evaluate", run_dir, "--data", other)
+    assert r.exit_code == 0, r.stderr
+    m = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    assert m["eval"]["n"] == 40 and m["eval"]["accuracy"] >= 0.8
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"text": ["x"], "label": ["neutral"]}).to_csv(bad, index=False)
+    r = _run("evaluate", run_dir, "--data", bad)
+    assert r.exit_code == 2 and "neutral" in r.stderr
+
+    # init writes an annotated recipe that loads and points at the data
+    out = tmp_path / "sub" / "recipe.yaml"
+    out.parent.mkdir()
+    r = _run("init", "--task", "text-classification", "--data", sentiment_csv, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    text = out.read_text()
+    assert text.startswith("# modelyard recipe — run it with:")
+    from modelyard.config import load_recipe
+
+    rec = load_recipe(out)
+    assert rec.resolve(rec.data.path).resolve() == sentiment_csv.resolve()
+    assert (rec.data.text_column, rec.data.label_column) == ("text", "label")
+    assert _run("init", "--data", sentiment_csv, "-o", out).exit_code == 2  # no silent overwrite
+
+
+def test_unfinished_run_is_refused_by_predict(tmp_path: Path) -> None:
+    d = tmp_path / "runs" / "20260101-000000-abcdef.incomplete"
+    d.mkdir(parents=True)
+    r = _run("predict", d, "--input", "x.csv", "--output", "y.csv")
+    assert r.exit_code == 2 and "unfinished run" in r.stderr

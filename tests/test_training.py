@@ -1,0 +1,162 @@
+"""The training recipe on a tiny seeded model: falling loss, exact artifacts, exact resume, parity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from modelyard.config import load_recipe
+from modelyard.training.finetune import TrainingInterrupted, train
+from tests.conftest import write_tiny_recipe
+
+EXPECTED_RUN_FILES = {
+    "recipe.yaml",
+    "manifest.json",
+    "data_report.json",
+    "fingerprints.json",
+    "metrics.json",
+    "history.json",
+    "progress.jsonl",
+    "predictions.parquet",
+    "report.html",
+    "splits/train.parquet",
+    "splits/valid.parquet",
+    "splits/test.parquet",
+    "splits/labels.json",
+    "model/config.json",
+    "model/model.safetensors",
+    "model/modelyard.json",
+    "model/tokenizer.json",
+    "model/tokenizer_config.json",
+}
+
+
+def _files(run_dir: Path) -> set[str]:
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
+    from tests.conftest import synthetic_sentiment
+
+    tmp = tmp_path_factory.mktemp("trained")
+    data = tmp / "reviews.csv"
+    synthetic_sentiment(240).to_csv(data, index=False)
+    return train(load_recipe(write_tiny_recipe(tmp, data, tiny_backbone)))
+
+
+def test_loss_falls_and_model_learns(trained_run: Path) -> None:
+    history = json.loads((trained_run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    losses = [h["train_loss"] for h in history]
+    assert losses[-1] < losses[0] * 0.7, losses
+    steps = [json.loads(x) for x in (trained_run / "progress.jsonl").read_text().splitlines()]
+    step_losses = [s["loss"] for s in steps if "event" not in s]
+    assert all(np.isfinite(step_losses))
+    assert np.mean(step_losses[-3:]) < np.mean(step_losses[:3])
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert set(metrics) == {"valid", "test"}
+    assert metrics["test"]["accuracy"] >= 0.9, metrics["test"]
+    assert metrics["test"]["n"] == 48
+
+
+def test_run_directory_has_exactly_the_expected_files(trained_run: Path) -> None:
+    files = _files(trained_run)
+    # Tokenizer helpers vary by transformers version (special_tokens_map.json); all else is exact.
+    optional = {"model/special_tokens_map.json", "model/generation_config.json"}
+    assert EXPECTED_RUN_FILES <= files
+    assert files - EXPECTED_RUN_FILES <= optional, files - EXPECTED_RUN_FILES
+    assert not list(trained_run.parent.glob("*.incomplete"))
+    assert not (trained_run / "checkpoints").exists()
+
+
+def test_progress_and_manifest_are_machine_readable(trained_run: Path) -> None:
+    lines = [json.loads(x) for x in (trained_run / "progress.jsonl").read_text().splitlines()]
+    step_lines = [x for x in lines if "event" not in x]
+    assert {"step", "total_steps", "epoch", "loss", "lr", "samples_per_s", "eta_s"} <= set(step_lines[0])
+    assert step_lines[-1]["step"] == step_lines[-1]["total_steps"] == 3 * 9
+    assert step_lines[-1]["eta_s"] == 0
+    assert sum(1 for x in lines if x.get("event") == "eval") == 3
+    manifest = json.loads((trained_run / "manifest.json").read_text())
+    assert manifest["seed"] == {"train": 7, "data": 3}
+    assert manifest["versions"]["torch"] and manifest["versions"]["transformers"]
+    (fp,) = manifest["data_fingerprints"].values()
+    assert len(fp) == 64
+    assert manifest["wall_time_s"] > 0 and manifest["best_epoch"] in (1, 2, 3)
+
+
+def test_saved_model_loads_with_plain_transformers_in_a_fresh_process(trained_run: Path) -> None:
+    """The exported model needs no modelyard: a fresh interpreter with transformers alone reproduces it."""
+    import modelyard
+
+    texts = ["the film was great fun", "a dull and boring story"]
+    ours = modelyard.load(trained_run).predict_proba(texts)
+    code = (
+        "import json,sys,torch\n"
+        "from transformers import AutoModelForSequenceClassification as M, AutoTokenizer as T\n"
+        f"d={str(trained_run / 'model')!r}\n"
+        "m=M.from_pretrained(d).eval(); t=T.from_pretrained(d)\n"
+        f"b=t({texts!r}, padding=True, return_tensors='pt')\n"
+        "with torch.no_grad(): p=m(**b).logits.softmax(-1).tolist()\n"
+        "print(json.dumps({'p': p, 'labels': [m.config.id2label[i] for i in range(m.config.num_labels)]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert theirs["labels"] == ["neg", "pos"]
+    np.testing.assert_allclose(np.array(theirs["p"]), ours, atol=1e-5)
+    preds = modelyard.load(trained_run).predict(texts)
+    assert [p["label"] for p in preds] == ["pos", "neg"]
+    assert all(abs(sum(p["scores"].values()) - 1) < 1e-9 for p in preds)
+
+
+def test_same_seed_gives_identical_weights(tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path) -> None:
+    recipe = load_recipe(write_tiny_recipe(tmp_path, sentiment_csv, tiny_backbone, epochs=1))
+    a = load_file(str(train(recipe) / "model" / "model.safetensors"))
+    b = load_file(str(train(recipe) / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(
+    tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path
+) -> None:
+    recipe = load_recipe(
+        write_tiny_recipe(tmp_path, sentiment_csv, tiny_backbone, epochs=2, checkpoint_every_steps=4)
+    )
+    reference = train(recipe)
+
+    # Stop at step 11 (epoch 2, mid-epoch); the last checkpoint is step 9's (end of epoch 1) — steps
+    # 10-11 are redone after resume, from the restored RNG and data position.
+    with pytest.raises(TrainingInterrupted):
+        train(recipe, stop_after_step=11)
+    (partial,) = list((tmp_path / "runs").glob("*.incomplete"))
+    assert not (partial / "manifest.json").exists()  # an interrupted run never looks finished
+    state = json.loads((partial / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert state["global_step"] == 9 and state["epoch"] == 1
+
+    resumed = train(recipe, resume=partial)
+    assert not partial.exists() and resumed.name == partial.name.removesuffix(".incomplete")
+    a = load_file(str(reference / "model" / "model.safetensors"))
+    b = load_file(str(resumed / "model" / "model.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0, err_msg=k)
+    assert json.loads((resumed / "manifest.json").read_text())["resumed_from"] == str(partial)
+
+
+def test_early_stopping_stops_and_keeps_best_epoch(tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path) -> None:
+    # learning rate so small nothing improves after epoch 1 → patience 1 stops at epoch 2
+    recipe = load_recipe(
+        write_tiny_recipe(tmp_path, sentiment_csv, tiny_backbone, epochs=6, patience=1, learning_rate=1e-9,
+                          metric="accuracy")
+    )
+    run = train(recipe)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stopped_early"] is True
+    assert manifest["epochs_completed"] == 2 and manifest["best_epoch"] == 1
