@@ -44,16 +44,28 @@ def build_tiny_backbone(path: Path, corpus: list[str], seed: int = 0) -> Path:
     tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=512,
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
     )
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, pad_token_id=0,
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
     )
     BertModel(config).save_pretrained(path)
     fast.save_pretrained(path)
@@ -83,8 +95,16 @@ def write_tiny_recipe(tmp_path: Path, data: Path, backbone: Path, **train: objec
         "name": "tiny",
         "data": {"path": str(data), "valid_size": 0.2, "test_size": 0.2, "seed": 3},
         "model": {"backbone": str(backbone), "max_length": 32},
-        "train": {"epochs": 3, "batch_size": 16, "learning_rate": 1e-2, "warmup_ratio": 0.1, "seed": 7,
-                  "metric": "accuracy", "log_every_steps": 2, **train},
+        "train": {
+            "epochs": 3,
+            "batch_size": 16,
+            "learning_rate": 1e-2,
+            "warmup_ratio": 0.1,
+            "seed": 7,
+            "metric": "accuracy",
+            "log_every_steps": 2,
+            **train,
+        },
         "output_dir": str(tmp_path / "runs"),
     }
     path = tmp_path / "recipe.yaml"

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -96,23 +95,30 @@ def test_nonexistent_backbone(tmp_path: Path, sentiment_csv: Path, tiny_backbone
 
 
 def test_train_predict_evaluate_init_round_trip(tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path) -> None:
-    r = _run("train", _recipe(tmp_path, sentiment_csv, tiny_backbone), "train.epochs=2")
+    r = _run("train", _recipe(tmp_path, sentiment_csv, tiny_backbone), "train.epochs=4")
     assert r.exit_code == 0, r.stderr
     run_dir = Path(r.stdout.strip().splitlines()[-1])
     assert run_dir.is_dir() and (run_dir / "manifest.json").is_file()
-    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["epochs"] == 2
+    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["epochs"] == 4
 
     # predict: same format out, input columns kept, label + per-class probabilities added
     for ext in ("csv", "jsonl", "parquet"):
         inp = tmp_path / f"in.{ext}"
         frame = pd.DataFrame({"id": [1, 2], "text": ["great fun film", "boring and dull"]})
-        {"csv": lambda p: frame.to_csv(p, index=False),
-         "jsonl": lambda p: frame.to_json(p, orient="records", lines=True),
-         "parquet": lambda p: frame.to_parquet(p)}[ext](inp)
+        if ext == "csv":
+            frame.to_csv(inp, index=False)
+        elif ext == "jsonl":
+            frame.to_json(inp, orient="records", lines=True)
+        else:
+            frame.to_parquet(inp)
         out = tmp_path / f"out.{ext}"
         r = _run("predict", run_dir, "--input", inp, "--output", out)
         assert r.exit_code == 0, r.stderr
-        got = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[ext](out)
+        got = {
+            "csv": pd.read_csv,
+            "jsonl": lambda p: pd.read_json(p, lines=True),
+            "parquet": pd.read_parquet,
+        }[ext](out)
         assert list(got.columns) == ["id", "text", "predicted_label", "confidence", "prob_neg", "prob_pos"]
         assert got["predicted_label"].tolist() == ["pos", "neg"]
         assert (got["prob_neg"] + got["prob_pos"]).round(9).eq(1).all()
@@ -153,3 +159,46 @@ def test_unfinished_run_is_refused_by_predict(tmp_path: Path) -> None:
     d.mkdir(parents=True)
     r = _run("predict", d, "--input", "x.csv", "--output", "y.csv")
     assert r.exit_code == 2 and "unfinished run" in r.stderr
+
+
+def test_sigterm_mid_training_keeps_a_resumable_run_and_resume_finishes_it(
+    tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = _recipe(tmp_path, sentiment_csv, tiny_backbone)
+    cmd = [
+        sys.executable,
+        "-m",
+        "modelyard.cli",
+        "train",
+        str(recipe),
+        "train.epochs=12",
+        "train.checkpoint_every_steps=2",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "runs"
+    deadline = time.monotonic() + 120
+    while True:  # wait until at least one checkpoint exists, then kill the run like a scheduler would
+        ckpts = list(runs.glob("*.incomplete/checkpoints/last/trainer_state.json"))
+        if ckpts or proc.poll() is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "resume" in err
+    (partial,) = list(runs.glob("*.incomplete"))
+    assert [p for p in runs.iterdir() if not p.name.endswith(".incomplete")] == []
+    done = json.loads((partial / "checkpoints" / "last" / "trainer_state.json").read_text())["global_step"]
+    assert 0 < done < 12 * 9
+
+    r = _run("train", recipe, "train.epochs=12", "train.checkpoint_every_steps=2", "--resume", partial)
+    assert r.exit_code == 0, r.stderr
+    final = Path(r.stdout.strip().splitlines()[-1])
+    assert final.name == partial.name.removesuffix(".incomplete") and not partial.exists()
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["total_steps"] == 12 * 9 or manifest["stopped_early"]

@@ -20,10 +20,19 @@ def _write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ({"data": {"path": "x.csv"}, "train": {"epoch": 1}}, "unknown key `train.epoch`; did you mean `train.epochs`?"),
+        (
+            {"data": {"path": "x.csv"}, "train": {"epoch": 1}},
+            "unknown key `train.epoch`; did you mean `train.epochs`?",
+        ),
         ({"data": {"path": "x.csv"}, "trian": {}}, "unknown key `trian`; did you mean `train`?"),
-        ({"data": {"path": "x.csv"}, "train": {"learning_rate": -1}}, "`train.learning_rate`: Input should be greater than 0"),
-        ({"data": {"path": "x.csv"}, "train": {"epochs": "many"}}, "`train.epochs`: Input should be a valid integer"),
+        (
+            {"data": {"path": "x.csv"}, "train": {"learning_rate": -1}},
+            "`train.learning_rate`: Input should be greater than 0",
+        ),
+        (
+            {"data": {"path": "x.csv"}, "train": {"epochs": "many"}},
+            "`train.epochs`: Input should be a valid integer",
+        ),
         ({}, "missing required key `data`"),
         ({"data": {"path": "x", "text_column": "a", "label_column": "a"}}, "both 'a'"),
         ({"data": {"path": "x"}, "train": {"metric": "acuracy"}}, "did you mean 'accuracy'"),

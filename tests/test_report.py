@@ -26,8 +26,7 @@ HISTORY = [
     for e in (1, 2, 3)
 ]
 STEPS = [
-    {"step": s, "epoch": s / 100, "loss": 1.0 / (1 + s / 50), "lr": 4e-5 * (1 - s / 400)}
-    for s in range(10, 310, 10)
+    {"step": s, "epoch": s / 100, "loss": 1.0 / (1 + s / 50), "lr": 4e-5 * (1 - s / 400)} for s in range(10, 310, 10)
 ]
 INFO = {
     "run_id": "run-001",
@@ -38,9 +37,7 @@ INFO = {
 }
 
 
-def _predictions(
-    labels: list[str], n_per_split: int = 120, seed: int = 0, splits=("valid", "test")
-) -> pd.DataFrame:
+def _predictions(labels: list[str], n_per_split: int = 120, seed: int = 0, splits=("valid", "test")) -> pd.DataFrame:
     """Synthetic predictions; every text is unique and no text is a prefix of another."""
     rng = np.random.default_rng(seed)
     k = len(labels)
@@ -79,9 +76,7 @@ def _metrics(df: pd.DataFrame, labels: list[str]) -> dict:
     return out
 
 
-def _write(
-    tmp_path: Path, labels: list[str], df: pd.DataFrame, history=HISTORY, steps=STEPS, name="report.html"
-):
+def _write(tmp_path: Path, labels: list[str], df: pd.DataFrame, history=HISTORY, steps=STEPS, name="report.html"):
     path = write_report(
         tmp_path / name,
         title="Report <b>title</b>",
@@ -210,9 +205,7 @@ def test_write_is_atomic_and_replaces(tmp_path: Path) -> None:
     target = tmp_path / "out" / "report.html"
     target.parent.mkdir()
     target.write_text("old", encoding="utf-8")
-    path = write_report(
-        target, title="t", metrics={}, labels=labels, history=[], steps=[], predictions=df, info={}
-    )
+    path = write_report(target, title="t", metrics={}, labels=labels, history=[], steps=[], predictions=df, info={})
     assert path == target and path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert [p.name for p in target.parent.iterdir()] == ["report.html"]  # no temp file left behind
 
@@ -238,9 +231,7 @@ def test_missing_or_broken_probabilities_degrade_to_notes(tmp_path: Path) -> Non
     labels = ["a", "b"]
     df = _predictions(labels, n_per_split=30, seed=7, splits=("test",))
     kwargs = {"title": "t", "metrics": {}, "labels": labels, "history": [], "steps": [], "info": {}}
-    html = write_report(tmp_path / "a.html", predictions=df.drop(columns=["prob_b"]), **kwargs).read_text(
-        "utf-8"
-    )
+    html = write_report(tmp_path / "a.html", predictions=df.drop(columns=["prob_b"]), **kwargs).read_text("utf-8")
     assert "missing prob_b" in html
     assert _figure_count(html) == 1  # the confusion matrix needs only label and pred
     df.loc[df.index[0], "prob_a"] = np.nan

@@ -239,9 +239,7 @@ def test_bad_bodies_get_json_errors(content: bytes, status: int, code: str, need
 def test_both_wrong_items_are_listed() -> None:
     async def main() -> None:
         async with running(serve_app(FakeClassifier())) as c:
-            err = assert_error(
-                await c.post("/v1/predict", json={"texts": [1, "ok", 2]}), 422, "invalid_request"
-            )
+            err = assert_error(await c.post("/v1/predict", json={"texts": [1, "ok", 2]}), 422, "invalid_request")
             assert "body.texts.0: Input should be a valid string" in err["message"]
             assert "body.texts.2: Input should be a valid string" in err["message"]
             assert [d["loc"] for d in err["details"]] == [["body", "texts", 0], ["body", "texts", 2]]
@@ -288,13 +286,9 @@ def test_size_limits_answer_413_naming_the_limit() -> None:
     assert fake.batches == [["good" * 5] * 5]
 
 
-async def _raw_asgi_post(
-    app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
-) -> tuple[int, dict]:
+async def _raw_asgi_post(app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[int, dict]:
     """POST straight through ASGI, so the Content-Length header can lie about the body."""
-    messages = [
-        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
-    ]
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -437,9 +431,7 @@ def test_a_failing_batch_fails_only_its_requests() -> None:
             assert stats["failed_batches"] == 1 and stats["batches"] == 2
             metrics = (await c.get("/metrics")).text
             assert "modelyard_batch_failures_total 1.0" in metrics
-            assert (
-                'modelyard_http_requests_total{method="POST",route="/v1/predict",status="500"} 1.0' in metrics
-            )
+            assert 'modelyard_http_requests_total{method="POST",route="/v1/predict",status="500"} 1.0' in metrics
 
     run(main())
 
@@ -632,9 +624,7 @@ def test_uvicorn_graceful_shutdown_answers_the_in_flight_request() -> None:
     app = serve_app(fake, max_body_bytes=1024)
     sock = _free_loopback_socket()
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=10)
-    )
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=10))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     result: dict[str, Any] = {}

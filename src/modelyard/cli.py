@@ -91,8 +91,10 @@ def _guess_columns(frame: Any) -> tuple[str, str]:
     cols = [str(c) for c in frame.columns]
     lower = {c.lower(): c for c in cols}
     text = next((lower[c] for c in ("text", "review", "sentence", "content", "comment", "body") if c in lower), None)
-    label = next((lower[c] for c in ("label", "labels", "category", "class", "sentiment", "target", "cat")
-                  if c in lower), None)
+    label = next(
+        (lower[c] for c in ("label", "labels", "category", "class", "sentiment", "target", "cat") if c in lower),
+        None,
+    )
     if text is None:  # the column with the longest average string
         text = max(cols, key=lambda c: frame[c].astype(str).str.len().mean())
     if label is None:  # the column with the fewest distinct values that isn't the text
@@ -116,23 +118,36 @@ def train(
     from modelyard.training.finetune import train as run_train
 
     cfg = load_recipe(recipe, overrides or [])
+    _sigterm_as_interrupt()
     run_dir = run_train(cfg, resume=resume, console=err_console)
     print(run_dir)
+
+
+def _sigterm_as_interrupt() -> None:
+    """Treat SIGTERM (kill, CI timeouts, schedulers) like Ctrl-C, so training stops through its cleanup path:
+    an unfinished run keeps its last checkpoint for --resume, or is removed if it has none."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 @app.command()
 @friendly_errors
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    data: Annotated[Path | None, typer.Option("--data", help="Any labelled file; default: the run's test split.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Any labelled file; default: the run's test split.")
+    ] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column in --data (default: the recipe's).")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column in --data (default: the recipe's).")] = None,
 ) -> None:
     """Compute metrics.json and report.html for a run's splits or for a labelled file."""
     from modelyard.evaluation.evaluate import evaluate as run_evaluate
 
-    out_dir, _ = run_evaluate(run_dir, data, text_column=text_column, label_column=label_column,
-                              console=err_console)
+    out_dir, _ = run_evaluate(run_dir, data, text_column=text_column, label_column=label_column, console=err_console)
     print(out_dir / "metrics.json")
 
 

@@ -68,7 +68,9 @@ class DataConfig(_Stage):
         None, description="Keep only rows with these labels (also fixes the label order); null keeps all."
     )
     sample: int | None = Field(
-        None, ge=2, description="Use a stratified random sample of this many rows (after cleaning); null = all."
+        None,
+        ge=2,
+        description="Use a stratified random sample of this many rows (after cleaning); null = all.",
     )
     valid_size: float = Field(0.1, gt=0, lt=0.5, description="Fraction of rows for the validation split.")
     test_size: float = Field(0.1, gt=0, lt=0.5, description="Fraction of rows for the test split.")
@@ -177,7 +179,9 @@ class Recipe(_Stage):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model section.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training section.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving section.")
-    output_dir: str = Field("runs", description="Folder (relative to the recipe's folder) holding one directory per run.")
+    output_dir: str = Field(
+        "runs", description="Folder (relative to the recipe's folder) holding one directory per run."
+    )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -316,7 +320,11 @@ def annotated_yaml(recipe: Recipe) -> str:
                 out.append(f"{pad}{name}:")
                 emit(value, indent + 1)
                 continue
-            default = "required" if field.is_required() else f"default: {_yaml_scalar(field.get_default(call_default_factory=True))}"
+            default = (
+                "required"
+                if field.is_required()
+                else f"default: {_yaml_scalar(field.get_default(call_default_factory=True))}"
+            )
             out.append(f"{pad}# {desc} ({default})")
             out.append(f"{pad}{name}: {_yaml_scalar(value)}")
 

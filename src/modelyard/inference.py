@@ -15,6 +15,7 @@ import numpy as np
 from modelyard._internal.io import read_json
 from modelyard.errors import ModelError
 
+
 class Classifier:
     """A trained text classifier.
 
@@ -96,7 +97,10 @@ class Classifier:
         """
         probs = self.predict_proba(texts)
         return [
-            {"label": self.labels[int(row.argmax())], "scores": {lab: float(p) for lab, p in zip(self.labels, row)}}
+            {
+                "label": self.labels[int(row.argmax())],
+                "scores": {lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
+            }
             for row in probs
         ]
 

@@ -54,8 +54,9 @@ def smoke_test_server(run_dir: Path, console: Console, timeout_s: float = 120.0)
 
     cfg = load_recipe(run_dir / "recipe.yaml").serve
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(lambda: load(run_dir), cfg), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(lambda: load(run_dir), cfg), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -70,12 +71,15 @@ def smoke_test_server(run_dir: Path, console: Console, timeout_s: float = 120.0)
             if time.monotonic() > deadline:
                 raise ModelyardError(f"smoke test: server on {base} not ready after {timeout_s:.0f}s")
             time.sleep(0.2)
-        texts = ["A warm, funny and beautifully acted film.", "A dull, lifeless mess that overstays its welcome."]
+        texts = [
+            "A warm, funny and beautifully acted film.",
+            "A dull, lifeless mess that overstays its welcome.",
+        ]
         resp = httpx.post(f"{base}/v1/predict", json={"texts": texts}, timeout=30)
         if resp.status_code != 200:
             raise ModelyardError(f"smoke test: POST /v1/predict returned {resp.status_code}: {resp.text[:200]}")
         body = resp.json()
-        for text, pred in zip(texts, body["predictions"]):
+        for text, pred in zip(texts, body["predictions"], strict=True):
             scores = ", ".join(f"{k} {v:.3f}" for k, v in pred["scores"].items())
             console.print(f"served: {text!r} → [bold]{pred['label']}[/] ({scores})")
         return body

@@ -16,8 +16,19 @@ from typing import Any
 from modelyard.errors import ModelyardError
 
 INCOMPLETE = ".incomplete"
-_PACKAGES = ("modelyard", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas",
-             "scikit-learn", "pydantic", "fastapi", "accelerate")
+_PACKAGES = (
+    "modelyard",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "pydantic",
+    "fastapi",
+    "accelerate",
+)
 
 
 def new_run_id() -> str:
@@ -54,9 +65,7 @@ def find_run(path: Path) -> Path:
     if not path.is_dir():
         raise ModelyardError(f"run directory not found: {path}")
     if path.name.endswith(INCOMPLETE):
-        raise ModelyardError(
-            f"{path} is an unfinished run; resume it with `modelyard train RECIPE --resume {path}`"
-        )
+        raise ModelyardError(f"{path} is an unfinished run; resume it with `modelyard train RECIPE --resume {path}`")
     if not (path / "manifest.json").is_file() or not (path / "model").is_dir():
         raise ModelyardError(f"{path} is not a modelyard run directory (no manifest.json / model/)")
     return path

@@ -126,8 +126,7 @@ def clean_frame(df: pd.DataFrame, cfg: CleaningConfig) -> tuple[pd.DataFrame, di
         if cfg.conflicts == "error":
             sub = work[is_conflict]
             shown = "; ".join(
-                f"'{_short(t)}' ({', '.join(sorted(set(sub.loc[sub['text'] == t, 'label'])))})"
-                for t in examples
+                f"'{_short(t)}' ({', '.join(sorted(set(sub.loc[sub['text'] == t, 'label'])))})" for t in examples
             )
             raise DataError(
                 f"{len(conflicting)} text(s) appear with different labels, e.g. {shown}; "

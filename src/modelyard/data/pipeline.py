@@ -92,9 +92,7 @@ def _load_source(cfg: DataConfig, base_dir: Path) -> _Source:
     return _Source(str(path), table.format, table.compression, frame, {str(path.resolve()): table.sha256})
 
 
-def _filter_labels(
-    frame: pd.DataFrame, cfg: DataConfig, source: str
-) -> tuple[pd.DataFrame, list[str] | None, int]:
+def _filter_labels(frame: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.DataFrame, list[str] | None, int]:
     if cfg.labels is None:
         return frame, None, 0
     wanted = [normalize_label(lb, cfg.clean.unicode_nfkc) for lb in cfg.labels]
@@ -126,11 +124,7 @@ def _no_rows_error(source: str, rows_in: int, dropped: dict[str, int]) -> DataEr
         reasons.append("without a label")
     if dropped["conflicts_rows"]:
         reasons.append("conflicting labels")
-    hint = (
-        "check data.text_column"
-        if reasons[:1] == ["empty/too short"]
-        else "check data.text_column and data.clean"
-    )
+    hint = "check data.text_column" if reasons[:1] == ["empty/too short"] else "check data.text_column and data.clean"
     if reasons == ["without a label"]:
         hint = "check data.label_column"
     return DataError(
@@ -224,9 +218,7 @@ def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
     }
     if cfg.sample is not None:
         if cfg.sample >= rows_before:
-            sample_info["note"] = (
-                f"data.sample ({cfg.sample}) ≥ rows after cleaning ({rows_before}); kept all rows"
-            )
+            sample_info["note"] = f"data.sample ({cfg.sample}) ≥ rows after cleaning ({rows_before}); kept all rows"
         else:
             cleaned = stratified_sample(cleaned, cfg.sample, cfg.seed)
             sample_info["rows_after"] = len(cleaned)

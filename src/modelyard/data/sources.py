@@ -10,7 +10,6 @@ import bz2
 import difflib
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import lzma
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from modelyard._internal.packages import package_dir
 from modelyard.errors import DataError
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -100,8 +100,7 @@ def decode_bytes(raw: bytes, encoding: str, where: str, *, decompressed: bool = 
         ) from None
     except UnicodeDecodeError as err:
         raise DataError(
-            f"{where}: not valid {encoding} at byte {err.start}{of}; "
-            "set data.encoding to the file's real encoding"
+            f"{where}: not valid {encoding} at byte {err.start}{of}; set data.encoding to the file's real encoding"
         ) from None
     # An explicit utf-8 (not utf-8-sig) leaves the BOM in place, where it would corrupt the first column name.
     return text.removeprefix("\ufeff")
@@ -155,8 +154,7 @@ def _pick_zip_member(zf: zipfile.ZipFile, fmt: str, where: str) -> str:
                 return n
     shown = ", ".join(names[:10]) + (" …" if len(names) > 10 else "")
     raise DataError(
-        f"{where}: the zip archive holds no CSV/TSV/JSONL/Parquet file (found {shown}); "
-        "extract the one to use"
+        f"{where}: the zip archive holds no CSV/TSV/JSONL/Parquet file (found {shown}); extract the one to use"
     )
 
 
@@ -177,8 +175,7 @@ def _parse_delimited(text: str, sep: str, fmt: str, where: str) -> pd.DataFrame:
         m = _LINE_RE.search(msg)
         line = f" at line {m.group(1) or m.group(2)}" if m else ""
         raise DataError(
-            f"{where}: can't parse as {fmt.upper()}{line} ({msg}); check the quoting, the delimiter "
-            "and data.format"
+            f"{where}: can't parse as {fmt.upper()}{line} ({msg}); check the quoting, the delimiter and data.format"
         ) from None
 
 
@@ -345,26 +342,13 @@ def load_bundled(name: str) -> tuple[pd.DataFrame, dict[str, str]]:
     return BUNDLED_SOURCES[key]()
 
 
-def _package_dir(package: str) -> Path | None:
-    """The folder of an installed package, found without importing it (imports can be slow or noisy)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _package_file(source: str, package: str, relpath: str, install: str) -> Path:
-    root = _package_dir(package)
+    root = package_dir(package)
     if root is None:
         raise DataError(f"{BUNDLED_PREFIX}{source} needs the {package} package: {install}")
     path = root / relpath
     if not path.is_file():
-        raise DataError(
-            f"{BUNDLED_PREFIX}{source}: {path} is missing from the {package} install; reinstall: {install}"
-        )
+        raise DataError(f"{BUNDLED_PREFIX}{source}: {path} is missing from the {package} install; reinstall: {install}")
     return path
 
 

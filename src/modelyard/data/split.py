@@ -2,8 +2,9 @@
 
 The split is computed here rather than with two calls to sklearn's ``train_test_split``: sklearn
 apportions each split independently, so a small class can end up with no validation example even
-when it has enough rows. The allocation below is the same largest-remainder scheme, but it also
-guarantees every class at least one row in each split. Rows are put in a canonical order first, so
+when it has enough rows, and the train split (the leftover) can be off by two rows. The allocation
+below rounds every class's share of every split to its floor or ceiling and guarantees every class
+at least one row in each split. Rows are put in a canonical order first, so
 the result depends only on the *set* of rows and the seed, not on the order of the input file.
 """
 
@@ -150,8 +151,5 @@ def stratified_split(
         parts["valid"].append(perm[t : t + v])
         parts["train"].append(perm[t + v :])
     # Shuffle within each split so batches are not grouped by class.
-    out = {
-        name: df.iloc[rng.permutation(np.concatenate(idx))].reset_index(drop=True)
-        for name, idx in parts.items()
-    }
+    out = {name: df.iloc[rng.permutation(np.concatenate(idx))].reset_index(drop=True) for name, idx in parts.items()}
     return out["train"], out["valid"], out["test"]

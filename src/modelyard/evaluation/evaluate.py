@@ -58,8 +58,7 @@ def evaluate(
         for col, key in ((tcol, "--text-column"), (lcol, "--label-column")):
             if col not in frame.columns:
                 raise DataError(
-                    f"{path}: column '{col}' not found; columns found: {', '.join(map(str, frame.columns))}; "
-                    f"pass {key}"
+                    f"{path}: column '{col}' not found; columns found: {', '.join(map(str, frame.columns))}; pass {key}"
                 )
         frame = pd.DataFrame({"text": frame[tcol].astype(str), "label": frame[lcol].astype(str).str.strip()})
         unknown = sorted(set(frame["label"]) - set(index))

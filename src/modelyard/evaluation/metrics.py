@@ -45,9 +45,7 @@ def _validate(y_true: Sequence[int] | np.ndarray, probs: np.ndarray) -> tuple[np
         raise ValueError(f"probs must be a 2-D array of shape (n, k) with k >= 2, got shape {p.shape}")
     y_raw = np.asarray(y_true)
     if y_raw.ndim != 1 or y_raw.shape[0] != p.shape[0]:
-        raise ValueError(
-            f"y_true must be 1-D with {p.shape[0]} entries (one per row of probs), got {y_raw.shape}"
-        )
+        raise ValueError(f"y_true must be 1-D with {p.shape[0]} entries (one per row of probs), got {y_raw.shape}")
     if p.shape[0] == 0:
         raise ValueError("cannot compute metrics on zero examples")
     if y_raw.dtype.kind not in "iub" and not (
@@ -64,8 +62,7 @@ def _validate(y_true: Sequence[int] | np.ndarray, probs: np.ndarray) -> tuple[np
     worst = float(np.max(np.abs(sums - 1.0)))
     if worst > _ROW_SUM_TOLERANCE:
         raise ValueError(
-            f"rows of probs must sum to 1 (worst row is off by {worst:.3g}); "
-            "pass softmax probabilities, not logits"
+            f"rows of probs must sum to 1 (worst row is off by {worst:.3g}); pass softmax probabilities, not logits"
         )
     return y, p / sums[:, None]
 
@@ -99,9 +96,7 @@ def _bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> list[dict
     return out
 
 
-def reliability_bins(
-    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, n_bins: int = 15
-) -> list[dict[str, Any]]:
+def reliability_bins(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, n_bins: int = 15) -> list[dict[str, Any]]:
     """Group predictions into equal-width confidence bins (the data of a reliability diagram).
 
     Confidence is the maximum class probability of each row and the prediction is its argmax.
@@ -125,9 +120,7 @@ def reliability_bins(
     return _bins(confidence, correct, n_bins)
 
 
-def expected_calibration_error(
-    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, n_bins: int = 15
-) -> float:
+def expected_calibration_error(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
     """Expected calibration error over equal-width bins of the maximum class probability.
 
     ``ECE = sum_b (n_b / n) * |accuracy_b - confidence_b|`` over non-empty bins (Guo et al., 2017).

@@ -232,9 +232,7 @@ def _confusion_figure(y: np.ndarray, pred: np.ndarray, labels: list[str], split:
         return _svg(fig)
 
 
-def _one_vs_rest(
-    y: np.ndarray, probs: np.ndarray, labels: list[str]
-) -> list[tuple[int, np.ndarray, np.ndarray]]:
+def _one_vs_rest(y: np.ndarray, probs: np.ndarray, labels: list[str]) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(class, binary target, score) for each curve to draw, most frequent class first.
 
     Binary tasks get one curve for the positive class (``labels[1]``). A class is drawn only if the
@@ -264,9 +262,7 @@ def _curve_style(rank: int) -> dict[str, Any]:
     return {"linewidth": 0.7, "alpha": 0.5, "color": "#999999"}
 
 
-def _roc_figure(
-    y: np.ndarray, probs: np.ndarray, labels: list[str], split: str
-) -> tuple[Markup | None, str | None]:
+def _roc_figure(y: np.ndarray, probs: np.ndarray, labels: list[str], split: str) -> tuple[Markup | None, str | None]:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     curves = _one_vs_rest(y, probs, labels)
@@ -293,9 +289,7 @@ def _roc_figure(
         return _svg(fig), None
 
 
-def _pr_figure(
-    y: np.ndarray, probs: np.ndarray, labels: list[str], split: str
-) -> tuple[Markup | None, str | None]:
+def _pr_figure(y: np.ndarray, probs: np.ndarray, labels: list[str], split: str) -> tuple[Markup | None, str | None]:
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     curves = _one_vs_rest(y, probs, labels)

@@ -6,4 +6,11 @@ from modelyard.models.registry import ModelBuilder, build_model, get_builder, re
 # Importing the family modules registers their builders.
 from modelyard.models import hf_encoder as _hf_encoder  # noqa: E402,F401  isort: skip
 
-__all__ = ["BUNDLED_BACKBONES", "ModelBuilder", "build_model", "get_builder", "register_model", "resolve_backbone"]
+__all__ = [
+    "BUNDLED_BACKBONES",
+    "ModelBuilder",
+    "build_model",
+    "get_builder",
+    "register_model",
+    "resolve_backbone",
+]

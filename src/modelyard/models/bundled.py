@@ -6,11 +6,11 @@ packages have heavy or broken imports.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelyard._internal.packages import package_dir
 from modelyard.errors import ModelError
 
 
@@ -30,17 +30,6 @@ BUNDLED_BACKBONES: dict[str, BundledBackbone] = {
         description="all-MiniLM-L6-v2: English BERT encoder, 6 layers, hidden 384, 22.7M params (Apache-2.0)",
     ),
 }
-
-
-def package_dir(package: str) -> Path | None:
-    """Folder of an installed package without importing it, or ``None`` if not installed."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def resolve_backbone(spec: str, base_dir: Path) -> str:

@@ -97,9 +97,7 @@ class ModelRuntime:
         Args:
             load_classifier: Returns the classifier; may take minutes.
         """
-        self._thread = threading.Thread(
-            target=self._load, args=(load_classifier,), name="modelyard-load", daemon=True
-        )
+        self._thread = threading.Thread(target=self._load, args=(load_classifier,), name="modelyard-load", daemon=True)
         self._thread.start()
 
     def _load(self, load_classifier: Callable[[], Classifier]) -> None:
@@ -160,12 +158,8 @@ class ModelRuntime:
             raise ApiError(503, "shutting_down", "the server is shutting down; retry", headers=_RETRY_AFTER)
         if status == "error":
             # No Retry-After: retrying cannot help until an operator fixes the model and restarts.
-            raise ApiError(
-                503, "model_not_ready", "the model failed to load; see GET /readyz and the server log"
-            )
-        raise ApiError(
-            503, "model_not_ready", "the model is still loading; retry shortly", headers=_RETRY_AFTER
-        )
+            raise ApiError(503, "model_not_ready", "the model failed to load; see GET /readyz and the server log")
+        raise ApiError(503, "model_not_ready", "the model is still loading; retry shortly", headers=_RETRY_AFTER)
 
     def predict(self, texts: list[str]) -> np.ndarray:
         """Score ``texts`` with the loaded model (runs in the batcher's model thread).
@@ -219,8 +213,7 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
     """
     if cfg.max_texts_per_request > cfg.max_queue:
         logger.warning(
-            "serve.max_texts_per_request (%d) > serve.max_queue (%d): requests larger than the queue "
-            "always get 503",
+            "serve.max_texts_per_request (%d) > serve.max_queue (%d): requests larger than the queue always get 503",
             cfg.max_texts_per_request,
             cfg.max_queue,
         )
@@ -333,9 +326,7 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
                 503, "overloaded", f"the server is overloaded ({err}); retry shortly", headers=_RETRY_AFTER
             ) from None
         except BatcherClosedError:
-            raise ApiError(
-                503, "shutting_down", "the server is shutting down; retry", headers=_RETRY_AFTER
-            ) from None
+            raise ApiError(503, "shutting_down", "the server is shutting down; retry", headers=_RETRY_AFTER) from None
         except BatchFailedError:
             # Already logged with its traceback by the batcher; the client gets no internals.
             raise ApiError(

@@ -123,9 +123,7 @@ class MicroBatcher:
             drained = True
         except asyncio.TimeoutError:
             drained = False
-            logger.warning(
-                "batcher: %d texts still queued after %.1fs; failing them", len(self._queue), timeout
-            )
+            logger.warning("batcher: %d texts still queued after %.1fs; failing them", len(self._queue), timeout)
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
@@ -290,7 +288,5 @@ class MicroBatcher:
         # batch instead of handing callers someone else's (or no) row.
         probs = np.asarray(self._predict(texts), dtype=np.float64)
         if probs.ndim != 2 or probs.shape[0] != len(texts):
-            raise ValueError(
-                f"predict_proba returned shape {probs.shape} for {len(texts)} texts; expected (n, k)"
-            )
+            raise ValueError(f"predict_proba returned shape {probs.shape} for {len(texts)} texts; expected (n, k)")
         return probs

@@ -127,9 +127,7 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
         message = f"no route {request.method} {request.url.path}; see /docs for the API"
     elif exc.status_code == 405:
         allow = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
-        message = f"method {request.method} is not allowed on {request.url.path}" + (
-            f"; use {allow}" if allow else ""
-        )
+        message = f"method {request.method} is not allowed on {request.url.path}" + (f"; use {allow}" if allow else "")
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 

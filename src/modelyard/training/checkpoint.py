@@ -91,13 +91,21 @@ def load_checkpoint(
     Raises:
         ModelyardError: the checkpoint is missing or incomplete.
     """
-    needed = ["model.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors", "trainer_state.json"]
+    needed = [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "optimizer.json",
+        "rng.safetensors",
+        "trainer_state.json",
+    ]
     missing = [n for n in needed if not (directory / n).is_file()]
     if missing:
         raise ModelyardError(f"checkpoint {directory} is incomplete (missing {', '.join(missing)}); cannot resume")
     device = next(model.parameters()).device
     model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
-    opt = _unflatten_optimizer(load_file(str(directory / "optimizer.safetensors")), read_json(directory / "optimizer.json"))
+    opt = _unflatten_optimizer(
+        load_file(str(directory / "optimizer.safetensors")), read_json(directory / "optimizer.json")
+    )
     optimizer.load_state_dict(opt)
     state = read_json(directory / "trainer_state.json")
     scheduler.load_state_dict(state.pop("scheduler"))

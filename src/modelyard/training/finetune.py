@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from modelyard._internal.batching import length_grouped_batches, pad_batch, sorted_batches
 from modelyard._internal.io import atomic_write_text, read_json, write_json
@@ -157,10 +164,14 @@ class FineTuneRecipe:
 
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
         groups = [
-            {"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
-             "weight_decay": self.cfg.weight_decay},
-            {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
-             "weight_decay": 0.0},
+            {
+                "params": [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
+                "weight_decay": self.cfg.weight_decay,
+            },
+            {
+                "params": [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
+                "weight_decay": 0.0,
+            },
         ]
         self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
         n_batches = math.ceil(len(self.splits["train"].ids) / self.cfg.batch_size)
@@ -189,14 +200,18 @@ class FineTuneRecipe:
         """Checkpoint model, optimizer, scheduler, RNG and data position (at an optimizer-step boundary)."""
         state = self.state.__dict__ | {"rng": rng_state()}
         save_checkpoint(
-            self.ckpt_dir / "last", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            self.ckpt_dir / "last",
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
             trainer_state=state,
         )
 
     def load_checkpoint(self) -> None:
         """Restore the last checkpoint of this run directory."""
-        raw = load_checkpoint(self.ckpt_dir / "last", model=self.model, optimizer=self.optimizer,
-                              scheduler=self.scheduler)
+        raw = load_checkpoint(
+            self.ckpt_dir / "last", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        )
         set_rng_state(raw.pop("rng"))
         self.state = TrainerState(**raw)
         self.console.print(
@@ -211,8 +226,13 @@ class FineTuneRecipe:
 
         enc = self.splits[name]
         probs, loss = predict_probs(
-            self.model, enc.ids, batch_size=self.cfg.eval_batch_size, pad_id=self.pad_id, device=self.device,
-            dtype=self.dtype, labels=enc.labels,
+            self.model,
+            enc.ids,
+            batch_size=self.cfg.eval_batch_size,
+            pad_id=self.pad_id,
+            device=self.device,
+            dtype=self.dtype,
+            labels=enc.labels,
         )
         return compute_metrics(enc.labels, probs, self.labels, loss=loss), probs
 
@@ -226,20 +246,36 @@ class FineTuneRecipe:
         log = progress_path.open("a", encoding="utf-8")
         window_start, window_samples, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
         session_start, session_steps0 = time.perf_counter(), st.global_step
-        columns = (TextColumn("[bold]train[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[sps]} samples/s"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+        columns = (
+            TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[sps]} samples/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=self.console, transient=False) as bar:
-            task = bar.add_task("train", total=self.total_steps, completed=st.global_step, epoch=st.epoch + 1,
-                                loss="-", sps="-")
+            task = bar.add_task(
+                "train",
+                total=self.total_steps,
+                completed=st.global_step,
+                epoch=st.epoch + 1,
+                loss="-",
+                sps="-",
+            )
             for epoch in range(st.epoch, cfg.epochs):
-                batches = length_grouped_batches(train.lengths, cfg.batch_size, cfg.seed + epoch,
-                                                 group_by_length=cfg.group_by_length)
+                batches = length_grouped_batches(
+                    train.lengths, cfg.batch_size, cfg.seed + epoch, group_by_length=cfg.group_by_length
+                )
                 self.model.train()
                 epoch_t0 = time.perf_counter()
                 for b in range(st.batch_in_epoch, len(batches)):
                     idx = batches[b]
-                    inputs = {k: v.to(self.device) for k, v in pad_batch([train.ids[i] for i in idx], self.pad_id).items()}
+                    inputs = {
+                        k: v.to(self.device) for k, v in pad_batch([train.ids[i] for i in idx], self.pad_id).items()
+                    }
                     y = torch.as_tensor(train.labels[idx], device=self.device)
                     with _autocast(self.device, self.dtype):
                         logits = self.model(**inputs).logits
@@ -279,14 +315,27 @@ class FineTuneRecipe:
                     if st.global_step % cfg.log_every_steps == 0 or b + 1 == len(batches):
                         sps = window_samples / max(now - window_start, 1e-9)
                         record = {
-                            "time": time.time(), "step": st.global_step, "total_steps": self.total_steps,
-                            "epoch": round(epoch + (b + 1) / len(batches), 4), "loss": window_loss / max(window_n, 1),
-                            "lr": self.scheduler.get_last_lr()[0], "samples_per_s": round(sps, 2),
-                            "eta_s": round(eta, 1), "elapsed_s": round(st.train_seconds + now - session_start, 1),
+                            "time": time.time(),
+                            "step": st.global_step,
+                            "total_steps": self.total_steps,
+                            "epoch": round(epoch + (b + 1) / len(batches), 4),
+                            "loss": window_loss / max(window_n, 1),
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "samples_per_s": round(sps, 2),
+                            "eta_s": round(eta, 1),
+                            "elapsed_s": round(st.train_seconds + now - session_start, 1),
                         }
                         log.write(json.dumps(record) + "\n")
                         log.flush()
                         bar.update(task, loss=f"{record['loss']:.4f}", sps=f"{sps:.1f}")
+                        if not self.console.is_terminal and _crossed_tenth(
+                            st.global_step, cfg.log_every_steps, self.total_steps
+                        ):
+                            # No live bar in logs/CI: a plain line every ~10% keeps progress visible.
+                            bar.console.print(
+                                f"step {st.global_step}/{self.total_steps} · epoch {record['epoch']:.2f} · "
+                                f"loss {record['loss']:.4f} · {sps:.1f} samples/s · ETA {eta:.0f}s"
+                            )
                         window_start, window_samples, window_loss, window_n = now, 0, 0.0, 0
                     bar.update(task, completed=st.global_step, epoch=epoch + 1)
                     if cfg.checkpoint_every_steps and st.global_step % cfg.checkpoint_every_steps == 0:
@@ -298,9 +347,13 @@ class FineTuneRecipe:
 
                 # --- end of epoch: validate, select, maybe stop, checkpoint
                 metrics, _ = self.evaluate_split("valid")
-                entry = {"epoch": epoch + 1, "step": st.global_step,
-                         "train_loss": st.epoch_loss_sum / max(st.epoch_loss_count, 1),
-                         "valid_loss": metrics["loss"], "epoch_seconds": round(time.perf_counter() - epoch_t0, 2)}
+                entry = {
+                    "epoch": epoch + 1,
+                    "step": st.global_step,
+                    "train_loss": st.epoch_loss_sum / max(st.epoch_loss_count, 1),
+                    "valid_loss": metrics["loss"],
+                    "epoch_seconds": round(time.perf_counter() - epoch_t0, 2),
+                }
                 entry |= {f"valid_{k}": metrics[k] for k in HEADLINE}
                 st.history.append(entry)
                 log.write(json.dumps({"event": "eval", "time": time.time(), **entry}) + "\n")
@@ -357,8 +410,9 @@ class FineTuneRecipe:
         for split in ("valid", "test"):
             m, probs = self.evaluate_split(split)
             metrics[split] = m
-            frames.append(prediction_frame(split, self.splits[split].texts, self.splits[split].labels, probs,
-                                           self.labels))
+            frames.append(
+                prediction_frame(split, self.splits[split].texts, self.splits[split].labels, probs, self.labels)
+            )
         write_json(self.run_dir / "metrics.json", metrics)
         predictions = pd.concat(frames, ignore_index=True)
         predictions.to_parquet(self.run_dir / "predictions.parquet", index=False)
@@ -367,18 +421,25 @@ class FineTuneRecipe:
         return metrics
 
 
+def _crossed_tenth(step: int, every: int, total: int) -> bool:
+    """Whether the last ``every`` steps crossed a 10% boundary of ``total``."""
+    return step * 10 // total != max(step - every, 0) * 10 // total or step == total
+
+
 def prediction_frame(split: str, texts: list[str], y: np.ndarray | None, probs: np.ndarray, labels: list[str]) -> Any:
     """The predictions table shared by train, evaluate and the report."""
     import pandas as pd
 
     pred = probs.argmax(axis=1)
-    frame = pd.DataFrame({
-        "split": split,
-        "text": texts,
-        "label": [labels[i] for i in y] if y is not None else None,
-        "pred": [labels[i] for i in pred],
-        "confidence": probs.max(axis=1),
-    })
+    frame = pd.DataFrame(
+        {
+            "split": split,
+            "text": texts,
+            "label": [labels[i] for i in y] if y is not None else None,
+            "pred": [labels[i] for i in pred],
+            "confidence": probs.max(axis=1),
+        }
+    )
     for j, lab in enumerate(labels):
         frame[f"prob_{lab}"] = probs[:, j]
     return frame
@@ -389,17 +450,20 @@ def save_model_dir(path: Path, model: Any, tokenizer: Any, recipe: Recipe, label
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
-    write_json(path / "modelyard.json", {
-        "format": 1,
-        "task": recipe.task,
-        "name": recipe.name,
-        "labels": labels,
-        "max_length": recipe.model.max_length,
-        "backbone": recipe.model.backbone,
-        "model_type": recipe.model.type,
-        "text_column": recipe.data.text_column,
-        "cleaning": recipe.data.clean.model_dump(mode="json"),
-    })
+    write_json(
+        path / "modelyard.json",
+        {
+            "format": 1,
+            "task": recipe.task,
+            "name": recipe.name,
+            "labels": labels,
+            "max_length": recipe.model.max_length,
+            "backbone": recipe.model.backbone,
+            "model_type": recipe.model.type,
+            "text_column": recipe.data.text_column,
+            "cleaning": recipe.data.clean.model_dump(mode="json"),
+        },
+    )
 
 
 # ---------------------------------------------------------------------- orchestration
@@ -492,13 +556,18 @@ def _reopen(run_dir: Path, recipe: Recipe, console: Console) -> tuple[Path, Reci
     saved = load_recipe(run_dir / "recipe.yaml")
     saved._base_dir = recipe.base_dir
     if saved.model_dump() != recipe.model_dump():
-        console.print("[yellow]note: the recipe differs from the one this run started with; "
-                      "resuming with the run's own recipe.yaml[/]")
+        console.print(
+            "[yellow]note: the recipe differs from the one this run started with; "
+            "resuming with the run's own recipe.yaml[/]"
+        )
     split_dir = run_dir / "splits"
     frames = {n: pd.read_parquet(split_dir / f"{n}.parquet") for n in ("train", "valid", "test")}
-    data = PreparedData(**frames, labels=read_json(split_dir / "labels.json"),
-                        report=read_json(run_dir / "data_report.json"),
-                        fingerprints=read_json(run_dir / "fingerprints.json"))
+    data = PreparedData(
+        **frames,
+        labels=read_json(split_dir / "labels.json"),
+        report=read_json(run_dir / "data_report.json"),
+        fingerprints=read_json(run_dir / "fingerprints.json"),
+    )
     return run_dir, saved, data
 
 
@@ -532,14 +601,28 @@ def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resum
         "stopped_early": ft.state.stopped_early,
         "total_steps": ft.state.global_step,
     }
-    info = {"run": run_id, "recipe name": recipe.name, "backbone": recipe.model.backbone,
-            "parameters": f"{ft.n_params:,}", "device": str(ft.device), "precision": manifest["precision"],
-            "train time (s)": manifest["train_time_s"], "best epoch": ft.state.best_epoch,
-            "data": recipe.data.path, "train / valid / test": " / ".join(str(len(ft.splits[s].ids))
-                                                                          for s in ("train", "valid", "test"))}
-    write_report(run_dir / "report.html", title=f"{recipe.name} · {run_id}",
-                 metrics=read_json(run_dir / "metrics.json"), labels=ft.labels, history=ft.state.history,
-                 steps=steps, predictions=pd.read_parquet(run_dir / "predictions.parquet"), info=info)
+    info = {
+        "run": run_id,
+        "recipe name": recipe.name,
+        "backbone": recipe.model.backbone,
+        "parameters": f"{ft.n_params:,}",
+        "device": str(ft.device),
+        "precision": manifest["precision"],
+        "train time (s)": manifest["train_time_s"],
+        "best epoch": ft.state.best_epoch,
+        "data": recipe.data.path,
+        "train / valid / test": " / ".join(str(len(ft.splits[s].ids)) for s in ("train", "valid", "test")),
+    }
+    write_report(
+        run_dir / "report.html",
+        title=f"{recipe.name} · {run_id}",
+        metrics=read_json(run_dir / "metrics.json"),
+        labels=ft.labels,
+        history=ft.state.history,
+        steps=steps,
+        predictions=pd.read_parquet(run_dir / "predictions.parquet"),
+        info=info,
+    )
     write_json(run_dir / "manifest.json", manifest)
 
 
