@@ -161,10 +161,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
 ) -> None:
     """Batch prediction: the input rows plus predicted_label, confidence and prob_<label> columns."""
-    from modelyard.data import read_table
+    from modelyard.data import read_table, write_table
     from modelyard.errors import DataError
     from modelyard.inference import load
-    from modelyard.tables import write_table
 
     clf = load(run_dir, batch_size=batch_size)
     frame = read_table(input)

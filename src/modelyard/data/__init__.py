@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from modelyard.data.cleaning import clean_frame
 from modelyard.data.pipeline import PreparedData, prepare_data
-from modelyard.data.sources import BUNDLED_SOURCES, load_bundled, read_table, register_source
+from modelyard.data.sources import BUNDLED_SOURCES, load_bundled, read_table, register_source, write_table
 from modelyard.data.split import min_examples_per_class, stratified_sample, stratified_split
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "register_source",
     "stratified_sample",
     "stratified_split",
+    "write_table",
 ]

@@ -27,7 +27,7 @@ from modelyard.errors import DataError
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 
 # Extension → format. ``.json`` is read as JSON lines (a top-level JSON array of objects also works).
-_EXT_FORMAT = {
+EXT_FORMAT = {
     ".csv": "csv",
     ".tsv": "tsv",
     ".tab": "tsv",
@@ -115,8 +115,8 @@ def _format_from_name(name: str, fmt: str, where: str) -> str:
             raise DataError(f"data.format '{fmt}' is not supported; use auto, {', '.join(FORMATS)}")
         return fmt
     suffix = Path(name).suffix.lower()
-    if suffix in _EXT_FORMAT:
-        return _EXT_FORMAT[suffix]
+    if suffix in EXT_FORMAT:
+        return EXT_FORMAT[suffix]
     hint = " (export the sheet as CSV first)" if suffix in {".xls", ".xlsx", ".ods"} else ""
     shown = f"extension '{suffix}'" if suffix else "no extension"
     raise DataError(
@@ -148,7 +148,7 @@ def _pick_zip_member(zf: zipfile.ZipFile, fmt: str, where: str) -> str:
         return names[0]
     # Several members: prefer the first of the requested format (CSV under `auto`), then any readable one.
     target = "csv" if fmt == "auto" else fmt
-    for wanted in (lambda s: _EXT_FORMAT.get(s) == target, lambda s: s in _EXT_FORMAT):
+    for wanted in (lambda s: EXT_FORMAT.get(s) == target, lambda s: s in EXT_FORMAT):
         for n in names:
             if wanted(Path(n).suffix.lower()):
                 return n
@@ -384,3 +384,25 @@ def _chinese_reviews() -> tuple[pd.DataFrame, dict[str, str]]:
         texts.extend(lines)
         labels.extend([label] * len(lines))
     return pd.DataFrame({"text": texts, "label": labels}), fingerprints
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` as CSV/TSV/JSONL/Parquet chosen by ``path``'s extension, via a temp file + rename."""
+    path = Path(path)
+    fmt = EXT_FORMAT.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{path}: unknown output format '{path.suffix}'; use .csv, .tsv, .jsonl or .parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if fmt == "csv":
+            frame.to_csv(tmp, index=False)
+        elif fmt == "tsv":
+            frame.to_csv(tmp, index=False, sep="\t")
+        elif fmt == "jsonl":
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
