@@ -44,7 +44,7 @@ def test_shipped_recipes_open_with_their_command_and_validate(path: Path) -> Non
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first == f"# Run with:  modelyard train examples/{path.name}"
     recipe = load_recipe(path)
-    assert recipe.resolve(recipe.output_dir) == (ROOT / "runs").resolve()
+    assert recipe.resolve(recipe.output_dir).resolve() == (ROOT / "runs").resolve()
 
 
 def test_examples_quickstart_is_the_packaged_quickstart() -> None:

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ class FineTuneRecipe:
         self.cfg = recipe.train
         self.state = TrainerState()
         self.ckpt_dir = run_dir / CHECKPOINT_DIR
+        self.stopped_by_hook = False  # an ``on_epoch_end`` hook raised: the run is abandoned, not resumable
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -237,8 +239,17 @@ class FineTuneRecipe:
         return compute_metrics(enc.labels, probs, self.labels, loss=loss), probs
 
     # ------------------------------------------------------------------ the loop
-    def train(self, stop_after_step: int | None = None) -> None:
-        """Run (or continue) the epochs. ``stop_after_step`` simulates an interruption (tests, time limits)."""
+    def train(
+        self,
+        stop_after_step: int | None = None,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Run (or continue) the epochs. ``stop_after_step`` simulates an interruption (tests, time limits).
+
+        ``on_epoch_end(epoch, history_entry)`` is called after each epoch's validation and checkpoint
+        (epochs count from 1); an exception it raises stops training and propagates (tuning prunes a
+        trial this way).
+        """
         cfg, st = self.cfg, self.state
         train = self.splits["train"]
         accum = cfg.gradient_accumulation_steps
@@ -371,6 +382,13 @@ class FineTuneRecipe:
                     bar.console.print(f"early stopping: valid {cfg.metric} did not improve for {cfg.patience} epochs")
                 self._checkpoint_with_time(session_start)
                 session_start, session_steps0 = time.perf_counter(), st.global_step
+                if on_epoch_end is not None:
+                    try:
+                        on_epoch_end(epoch + 1, dict(entry))
+                    except BaseException:
+                        self.stopped_by_hook = True
+                        log.close()
+                        raise
                 if st.stopped_early:
                     break
         log.close()
@@ -475,12 +493,15 @@ def train(
     resume: Path | None = None,
     console: Console | None = None,
     stop_after_step: int | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> Path:
     """Train a recipe into a new run directory (or resume an unfinished one) and return its path.
 
     The run lives in ``<output_dir>/<run-id>.incomplete`` until everything is written, then is
     renamed to ``<output_dir>/<run-id>``. A failure before the first checkpoint removes it; a later
-    interruption keeps it (with ``checkpoints/last``) for ``--resume``.
+    interruption keeps it (with ``checkpoints/last``) for ``--resume``. ``on_epoch_end(epoch, entry)``
+    is called after each epoch's validation; an exception it raises propagates and the run directory
+    is discarded (it was stopped on purpose, e.g. a pruned tuning trial, so there is nothing to resume).
 
     Raises:
         ModelyardError: bad data, recipe or backbone (nothing is left behind), or an interruption.
@@ -508,7 +529,7 @@ def train(
         ft.setup()
         if resume is not None:
             ft.load_checkpoint()
-        ft.train(stop_after_step=stop_after_step)
+        ft.train(stop_after_step=stop_after_step, on_epoch_end=on_epoch_end)
         metrics = ft.finalize()
         _write_report_and_manifest(ft, run_id, t0, resumed_from=str(resume) if resume else None)
         if not recipe.train.keep_checkpoints:
@@ -518,7 +539,9 @@ def train(
         final = finish_run(run_dir)
     except BaseException as err:
         resumable = (run_dir / CHECKPOINT_DIR / "last" / "trainer_state.json").is_file()
-        if resumable:
+        if ft.stopped_by_hook:
+            discard_run(run_dir)
+        elif resumable:
             console.print(f"[yellow]run interrupted; resume with: modelyard train RECIPE --resume {run_dir}[/]")
             if isinstance(err, KeyboardInterrupt):
                 raise TrainingInterrupted(f"interrupted; resume with --resume {run_dir}") from None

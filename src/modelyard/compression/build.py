@@ -1,0 +1,308 @@
+"""Build one compressed variant into a directory (the caller makes it appear atomically).
+
+Each builder writes ``variant.json`` (method, source sha256, method details) next to its files.
+Nothing is pickled: weights are safetensors or ONNX protobuf, metadata is JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelyard._internal.io import read_json, sha256_file, write_json
+from modelyard.compression.variants import ONNX_FILE, ONNX_INPUTS, VARIANT_FILE, quantize_dynamic_int8
+from modelyard.errors import ModelyardError
+
+ONNX_OPSET = 17
+# Files of the source model directory copied next to an ONNX model (the text front end + labels).
+_FRONT_END_FILES = ("modelyard.json", "config.json")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``final`` (rename), on error it is removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+            os.rename(final, old)
+        os.rename(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _variant_json(out: Path, method: str, source: Path, **details: Any) -> dict[str, Any]:
+    spec = {
+        "format": 1,
+        "method": method,
+        "source": "model/model.safetensors",
+        "source_sha256": sha256_file(source / "model.safetensors"),
+        "created_at": time.time(),
+        **details,
+    }
+    write_json(out / VARIANT_FILE, spec)
+    return spec
+
+
+def _load_fp32(source: Path, **kwargs: Any) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, local_files_only=True, trust_remote_code=False, use_safetensors=True, **kwargs
+    )
+    return model.cpu().eval()
+
+
+def _copy_front_end(source: Path, out: Path, tokenizer: Any, files: tuple[str, ...] = _FRONT_END_FILES) -> None:
+    tokenizer.save_pretrained(out)
+    for name in files:
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)
+
+
+# ---------------------------------------------------------------------- dynamic-int8
+
+
+def build_dynamic_int8(source: Path, out: Path, **_: Any) -> dict[str, Any]:
+    """Record the recipe only.
+
+    A dynamically quantized torch model has packed int8 parameters that safetensors cannot hold and
+    that torch would only save by pickling, which modelyard refuses. Quantization is deterministic, so
+    the variant stores a JSON record (with the sha256 of the fp32 weights it applies to) and
+    :class:`~modelyard.compression.variants.DynamicInt8Classifier` re-quantizes ``model/`` at load.
+    """
+    return _variant_json(
+        out,
+        "dynamic-int8",
+        source,
+        applied_at_load="torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)",
+    )
+
+
+def int8_weight_bytes(model: Any) -> int:
+    """Bytes the dynamically quantized model's parameters occupy in memory (int8 Linear weights + fp32 rest)."""
+    import torch
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            w = module.weight()
+            total += w.numel()  # int8
+            total += 8 * (w.q_per_channel_scales().numel() if w.qscheme() != torch.per_tensor_affine else 1)
+            b = module.bias()
+            total += 0 if b is None else b.numel() * b.element_size()
+        else:
+            for p in module.parameters(recurse=False):
+                total += p.numel() * p.element_size()
+    return total
+
+
+# ---------------------------------------------------------------------- onnx
+
+
+class _LogitsOnly:
+    """Wrap a sequence classifier so the exported graph has exactly (input_ids, attention_mask) → logits."""
+
+    @staticmethod
+    def wrap(model: Any) -> Any:
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self, inner: Any) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+        # eval() on the wrapper: the exporter restores the wrapper's training flag afterwards, and a
+        # fresh Module is in training mode, which would switch dropout on in the inner model.
+        return Wrapper(model).eval()
+
+
+def export_onnx(source: Path, path: Path) -> None:
+    """Export ``source`` to ONNX (opset 17, dynamic batch and sequence axes) and check the graph."""
+    import onnx
+    import torch
+
+    # Eager attention exports to plain MatMul/Softmax that every onnxruntime version runs.
+    model = _LogitsOnly.wrap(_load_fp32(source, attn_implementation="eager"))
+    ids = torch.tensor([[2, 5, 6, 7, 8, 9, 10, 3], [2, 5, 6, 3, 0, 0, 0, 0]], dtype=torch.long)
+    mask = (torch.arange(8)[None, :] < torch.tensor([[8], [4]])).long()
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python control flow on shapes
+        kwargs: dict[str, Any] = {
+            "input_names": list(ONNX_INPUTS),
+            "output_names": ["logits"],
+            "dynamic_axes": axes | {"logits": {0: "batch"}},
+            "opset_version": ONNX_OPSET,
+        }
+        try:
+            # The TorchScript exporter is robust for encoder classifiers at opset 17.
+            torch.onnx.export(model, (ids, mask), str(path), dynamo=False, **kwargs)
+        except TypeError:  # torch without the dynamo switch (< 2.5): the legacy exporter is the default
+            torch.onnx.export(model, (ids, mask), str(path), **kwargs)
+    onnx.checker.check_model(str(path))
+
+
+def build_onnx(source: Path, out: Path, *, tokenizer: Any, **_: Any) -> dict[str, Any]:
+    """fp32 ONNX model + tokenizer files + ``modelyard.json``."""
+    import onnxruntime
+    import torch
+
+    export_onnx(source, out / ONNX_FILE)
+    _copy_front_end(source, out, tokenizer)
+    return _variant_json(
+        out, "onnx", source, opset=ONNX_OPSET, torch=torch.__version__, onnxruntime=onnxruntime.__version__
+    )
+
+
+def build_onnx_int8(source: Path, out: Path, *, tokenizer: Any, per_channel: bool = False, **_: Any) -> dict[str, Any]:
+    """Dynamic int8 quantization (onnxruntime) of the fp32 export; only the int8 model is kept."""
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = out / "model.fp32.onnx"
+    export_onnx(source, fp32)
+    quantize_dynamic(str(fp32), str(out / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=per_channel)
+    fp32.unlink()
+    for extra in out.glob("*.onnx.data"):  # external-data leftovers of the fp32 export
+        extra.unlink()
+    _copy_front_end(source, out, tokenizer)
+    return _variant_json(
+        out,
+        "onnx-int8",
+        source,
+        opset=ONNX_OPSET,
+        weight_type="QInt8",
+        per_channel=per_channel,
+        onnxruntime=onnxruntime.__version__,
+    )
+
+
+# ---------------------------------------------------------------------- prune
+
+
+def prunable_linears(model: Any) -> list[tuple[str, Any]]:
+    """The encoder's ``nn.Linear`` layers (attention + feed-forward); embeddings, pooler and head excluded."""
+    import torch
+
+    base = model.base_model
+    out = [
+        (name, m)
+        for name, m in base.named_modules()
+        if isinstance(m, torch.nn.Linear) and any(part in name.split(".") for part in ("encoder", "transformer"))
+    ]
+    if not out:
+        raise ModelyardError(f"found no encoder Linear layers to prune in {type(model).__name__}")
+    return out
+
+
+def weight_sparsity(weights: list[np.ndarray]) -> float:
+    """Fraction of exactly-zero entries over a list of arrays."""
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    total = sum(w.size for w in weights)
+    return zeros / total if total else 0.0
+
+
+def build_prune(
+    source: Path,
+    out: Path,
+    *,
+    tokenizer: Any,
+    run_dir: Path,
+    sparsity: float = 0.3,
+    recovery_steps: int = 50,
+    recovery_lr: float | None = None,
+    log: Callable[[str], None] = print,
+    **_: Any,
+) -> dict[str, Any]:
+    """Global L1 magnitude pruning of encoder Linear weights, a short masked recovery fine-tune, save."""
+    import pandas as pd
+    import torch
+    from torch.nn.utils import prune
+
+    from modelyard._internal.batching import length_grouped_batches, pad_batch
+    from modelyard.config import load_recipe
+    from modelyard.training.finetune import encode
+
+    if not 0.0 <= sparsity < 1.0:
+        raise ModelyardError(f"sparsity must be in [0, 1), got {sparsity}")
+    if recovery_steps < 0:
+        raise ModelyardError(f"recovery_steps must be >= 0, got {recovery_steps}")
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    seed = recipe.train.seed
+    lr = recovery_lr if recovery_lr is not None else recipe.train.learning_rate * 0.1
+    torch.manual_seed(seed)
+    model = _load_fp32(source)
+    linears = prunable_linears(model)
+    params = [(m, "weight") for _, m in linears]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
+
+    if recovery_steps:
+        meta = read_json(source / "modelyard.json")
+        label_index = {lab: i for i, lab in enumerate(meta["labels"])}
+        frame = pd.read_parquet(run_dir / "splits" / "train.parquet")
+        ids = encode(tokenizer, frame["text"].tolist(), int(meta["max_length"]))
+        y_all = np.array([label_index[x] for x in frame["label"]], dtype=np.int64)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        model.train()
+        step, epoch, losses = 0, 0, []
+        while step < recovery_steps:
+            for idx in length_grouped_batches([len(x) for x in ids], recipe.train.batch_size, seed + epoch):
+                batch = pad_batch([ids[i] for i in idx], pad_id)
+                # The pruning masks stay registered: weight = weight_orig * weight_mask on every forward,
+                # so pruned entries stay zero while the surviving weights adapt.
+                loss = torch.nn.functional.cross_entropy(model(**batch).logits, torch.as_tensor(y_all[idx]))
+                loss.backward()
+                if recipe.train.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                step += 1
+                if step >= recovery_steps:
+                    break
+            epoch += 1
+        log(f"prune: {recovery_steps} recovery steps at lr {lr:g}, loss {losses[0]:.4f} → {np.mean(losses[-5:]):.4f}")
+    for module, name in params:
+        prune.remove(module, name)
+    model.eval()
+    achieved = weight_sparsity([m.weight.detach().numpy() for _, m in linears])
+    model.save_pretrained(out, safe_serialization=True)
+    _copy_front_end(source, out, tokenizer, files=("modelyard.json",))
+    return _variant_json(
+        out,
+        "prune",
+        source,
+        target_sparsity=sparsity,
+        achieved_sparsity=achieved,
+        pruned_layers=[name for name, _ in linears],
+        recovery_steps=recovery_steps,
+        recovery_lr=lr,
+    )
+
+
+BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "dynamic-int8": build_dynamic_int8,
+    "onnx": build_onnx,
+    "onnx-int8": build_onnx_int8,
+    "prune": build_prune,
+}

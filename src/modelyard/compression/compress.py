@@ -1,0 +1,398 @@
+"""``modelyard compress``: build compressed variants of a run and measure them against the source.
+
+Every variant and the fp32 source ("torch-fp32") are measured in one process, side by side, on the
+run's test split: parity (argmax agreement, max |Δ logit|), accuracy / macro-F1, weight size and
+CPU latency at batch 1 and 32. Results go to ``<run>/compression.json`` and ``compression.html``.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from modelyard._internal.io import atomic_write_text, read_json, write_json
+from modelyard.compression.variants import (
+    METHODS,
+    ONNX_FILE,
+    check_runtime,
+    load_variant,
+    source_model_dir,
+    variant_dir,
+)
+from modelyard.errors import ModelyardError
+
+SOURCE = "torch-fp32"
+# Parity of a variant against the fp32 torch source on the test split. None = not checked (reported only).
+TOLERANCES: dict[str, dict[str, Any]] = {
+    SOURCE: {"min_agreement": 1.0, "max_abs_logit_diff": 0.0, "note": "the reference"},
+    "onnx": {"min_agreement": 1.0, "max_abs_logit_diff": 1e-3, "note": "same fp32 graph, different kernels"},
+    "dynamic-int8": {"min_agreement": 0.99, "max_abs_logit_diff": None, "note": "int8 Linear weights"},
+    "onnx-int8": {"min_agreement": 0.99, "max_abs_logit_diff": None, "note": "int8 MatMul weights"},
+    "prune": {"min_agreement": None, "max_abs_logit_diff": None, "note": "agreement reported only"},
+}
+ROW_KEYS = (
+    "method",
+    "runtime",
+    "files",
+    "size_mb",
+    "size_kind",
+    "agreement",
+    "max_abs_logit_diff",
+    "accuracy",
+    "macro_f1",
+    "accuracy_drop_points",
+    "p50_ms_b1",
+    "p95_ms_b1",
+    "p50_ms_b32",
+    "p95_ms_b32",
+    "speedup_b1",
+    "speedup_b32",
+    "sparsity",
+    "parity_ok",
+)
+LATENCY_BATCHES = (1, 32)
+_WARMUP = 3
+
+
+def parse_methods(methods: list[str] | tuple[str, ...] | str) -> list[str]:
+    """Validate (and de-duplicate, keeping order) method names; accepts ``"a,b"`` too."""
+    if isinstance(methods, str):
+        methods = [m for m in methods.split(",")]
+    out: list[str] = []
+    for m in methods:
+        m = m.strip()
+        check_runtime(m, METHODS)
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ModelyardError(f"no compression method given; valid: {', '.join(METHODS)}")
+    return out
+
+
+def compress(
+    run_dir: Path,
+    methods: list[str] | tuple[str, ...] = METHODS,
+    *,
+    console: Console | None = None,
+    sparsity: float = 0.3,
+    recovery_steps: int = 50,
+    latency_repeats: int = 50,
+    recovery_lr: float | None = None,
+) -> dict[str, Any]:
+    """Build the requested variants under ``<run>/compressed/<method>/`` and measure them.
+
+    Args:
+        run_dir: a finished run directory (``model/`` + ``splits/``).
+        methods: any of :data:`METHODS`.
+        sparsity: target fraction of zeroed encoder Linear weights for ``prune``.
+        recovery_steps: AdamW steps after pruning (masks kept); 0 skips recovery.
+        latency_repeats: timed calls per variant and batch size (after warm-up).
+        recovery_lr: learning rate of the recovery steps (default: a tenth of the recipe's).
+
+    Returns:
+        The ``compression.json`` content (rows, tolerances, versions, threads).
+
+    Raises:
+        ModelyardError: unknown method, no trained model in ``run_dir``, bad options.
+    """
+    import torch
+
+    from modelyard.compression.build import BUILDERS, atomic_dir
+
+    run_dir = Path(run_dir)
+    methods = parse_methods(methods)
+    source = source_model_dir(run_dir)
+    if latency_repeats < 1:
+        raise ModelyardError(f"latency_repeats must be >= 1, got {latency_repeats}")
+    console = console or Console(stderr=True)
+    texts, y, labels = _test_split(run_dir, source)
+
+    reference = load_variant(run_dir, "torch")
+    details: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        t0 = time.perf_counter()
+        console.print(f"[bold]compress[/] {method} …")
+        with atomic_dir(variant_dir(run_dir, method)) as tmp:
+            details[method] = BUILDERS[method](
+                source,
+                tmp,
+                tokenizer=reference.tokenizer,
+                run_dir=run_dir,
+                sparsity=sparsity,
+                recovery_steps=recovery_steps,
+                recovery_lr=recovery_lr,
+                log=console.print,
+            )
+        console.print(f"  → {variant_dir(run_dir, method)} ({time.perf_counter() - t0:.1f}s)")
+
+    clfs: dict[str, Any] = {SOURCE: reference} | {m: load_variant(run_dir, m) for m in methods}
+    ref_logits = reference.predict_logits(texts)
+    rows: list[dict[str, Any]] = []
+    for name, clf in clfs.items():
+        rows.append(_quality_row(name, clf, texts, y, labels, ref_logits, run_dir, details.get(name, {})))
+    latencies = _latencies(clfs, texts, latency_repeats)
+    base = rows[0]
+    for row in rows:
+        row.update(latencies[row["method"]])
+        row["accuracy_drop_points"] = round(100.0 * (base["accuracy"] - row["accuracy"]), 4)
+        for b in LATENCY_BATCHES:
+            mine = row[f"p50_ms_b{b}"]
+            row[f"speedup_b{b}"] = base[f"p50_ms_b{b}"] / mine if mine > 0 else None
+    rows = [{k: _finite(row[k]) for k in ROW_KEYS} for row in rows]
+
+    import onnx
+    import onnxruntime
+    import transformers
+
+    result = {
+        "format": 1,
+        "run": run_dir.name,
+        "created_at": time.time(),
+        "split": "test",
+        "n_examples": len(texts),
+        "rows": rows,
+        "tolerances": TOLERANCES,
+        "settings": {
+            "methods": methods,
+            "sparsity": sparsity,
+            "recovery_steps": recovery_steps,
+            "latency_repeats": latency_repeats,
+            "latency_batches": list(LATENCY_BATCHES),
+            "latency_warmup": _WARMUP,
+            "latency_scope": "predict_proba end to end: normalise + tokenize + forward + softmax",
+        },
+        "versions": {
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "onnx": onnx.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "threads": {"torch_intra_op": torch.get_num_threads(), "onnxruntime_intra_op": torch.get_num_threads()},
+        "hardware": {"machine": platform.machine(), "processor": platform.processor() or None},
+    }
+    write_json(run_dir / "compression.json", result)
+    atomic_write_text(run_dir / "compression.html", render_html(result))
+    print_table(console, result)
+    console.print(f"report: {run_dir / 'compression.html'}")
+    return result
+
+
+# ---------------------------------------------------------------------- measurements
+
+
+def _test_split(run_dir: Path, source: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    import pandas as pd
+
+    path = run_dir / "splits" / "test.parquet"
+    if not path.is_file():
+        raise ModelyardError(f"{run_dir} has no splits/test.parquet to measure the variants on")
+    frame = pd.read_parquet(path)
+    if frame.empty:
+        raise ModelyardError(f"{path} is empty; cannot measure the variants")
+    labels = list(read_json(source / "modelyard.json")["labels"])
+    index = {lab: i for i, lab in enumerate(labels)}
+    unknown = sorted(set(frame["label"]) - set(index))
+    if unknown:
+        raise ModelyardError(f"{path} has labels the model does not know: {unknown[:5]}")
+    return frame["text"].astype(str).tolist(), np.array([index[x] for x in frame["label"]], dtype=np.int64), labels
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax in float64 (what ``Classifier.predict_proba`` returns)."""
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def variant_files(run_dir: Path, method: str) -> list[Path]:
+    """The weight files of a variant (what ``size_mb`` counts)."""
+    if method == SOURCE:
+        return [run_dir / "model" / "model.safetensors"]
+    vdir = variant_dir(run_dir, method)
+    if method == "prune":
+        return sorted(vdir.glob("*.safetensors"))
+    if method in ("onnx", "onnx-int8"):
+        return [vdir / ONNX_FILE, *sorted(vdir.glob("*.onnx.data"))]
+    return []
+
+
+def _quality_row(
+    name: str,
+    clf: Any,
+    texts: list[str],
+    y: np.ndarray,
+    labels: list[str],
+    ref_logits: np.ndarray,
+    run_dir: Path,
+    detail: dict[str, Any],
+) -> dict[str, Any]:
+    from modelyard.compression.build import int8_weight_bytes, prunable_linears, weight_sparsity
+    from modelyard.evaluation.metrics import compute_metrics
+
+    logits = ref_logits if name == SOURCE else clf.predict_logits(texts)
+    agreement = float(np.mean(logits.argmax(axis=1) == ref_logits.argmax(axis=1)))
+    max_diff = float(np.max(np.abs(logits.astype(np.float64) - ref_logits.astype(np.float64))))
+    metrics = compute_metrics(y, softmax(logits), labels)
+    files = variant_files(run_dir, name)
+    if name == "dynamic-int8":
+        size, kind = int8_weight_bytes(clf.model), "in-memory (re-quantized at load; nothing stored)"
+    else:
+        size, kind = sum(f.stat().st_size for f in files), "disk"
+    sparsity = None
+    if name == "prune":
+        sparsity = detail.get("achieved_sparsity")
+        if sparsity is None:
+            sparsity = weight_sparsity([m.weight.detach().numpy() for _, m in prunable_linears(clf.model)])
+    tol = TOLERANCES[name]
+    ok = (tol["min_agreement"] is None or agreement >= tol["min_agreement"]) and (
+        tol["max_abs_logit_diff"] is None or max_diff <= tol["max_abs_logit_diff"]
+    )
+    return {
+        "method": name,
+        "runtime": clf.info()["runtime"],
+        "files": [str(f.relative_to(run_dir)) for f in files],
+        "size_mb": size / 1e6,
+        "size_kind": kind,
+        "agreement": agreement,
+        "max_abs_logit_diff": max_diff,
+        "accuracy": float(metrics["accuracy"]),
+        "macro_f1": float(metrics["macro_f1"]),
+        "sparsity": sparsity,
+        "parity_ok": bool(ok),
+    }
+
+
+def _latencies(clfs: dict[str, Any], texts: list[str], repeats: int) -> dict[str, dict[str, float]]:
+    """p50/p95 ms of ``predict_proba`` per classifier and batch size, interleaved round-robin.
+
+    Interleaving (every repetition times each variant once) spreads background load on a shared
+    machine evenly over the variants instead of penalising whichever ran during a busy spell.
+    """
+    n = len(texts)
+    out: dict[str, dict[str, float]] = {name: {} for name in clfs}
+    for b in LATENCY_BATCHES:
+
+        def batch_at(r: int, b: int = b) -> list[str]:
+            return [texts[(r * b + j) % n] for j in range(b)]
+
+        for clf in clfs.values():
+            for r in range(_WARMUP):
+                clf.predict_proba(batch_at(r))
+        times: dict[str, list[float]] = {name: [] for name in clfs}
+        for r in range(repeats):
+            chunk = batch_at(r)
+            for name, clf in clfs.items():
+                t0 = time.perf_counter()
+                clf.predict_proba(chunk)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        for name, ts in times.items():
+            out[name][f"p50_ms_b{b}"] = float(np.percentile(ts, 50))
+            out[name][f"p95_ms_b{b}"] = float(np.percentile(ts, 95))
+    return out
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------- output
+
+_COLUMNS = (
+    ("method", "method", "{}"),
+    ("size_mb", "size MB", "{:.2f}"),
+    ("agreement", "agreement", "{:.4f}"),
+    ("max_abs_logit_diff", "max |Δlogit|", "{:.2e}"),
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("macro_f1", "macro F1", "{:.4f}"),
+    ("accuracy_drop_points", "Δacc (pts)", "{:+.2f}"),
+    ("p50_ms_b1", "p50 ms @1", "{:.2f}"),
+    ("p95_ms_b1", "p95 ms @1", "{:.2f}"),
+    ("p50_ms_b32", "p50 ms @32", "{:.1f}"),
+    ("p95_ms_b32", "p95 ms @32", "{:.1f}"),
+    ("speedup_b1", "speed-up @1", "{:.2f}×"),
+    ("speedup_b32", "speed-up @32", "{:.2f}×"),
+    ("sparsity", "sparsity", "{:.3f}"),
+    ("parity_ok", "parity", "{}"),
+)
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return "-"
+    if key == "parity_ok":
+        return "ok" if v else "FAIL"
+    if key == "accuracy_drop_points":
+        v = -v  # shown as the change: negative = accuracy lost
+    return fmt.format(v)
+
+
+def print_table(console: Console, result: dict[str, Any]) -> None:
+    """The rows as a rich table."""
+    from rich.table import Table
+
+    threads = result["threads"]["torch_intra_op"]
+    table = Table(title=f"compression · {result['n_examples']} test examples · {threads} CPU threads")
+    for key, title, _ in _COLUMNS:
+        table.add_column(title, justify="left" if key == "method" else "right")
+    for row in result["rows"]:
+        cells = [_cell(row, k, f) for k, _, f in _COLUMNS]
+        if not row["parity_ok"]:
+            cells[-1] = "[red]FAIL[/]"
+        table.add_row(*cells)
+    console.print(table)
+
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>compression · {{ run }}</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse}th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
+.fail{color:#b00;font-weight:bold}.ok{color:#070}code{background:#f4f4f4;padding:1px 3px}
+</style></head><body>
+<h1>compression · {{ run }}</h1>
+<p>{{ n }} test examples · torch {{ versions.torch }} · onnxruntime {{ versions.onnxruntime }} ·
+{{ threads }} CPU threads · {{ settings.latency_repeats }} timed calls per cell after {{ settings.latency_warmup }}
+warm-up calls ({{ settings.latency_scope }}).</p>
+<table><thead><tr>{% for title in titles %}<th>{{ title }}</th>{% endfor %}</tr></thead><tbody>
+{% for row in rows %}<tr>{% for cell in row.cells %}<td{% if loop.last %} class="{{ 'ok' if row.ok else 'fail' }}"{% endif %}>
+{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table>
+<h2>tolerances (vs torch-fp32 on the test split)</h2>
+<table><thead><tr><th>method</th><th>min agreement</th><th>max |Δlogit|</th><th>note</th></tr></thead><tbody>
+{% for name, tol in tolerances.items() %}<tr><td>{{ name }}</td>
+<td>{{ '-' if tol.min_agreement is none else tol.min_agreement }}</td>
+<td>{{ '-' if tol.max_abs_logit_diff is none else tol.max_abs_logit_diff }}</td><td>{{ tol.note }}</td></tr>
+{% endfor %}</tbody></table>
+<p>Sizes count the weight files (<code>size_kind</code> in compression.json); dynamic-int8 stores no weights and
+is re-quantized from <code>model/</code> at load.</p>
+</body></html>
+"""
+
+
+def render_html(result: dict[str, Any]) -> str:
+    """Self-contained HTML table (jinja2 with autoescape)."""
+    from jinja2 import Environment
+
+    env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    rows = [{"cells": [_cell(r, k, f) for k, _, f in _COLUMNS], "ok": r["parity_ok"]} for r in result["rows"]]
+    return env.from_string(_TEMPLATE).render(
+        run=result["run"],
+        n=result["n_examples"],
+        versions=result["versions"],
+        threads=result["threads"]["torch_intra_op"],
+        settings=result["settings"],
+        titles=[t for _, t, _ in _COLUMNS],
+        rows=rows,
+        tolerances=result["tolerances"],
+    )

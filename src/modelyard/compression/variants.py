@@ -1,0 +1,250 @@
+"""Compressed variants as classifiers with the same protocol as :class:`modelyard.inference.Classifier`.
+
+Every variant *is* a ``Classifier`` subclass: ``predict_proba``/``predict`` are inherited unchanged, so
+input normalisation (``modelyard.data.cleaning.clean_text`` with the run's cleaning config),
+tokenization, length-sorted batching and the softmax are the very same code for the source model and
+for every variant. Only the forward pass differs:
+
+* ``torch`` / ``prune``: the Hugging Face safetensors model (``Classifier`` itself).
+* ``dynamic-int8``: the source fp32 model with ``nn.Linear`` layers re-quantized at load time.
+* ``onnx`` / ``onnx-int8``: an ``onnxruntime.InferenceSession`` (CPU) behind a small adapter that
+  looks like a ``transformers`` model call (``model(input_ids=…, attention_mask=…).logits``).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from modelyard._internal.io import read_json, sha256_file
+from modelyard.errors import ModelError, ModelyardError
+from modelyard.inference import Classifier
+
+METHODS = ("dynamic-int8", "onnx", "onnx-int8", "prune")
+RUNTIMES = ("torch", *METHODS)
+COMPRESSED_DIR = "compressed"
+VARIANT_FILE = "variant.json"
+ONNX_FILE = "model.onnx"
+ONNX_INPUTS = ("input_ids", "attention_mask")
+
+
+def variant_dir(run_dir: Path, method: str) -> Path:
+    """Where a method's variant lives: ``<run>/compressed/<method>/``."""
+    return Path(run_dir) / COMPRESSED_DIR / method
+
+
+def check_runtime(runtime: str, allowed: tuple[str, ...] = RUNTIMES) -> str:
+    """Return ``runtime`` if valid, else raise a :class:`ModelyardError` naming the valid choices."""
+    if runtime not in allowed:
+        raise ModelyardError(f"unknown compression method/runtime {runtime!r}; valid: {', '.join(allowed)}")
+    return runtime
+
+
+def source_model_dir(run_dir: Path) -> Path:
+    """The run's fp32 ``model/`` directory, or a clear error if the run has none."""
+    from modelyard._internal.rundir import INCOMPLETE
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ModelError(f"run directory not found: {run_dir}")
+    if run_dir.name.endswith(INCOMPLETE):
+        raise ModelError(f"{run_dir} is an unfinished run; finish it with `modelyard train RECIPE --resume {run_dir}`")
+    model_dir = run_dir / "model"
+    if not (model_dir / "modelyard.json").is_file() or not (model_dir / "model.safetensors").is_file():
+        raise ModelError(
+            f"{run_dir} has no trained model (expected model/modelyard.json and model/model.safetensors); "
+            "pass a finished run directory from `modelyard train`"
+        )
+    return model_dir
+
+
+def quantize_dynamic_int8(model: Any) -> Any:
+    """``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear`` (int8 weights, CPU only).
+
+    Deterministic: the same fp32 weights always give the same int8 weights and scales, which is why the
+    ``dynamic-int8`` variant stores no weights at all (see :func:`modelyard.compression.build`).
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        # torch >= 2.10 deprecates eager-mode quantization in favour of torchao; it still works and
+        # needs no extra dependency, which is what an offline-first tool wants.
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model.cpu().eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class _VariantMixin:
+    """``runtime`` in ``info()`` and raw logits for parity checks (mirrors ``Classifier.predict_proba``)."""
+
+    runtime: str = "torch"
+    variant_path: Path | None = None
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()  # type: ignore[misc]
+        run_dir = self.run_dir
+        out["run_id"] = run_dir.name if run_dir is not None and (run_dir / "manifest.json").is_file() else None
+        out["runtime"] = self.runtime
+        return out
+
+    @property
+    def run_dir(self) -> Path | None:
+        base = self.variant_path or self.model_dir  # type: ignore[attr-defined]
+        # <run>/model or <run>/compressed/<method>
+        return base.parent.parent if base.parent.name == COMPRESSED_DIR else base.parent
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        """Raw logits, shape ``(n, k)``, float32; ``softmax(predict_logits(x)) == predict_proba(x)``.
+
+        Same steps as ``Classifier.predict_proba`` (normalise → tokenize → sorted batches) minus the
+        softmax; the tests check that both agree so the two paths cannot drift apart.
+        """
+        from modelyard._internal.batching import pad_batch, sorted_batches
+
+        clean = [self._normalize(str(t), self._cleaning) for t in texts]  # type: ignore[attr-defined]
+        out = np.zeros((len(clean), len(self.labels)), dtype=np.float32)  # type: ignore[attr-defined]
+        if not clean:
+            return out
+        ids = self.tokenizer(clean, truncation=True, max_length=self.max_length)["input_ids"]  # type: ignore[attr-defined]
+        torch = self._torch  # type: ignore[attr-defined]
+        with self._lock, torch.inference_mode():  # type: ignore[attr-defined]
+            for idx in sorted_batches([len(x) for x in ids], self.batch_size):  # type: ignore[attr-defined]
+                batch = {k: v.to(self.device) for k, v in pad_batch([ids[i] for i in idx], self.pad_id).items()}  # type: ignore[attr-defined]
+                out[idx] = self.model(**batch).logits.float().cpu().numpy()  # type: ignore[attr-defined]
+        return out
+
+
+class TorchClassifier(_VariantMixin, Classifier):
+    """The source fp32 model (``runtime="torch"``) or the pruned safetensors variant (``runtime="prune"``)."""
+
+    def __init__(self, model_dir: Path, *, runtime: str = "torch", batch_size: int = 64) -> None:
+        super().__init__(model_dir, device="cpu", batch_size=batch_size)
+        self.runtime = runtime
+        self.variant_path = model_dir if runtime != "torch" else None
+
+
+class DynamicInt8Classifier(_VariantMixin, Classifier):
+    """The source model with ``nn.Linear`` weights quantized to int8 when loaded (CPU)."""
+
+    runtime = "dynamic-int8"
+
+    def __init__(self, run_dir: Path, *, batch_size: int = 64) -> None:
+        vdir = variant_dir(run_dir, "dynamic-int8")
+        spec = _read_variant(vdir, "dynamic-int8")
+        source = source_model_dir(run_dir)
+        if spec.get("source_sha256") != sha256_file(source / "model.safetensors"):
+            raise ModelError(
+                f"{source / 'model.safetensors'} changed since the dynamic-int8 variant was made; "
+                f"re-run `modelyard compress {run_dir} --methods dynamic-int8`"
+            )
+        super().__init__(source, device="cpu", batch_size=batch_size)
+        self.variant_path = vdir
+        self.model = quantize_dynamic_int8(self.model)
+
+
+class _OrtModel:
+    """Adapter: an ONNX Runtime session called like a ``transformers`` sequence classifier."""
+
+    def __init__(self, path: Path, num_threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads:
+            opts.intra_op_num_threads = num_threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, **inputs: Any) -> SimpleNamespace:
+        import torch
+
+        feeds = {name: inputs[name].cpu().numpy().astype(np.int64) for name in self.input_names}
+        (logits,) = self.session.run(["logits"], feeds)
+        return SimpleNamespace(logits=torch.from_numpy(logits))
+
+    def eval(self) -> _OrtModel:
+        return self
+
+    def to(self, _device: Any) -> _OrtModel:
+        return self
+
+
+class OnnxClassifier(_VariantMixin, Classifier):
+    """An exported ONNX model (fp32 or int8) run by onnxruntime on CPU."""
+
+    def __init__(self, vdir: Path, *, runtime: str = "onnx", batch_size: int = 64, num_threads: int | None = None):
+        import torch
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from modelyard.config import CleaningConfig
+        from modelyard.data.cleaning import clean_text
+
+        _read_variant(vdir, runtime)
+        # Classifier.__init__ always loads safetensors weights, so the text front end is set up here
+        # with the same attributes and the same helpers (CleaningConfig + clean_text, the saved
+        # tokenizer); predict_proba itself is inherited, not re-implemented.
+        self.model_dir = vdir
+        self.variant_path = vdir
+        self.runtime = runtime
+        self.meta = read_json(vdir / "modelyard.json")
+        self.labels = list(self.meta["labels"])
+        self.max_length = int(self.meta["max_length"])
+        self._cleaning = CleaningConfig.model_validate(self.meta.get("cleaning", {}))
+        self._normalize = clean_text
+        self.batch_size = batch_size
+        self.device = torch.device("cpu")
+        hf_logging.set_verbosity_error()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(vdir, local_files_only=True, trust_remote_code=False)
+            self.model = _OrtModel(vdir / ONNX_FILE, num_threads or torch.get_num_threads())
+        except (OSError, ValueError) as err:
+            raise ModelError(f"cannot load the {runtime} variant in {vdir}: {err}") from None
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._torch = torch
+        self._lock = threading.Lock()
+
+
+def _read_variant(vdir: Path, method: str) -> dict[str, Any]:
+    path = vdir / VARIANT_FILE
+    if not path.is_file():
+        raise ModelError(
+            f"no {method} variant in {vdir}; create it with `modelyard compress {vdir.parent.parent} --methods {method}`"
+        )
+    spec = read_json(path)
+    if spec.get("method") != method:
+        raise ModelError(f"{path} describes method {spec.get('method')!r}, expected {method!r}")
+    return spec
+
+
+def load_variant(run_dir: Path, runtime: str = "torch", *, batch_size: int = 64) -> Classifier:
+    """Load a run's source model (``runtime="torch"``) or one of its compressed variants.
+
+    Args:
+        run_dir: a finished run directory.
+        runtime: one of ``torch``, ``dynamic-int8``, ``onnx``, ``onnx-int8``, ``prune``.
+
+    Returns:
+        A :class:`~modelyard.inference.Classifier` (subclass) whose ``info()["runtime"]`` names the runtime.
+
+    Raises:
+        ModelyardError: unknown runtime, no trained model, or the variant has not been created.
+    """
+    run_dir = Path(run_dir)
+    check_runtime(runtime)
+    source = source_model_dir(run_dir)
+    if runtime == "torch":
+        return TorchClassifier(source, batch_size=batch_size)
+    if runtime == "dynamic-int8":
+        return DynamicInt8Classifier(run_dir, batch_size=batch_size)
+    vdir = variant_dir(run_dir, runtime)
+    if runtime == "prune":
+        _read_variant(vdir, runtime)
+        return TorchClassifier(vdir, runtime="prune", batch_size=batch_size)
+    return OnnxClassifier(vdir, runtime=runtime, batch_size=batch_size)

@@ -1,0 +1,564 @@
+"""Hyper-parameter search over a recipe: every trial is an ordinary ``train()`` run with a few keys changed.
+
+Layout of one search (``<output_dir>/tune-<recipe name>/``)::
+
+    study.db            Optuna RDB storage (sqlite); study name = recipe name. Resumable.
+    trials/trial-0003/  one folder per trial: train.log + the trial's run directory
+    best_recipe.yaml    the recipe with the best parameters applied (no tune section; absolute paths)
+    trials.csv          one row per trial: number, state, value, duration, run dir, error, params.*
+    trials.json         the same, plus the per-epoch values the pruner saw
+    tune_report.html    optimisation history, parameter importances, per-epoch curves (self-contained)
+
+After the search only the best trial keeps its model: the other trials' run directories lose
+``model/``, ``checkpoints/``, ``splits/`` and ``predictions.parquet`` (their metrics, history,
+manifest and report stay, a few kB each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from modelyard._internal.io import atomic_write_text, read_json, write_json
+from modelyard._internal.rundir import INCOMPLETE, discard_run
+from modelyard.config import (
+    LOWER_IS_BETTER,
+    ChoiceParam,
+    IntParam,
+    LogUniformParam,
+    Recipe,
+    UniformParam,
+    recipe_from_dict,
+)
+from modelyard.errors import ConfigError, ModelyardError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+__all__ = ["tune", "tune_dir_for", "trial_recipe", "TuneSettings"]
+
+BACKENDS = ("optuna", "ray")
+TRIALS_DIR = "trials"
+STUDY_DB = "study.db"
+# What a non-best trial loses after the search: everything large. Metrics, history and report stay.
+_HEAVY = ("model", "checkpoints", "splits", "predictions.parquet")
+
+
+class TuneSettings:
+    """The resolved search settings shared by both backends."""
+
+    def __init__(self, recipe: Recipe, trials: int | None) -> None:
+        cfg = recipe.tune
+        if not cfg.space:
+            raise ConfigError(
+                "tune.space is empty; add the recipe keys to search, e.g. "
+                "`tune: {space: {train.learning_rate: {type: loguniform, low: 1.0e-5, high: 1.0e-3}}}`"
+            )
+        self.recipe = recipe
+        self.space = cfg.space
+        self.trials = cfg.trials if trials is None else trials
+        if self.trials < 1:
+            raise ModelyardError(f"--trials must be at least 1 (got {self.trials})")
+        self.metric = cfg.metric or f"valid.{recipe.train.metric}"
+        self.metric_name = self.metric.split(".", 1)[1]
+        if cfg.direction == "auto":
+            self.direction = "minimize" if self.metric_name in LOWER_IS_BETTER else "maximize"
+        else:
+            self.direction = cfg.direction
+        self.tune_dir = tune_dir_for(recipe)
+        self.trials_dir = self.tune_dir / TRIALS_DIR
+
+    def epoch_value(self, entry: dict[str, Any]) -> float | None:
+        """The tuned metric in one history entry (``valid_<metric>``), or None when undefined."""
+        key = "valid_loss" if self.metric_name == "loss" else f"valid_{self.metric_name}"
+        value = entry.get(key)
+        return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def tune_dir_for(recipe: Recipe) -> Path:
+    """``<output_dir>/tune-<recipe name>``."""
+    return recipe.resolve(recipe.output_dir) / f"tune-{recipe.name}"
+
+
+# ---------------------------------------------------------------------- recipes per trial
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _portable_paths(recipe: Recipe, raw: dict[str, Any]) -> None:
+    """Make the recipe's relative paths absolute, so the file loads the same from any folder."""
+    data_path = raw["data"]["path"]
+    if not str(data_path).startswith("bundled:"):
+        raw["data"]["path"] = str(recipe.resolve(data_path).resolve())
+    backbone = str(raw["model"]["backbone"])
+    if not backbone.startswith("bundled:") and recipe.resolve(backbone).exists():
+        raw["model"]["backbone"] = str(recipe.resolve(backbone).resolve())
+    raw["output_dir"] = str(recipe.resolve(raw["output_dir"]).resolve())
+
+
+def trial_recipe(
+    recipe: Recipe, params: dict[str, Any], *, output_dir: Path | None = None, source: str = "trial"
+) -> Recipe:
+    """A copy of ``recipe`` with dotted ``params`` applied and the tune section dropped, validated.
+
+    Raises:
+        ConfigError: the combination is invalid (the message names the key).
+    """
+    raw = recipe.model_dump(mode="json")
+    raw.pop("tune", None)
+    for key, value in params.items():
+        _set_dotted(raw, key, value)
+    if output_dir is not None:
+        raw["output_dir"] = str(output_dir)
+    return recipe_from_dict(raw, base_dir=recipe.base_dir, source=source)
+
+
+def _check_space_values(recipe: Recipe) -> None:
+    """Each bound and each choice must be a valid value for its key on its own (fail before any trial)."""
+    for key, spec in recipe.tune.space.items():
+        candidates = spec.values if isinstance(spec, ChoiceParam) else [spec.low, spec.high]
+        for value in candidates:
+            try:
+                trial_recipe(recipe, {key: value}, source=f"tune.space.{key}")
+            except ConfigError as err:
+                raise ConfigError(f"tune.space.{key}: value {value!r} is not valid for `{key}`: {err}") from None
+
+
+def _preflight(recipe: Recipe) -> None:
+    """Fail once, up front, on data or backbone problems that would fail every trial."""
+    from modelyard.data import prepare_data
+    from modelyard.models import resolve_backbone
+
+    keys = recipe.tune.space
+    if not any(k.startswith("data.") for k in keys):
+        prepare_data(recipe.data, recipe.base_dir)
+    if recipe.model.type == "hf-encoder" and "model.backbone" not in keys:
+        resolve_backbone(recipe.model.backbone, recipe.base_dir)
+
+
+# ---------------------------------------------------------------------- one trial (both backends)
+
+
+def _remove_incomplete(trial_dir: Path) -> None:
+    for path in trial_dir.glob(f"*{INCOMPLETE}"):
+        discard_run(path)
+
+
+def run_trial(
+    settings: TuneSettings,
+    params: dict[str, Any],
+    trial_dir: Path,
+    report: Callable[[int, float], None],
+) -> tuple[float, Path, dict[str, Any]]:
+    """Train one trial into ``trial_dir``; return (objective, run dir, valid metrics).
+
+    ``report(epoch, value)`` is called after every epoch with the tuned metric; it may raise to stop
+    the trial (pruning), which discards the trial's run. Training output goes to ``trial_dir/train.log``.
+
+    Raises:
+        ModelyardError: invalid parameter combination, diverged training, undefined metric.
+    """
+    from modelyard.training.finetune import train
+
+    trial_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_epoch_end(epoch: int, entry: dict[str, Any]) -> None:
+        value = settings.epoch_value(entry)
+        if value is not None:
+            report(epoch, value)
+
+    with (trial_dir / "train.log").open("a", encoding="utf-8") as log:
+        console = Console(file=log, width=120, force_terminal=False, color_system=None)
+        try:
+            recipe = trial_recipe(settings.recipe, params, output_dir=trial_dir, source=f"trial {trial_dir.name}")
+            run_dir = train(recipe, console=console, on_epoch_end=on_epoch_end)
+        except BaseException as err:
+            console.print(f"trial stopped: {type(err).__name__}: {err}")
+            # A run that failed after its first checkpoint is left resumable by train(); a trial is
+            # never resumed on its own, so remove it.
+            _remove_incomplete(trial_dir)
+            raise
+    valid = read_json(run_dir / "metrics.json")["valid"]
+    value = valid.get(settings.metric_name)
+    if value is None or not math.isfinite(float(value)):
+        raise ModelyardError(f"{settings.metric} is undefined for this trial ({value}); tune another metric")
+    return float(value), run_dir, valid
+
+
+def suggest(trial: optuna.Trial, key: str, spec: Any) -> Any:
+    """Sample one parameter on an Optuna trial."""
+    if isinstance(spec, LogUniformParam):
+        return trial.suggest_float(key, spec.low, spec.high, log=True)
+    if isinstance(spec, UniformParam):
+        return trial.suggest_float(key, spec.low, spec.high)
+    if isinstance(spec, IntParam):
+        return trial.suggest_int(key, spec.low, spec.high, log=spec.log)
+    return trial.suggest_categorical(key, spec.values)
+
+
+def distributions(space: dict[str, Any]) -> dict[str, Any]:
+    """The search space as Optuna distributions (the Ray backend and ``create_trial`` need them)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        if isinstance(spec, LogUniformParam):
+            out[key] = FloatDistribution(spec.low, spec.high, log=True)
+        elif isinstance(spec, UniformParam):
+            out[key] = FloatDistribution(spec.low, spec.high)
+        elif isinstance(spec, IntParam):
+            out[key] = IntDistribution(spec.low, spec.high, log=spec.log)
+        else:
+            out[key] = CategoricalDistribution(spec.values)
+    return out
+
+
+# ---------------------------------------------------------------------- the search
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna logs every trial at INFO (and failures with tracebacks); we print our own lines instead."""
+    import optuna
+
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _trial_line(trial: optuna.trial.FrozenTrial, total: int) -> str:
+    state = trial.state.name
+    colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(state, "white")
+    value = "" if trial.value is None else f" value {trial.value:.4f}"
+    params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+    duration = trial.user_attrs.get("duration_s")
+    took = f" · {duration:.1f}s" if duration is not None else ""
+    error = f" · {trial.user_attrs['error']}" if state == "FAIL" and trial.user_attrs.get("error") else ""
+    return f"trial {trial.number} ({trial.number + 1}/{total}) [{colour}]{state}[/]{value} · {params}{took}{error}"
+
+
+def tune(
+    recipe: Recipe,
+    *,
+    trials: int | None = None,
+    backend: str = "optuna",
+    resume: bool = False,
+    console: Console | None = None,
+) -> Path:
+    """Search the recipe's ``tune.space`` and return the tune directory (see the module docstring).
+
+    Each trial trains the recipe with the sampled values into ``trials/trial-NNNN/``; its objective
+    is the best epoch's validation metric (``metrics.json`` valid split). Trials that fail with a
+    :class:`ModelyardError` (e.g. an invalid combination) are recorded as FAIL with the message and
+    the search goes on.
+
+    Args:
+        trials: Total trials (finished + pruned) the study should hold; default ``tune.trials``.
+        backend: ``optuna`` (in process, resumable, pruning) or ``ray`` (Ray Tune + OptunaSearch, local).
+        resume: Continue the study in ``study.db``: trials left RUNNING by a killed process become
+            FAIL and only the missing trials run.
+
+    Raises:
+        ConfigError: empty or invalid search space.
+        ModelyardError: a study exists and ``resume`` is off (or the reverse), bad data/backbone,
+            or no trial finished.
+    """
+    import optuna
+
+    console = console or Console(stderr=True)
+    if backend not in BACKENDS:
+        raise ModelyardError(f"unknown tuning backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    settings = TuneSettings(recipe, trials)
+    _check_space_values(recipe)
+    tune_dir = settings.tune_dir
+    db = tune_dir / STUDY_DB
+    if db.exists() and not resume:
+        raise ModelyardError(
+            f"{tune_dir} already holds a search (study.db); pass --resume to continue it, "
+            "or remove the directory to start over"
+        )
+    if resume and not db.exists():
+        raise ModelyardError(f"--resume: there is no search to resume in {tune_dir}; run without --resume")
+    if resume and backend != "optuna":
+        raise ModelyardError("--resume is only supported by the optuna backend")
+    _preflight(recipe)
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    settings.trials_dir.mkdir(exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}")
+
+    with _quiet_optuna():
+        study = _open_study(settings, storage, resume=resume, console=console)
+        done = len(study.get_trials(deepcopy=False, states=(_state().COMPLETE, _state().PRUNED)))
+        remaining = max(settings.trials - done, 0)
+        space = ", ".join(f"{k} ({s.type})" for k, s in settings.space.items())
+        console.print(
+            f"[bold]tune[/] {recipe.name}: {remaining} trial(s) to run"
+            + (f" ({done} already done)" if done else "")
+            + f" · {settings.direction} {settings.metric} · space {space} · backend {backend} → {tune_dir}"
+        )
+        t0 = time.time()
+        if remaining:
+            if backend == "optuna":
+                _optimize(study, settings, remaining, console)
+            else:
+                from modelyard.tuning.ray_backend import run_ray
+
+                run_ray(study, settings, remaining, console)
+        return _finish(study, settings, console, time.time() - t0)
+
+
+def _state() -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState
+
+
+def _open_study(settings: TuneSettings, storage: Any, *, resume: bool, console: Console) -> optuna.Study:
+    import optuna
+
+    cfg = settings.recipe.tune
+    name = settings.recipe.name
+    pruner = (
+        optuna.pruners.MedianPruner(
+            n_startup_trials=cfg.prune_startup_trials,
+            # Epochs are reported as steps 1, 2, …; a step below n_warmup_steps is never pruned.
+            n_warmup_steps=cfg.prune_warmup_epochs + 1,
+        )
+        if cfg.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    if not resume:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            direction=settings.direction,
+            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+            pruner=pruner,
+        )
+        study.set_user_attr("metric", settings.metric)
+        study.set_user_attr("space", {k: v.model_dump(mode="json") for k, v in settings.space.items()})
+        return study
+
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ModelyardError(
+            f"--resume: {settings.tune_dir / STUDY_DB} holds no study named '{name}' (the recipe's name)"
+        ) from None
+    if existing.direction.name.lower() != settings.direction or existing.user_attrs.get("metric") != settings.metric:
+        raise ModelyardError(
+            f"--resume: the study optimises {existing.direction.name.lower()} "
+            f"{existing.user_attrs.get('metric')}, the recipe asks for {settings.direction} {settings.metric}; "
+            "keep the metric or start a new search"
+        )
+    # A fresh sampler seeded as in the first run would propose the first run's trials again; offset
+    # the seed by the trials already in the study (still deterministic for a given history).
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(existing.trials))
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    # Resume means the process that ran this search is gone (killed, crashed, Ctrl-C'd). Its RUNNING
+    # trials will never report back; left RUNNING they would count as neither done nor failed and
+    # TPE would treat them as in-flight forever. Mark them FAIL and drop their half-written runs.
+    # (This assumes no other process is working on the same study right now.)
+    study_id = storage.get_study_id_from_name(name)
+    for stale in study.get_trials(deepcopy=False, states=(_state().RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, stale.number)
+        storage.set_trial_user_attr(trial_id, "error", "abandoned: still RUNNING when the search was resumed")
+        storage.set_trial_state_values(trial_id, _state().FAIL)
+        _remove_incomplete(settings.trials_dir / f"trial-{stale.number:04d}")
+        console.print(f"[yellow]trial {stale.number} was left running by a stopped search; marked FAIL[/]")
+    return study
+
+
+def _optimize(study: optuna.Study, settings: TuneSettings, n_trials: int, console: Console) -> None:
+    import optuna
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {key: suggest(trial, key, spec) for key, spec in settings.space.items()}
+        trial_dir = settings.trials_dir / f"trial-{trial.number:04d}"
+        trial.set_user_attr("trial_dir", str(trial_dir))
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} ({settings.metric} {value:.4f})")
+
+        t0 = time.perf_counter()
+        try:
+            value, run_dir, valid = run_trial(settings, params, trial_dir, report)
+        except ModelyardError as err:
+            trial.set_user_attr("error", str(err))
+            raise
+        finally:
+            trial.set_user_attr("duration_s", round(time.perf_counter() - t0, 2))
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("valid_metrics", _jsonable(valid))
+        return value
+
+    total = len(study.trials) + n_trials
+
+    def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        console.print(_trial_line(trial, total))
+
+    cfg = settings.recipe.tune
+    try:
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            n_jobs=cfg.n_jobs,
+            catch=(ModelyardError,),
+            callbacks=[progress],
+            gc_after_trial=True,
+        )
+    except KeyboardInterrupt:
+        console.print(f"[yellow]search interrupted; continue it with --resume (study: {settings.tune_dir})[/]")
+        raise
+
+
+def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}
+
+
+# ---------------------------------------------------------------------- outputs
+
+
+def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
+    """One dict per trial: number, state, value, duration_s, run_dir, error, params, epoch values."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        out.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "duration_s": t.user_attrs.get("duration_s"),
+                "run_dir": t.user_attrs.get("run_dir"),
+                "error": t.user_attrs.get("error"),
+                "params": dict(t.params),
+                "epoch_values": {int(k): v for k, v in sorted(t.intermediate_values.items())},
+                "valid_metrics": t.user_attrs.get("valid_metrics"),
+            }
+        )
+    return out
+
+
+def _write_tables(tune_dir: Path, records: list[dict[str, Any]], keys: list[str]) -> None:
+    write_json(tune_dir / "trials.json", records)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["number", "state", "value", "duration_s", "run_dir", "error", *(f"params.{k}" for k in keys)])
+    for r in records:
+        writer.writerow(
+            [
+                r["number"],
+                r["state"],
+                "" if r["value"] is None else r["value"],
+                "" if r["duration_s"] is None else r["duration_s"],
+                r["run_dir"] or "",
+                r["error"] or "",
+                *(r["params"].get(k, "") for k in keys),
+            ]
+        )
+    atomic_write_text(tune_dir / "trials.csv", buf.getvalue())
+
+
+def _prune_artifacts(records: list[dict[str, Any]], best_number: int | None) -> None:
+    """Free disk: only the best trial keeps its model (and checkpoints, splits, predictions)."""
+    for r in records:
+        if r["number"] == best_number or not r["run_dir"]:
+            continue
+        run_dir = Path(r["run_dir"])
+        for name in _HEAVY:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+
+
+def _write_best_recipe(settings: TuneSettings, best: optuna.trial.FrozenTrial) -> Path:
+    recipe = settings.recipe
+    best_recipe = trial_recipe(recipe, best.params, source="best_recipe.yaml")
+    raw = best_recipe.model_dump(mode="json")
+    raw.pop("tune", None)
+    _portable_paths(recipe, raw)
+    header = (
+        f"# Best of the '{recipe.name}' search: trial {best.number}, {settings.metric} = {best.value:.6g}\n"
+        + "".join(f"#   {k}: {_fmt(v)}\n" for k, v in best.params.items())
+        + f"# Trained run: {best.user_attrs.get('run_dir')}\n"
+        "# The tune section is removed and paths are absolute: `modelyard train best_recipe.yaml` retrains it.\n"
+    )
+    path = settings.tune_dir / "best_recipe.yaml"
+    atomic_write_text(path, header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def _finish(study: optuna.Study, settings: TuneSettings, console: Console, seconds: float) -> Path:
+    from modelyard.tuning.report import write_tune_report
+
+    tune_dir = settings.tune_dir
+    records = trial_records(study)
+    keys = list(settings.space)
+    complete = [t for t in study.get_trials(deepcopy=False, states=(_state().COMPLETE,))]
+    best = study.best_trial if complete else None
+    _write_tables(tune_dir, records, keys)
+    _prune_artifacts(records, best.number if best else None)
+    if best is not None:
+        _write_best_recipe(settings, best)
+    write_tune_report(tune_dir / "tune_report.html", study, settings, records)
+
+    table = Table(title=f"tune {settings.recipe.name} · {settings.direction} {settings.metric}")
+    for col in ("trial", "state", "value", *keys, "seconds"):
+        table.add_column(col, justify="left" if col == "state" else "right")
+    for r in records:
+        mark = " ★" if best is not None and r["number"] == best.number else ""
+        table.add_row(
+            f"{r['number']}{mark}",
+            r["state"],
+            "-" if r["value"] is None else f"{r['value']:.4f}",
+            *(_fmt(r["params"].get(k, "-")) for k in keys),
+            "-" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
+        )
+    console.print(table)
+    counts = {s: sum(r["state"] == s for r in records) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    console.print(
+        f"{counts['COMPLETE']} complete · {counts['PRUNED']} pruned · {counts['FAIL']} failed · {seconds:.0f}s"
+    )
+    if best is None:
+        raise ModelyardError(
+            f"no trial finished; see {settings.trials_dir}/trial-*/train.log and {tune_dir / 'trials.csv'}"
+        )
+    console.print(f"best: trial {best.number} · {settings.metric} {best.value:.4f} · {best.user_attrs['run_dir']}")
+    console.print(f"best recipe: {tune_dir / 'best_recipe.yaml'} · report: {tune_dir / 'tune_report.html'}")
+    return tune_dir
+
+
+def load_trials(tune_dir: Path) -> list[dict[str, Any]]:
+    """Read ``trials.json`` of a finished search."""
+    return json.loads((Path(tune_dir) / "trials.json").read_text(encoding="utf-8"))

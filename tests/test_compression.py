@@ -1,0 +1,175 @@
+"""Compressed variants of a tiny trained run: files, parity, dynamic axes, sparsity, report, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelyard.compression import METHODS, ROW_KEYS, RUNTIMES, SOURCE, TOLERANCES, compress, load_variant
+from modelyard.config import load_recipe
+from modelyard.errors import ModelyardError
+from modelyard.training.finetune import train
+from tests.conftest import NEG, POS, synthetic_sentiment, write_tiny_recipe
+
+SPARSITY = 0.4
+FRONT_END = {"modelyard.json", "tokenizer.json", "tokenizer_config.json", "variant.json"}
+EXPECTED = {
+    "dynamic-int8": {"variant.json"},
+    "onnx": FRONT_END | {"model.onnx", "config.json"},
+    "onnx-int8": FRONT_END | {"model.onnx", "config.json"},
+    "prune": FRONT_END | {"model.safetensors", "config.json"},
+}
+OPTIONAL = {"special_tokens_map.json", "generation_config.json"}
+CLEAR = [f"the film was {w} and {w}" for w in ("great", "superb", "awful", "terrible")]
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("compress")
+    data = tmp / "reviews.csv"
+    synthetic_sentiment(240).to_csv(data, index=False)
+    run = train(load_recipe(write_tiny_recipe(tmp, data, tiny_backbone)))
+    result = compress(run, list(METHODS), sparsity=SPARSITY, recovery_steps=4, latency_repeats=2)
+    return run, result
+
+
+def _files(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
+
+
+def test_each_method_writes_exactly_its_files(compressed: tuple[Path, dict]) -> None:
+    run, _ = compressed
+    assert {p.name for p in (run / "compressed").iterdir()} == set(METHODS)  # no temp dirs left behind
+    for method, expected in EXPECTED.items():
+        files = _files(run / "compressed" / method)
+        assert files >= expected, (method, expected - files)
+        assert files - expected <= OPTIONAL, (method, files - expected)
+        spec = json.loads((run / "compressed" / method / "variant.json").read_text())
+        assert spec["method"] == method and len(spec["source_sha256"]) == 64
+    assert not [p for p in run.rglob("*") if p.suffix in {".pkl", ".pt", ".bin", ".pickle"}]
+
+
+def test_compression_json_rows_and_html(compressed: tuple[Path, dict]) -> None:
+    run, result = compressed
+    on_disk = json.loads((run / "compression.json").read_text())
+    json.dumps(on_disk, allow_nan=False)
+    assert [r["method"] for r in on_disk["rows"]] == [SOURCE, *METHODS]
+    for row in on_disk["rows"]:
+        assert tuple(row) == ROW_KEYS
+        assert isinstance(row["parity_ok"], bool)
+        for key in ("size_mb", "agreement", "max_abs_logit_diff", "accuracy", "macro_f1", "p50_ms_b1", "p95_ms_b32"):
+            assert isinstance(row[key], float) and np.isfinite(row[key]), (row["method"], key)
+    assert on_disk["tolerances"] == json.loads(json.dumps(TOLERANCES))
+    assert {"torch", "onnxruntime"} <= set(on_disk["versions"]) and on_disk["threads"]["torch_intra_op"] >= 1
+    rows = {r["method"]: r for r in on_disk["rows"]}
+    assert rows[SOURCE]["agreement"] == 1.0 and rows[SOURCE]["max_abs_logit_diff"] == 0.0
+    assert rows["onnx"]["size_mb"] > rows["onnx-int8"]["size_mb"] > 0
+    html = (run / "compression.html").read_text()
+    assert "<table>" in html and "onnx-int8" in html and "<script" not in html
+
+
+def test_onnx_parity_within_tolerance(compressed: tuple[Path, dict]) -> None:
+    rows = {r["method"]: r for r in compressed[1]["rows"]}
+    assert rows["onnx"]["agreement"] == 1.0
+    assert rows["onnx"]["max_abs_logit_diff"] <= TOLERANCES["onnx"]["max_abs_logit_diff"]
+    assert rows["onnx"]["parity_ok"]
+
+
+def test_onnx_dynamic_axes(compressed: tuple[Path, dict]) -> None:
+    """Export used batch 2 × 8 tokens; other batch sizes and lengths must run and match torch."""
+    run, _ = compressed
+    ref, onnx_clf = load_variant(run, "torch"), load_variant(run, "onnx")
+    texts = [" ".join(["the film was great"] * k) for k in (1, 3, 5)] + ["bad", "a dull plot and very poor actors"]
+    for batch in (texts[:1], texts):  # batch 1 and 5; lengths 3 … 20+ tokens
+        assert np.abs(onnx_clf.predict_logits(batch) - ref.predict_logits(batch)).max() <= 1e-3
+
+
+def test_int8_variants_agree_and_sum_to_one(compressed: tuple[Path, dict]) -> None:
+    run, result = compressed
+    rows = {r["method"]: r for r in result["rows"]}
+    texts = synthetic_sentiment(20, seed=5)["text"].tolist()
+    for method in ("dynamic-int8", "onnx-int8"):
+        assert rows[method]["agreement"] >= 0.95, rows[method]
+        probs = load_variant(run, method).predict_proba(texts)
+        assert probs.shape == (20, 2)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_prune_reaches_sparsity_and_loads_with_plain_transformers(compressed: tuple[Path, dict]) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from modelyard.compression.build import prunable_linears, weight_sparsity
+
+    run, result = compressed
+    row = {r["method"]: r for r in result["rows"]}["prune"]
+    assert abs(row["sparsity"] - SPARSITY) <= 0.01
+    model = AutoModelForSequenceClassification.from_pretrained(run / "compressed" / "prune", use_safetensors=True)
+    layers = prunable_linears(model)
+    assert len(layers) == 2 * 6  # 2 layers × (q, k, v, attn out, intermediate, output)
+    assert all(isinstance(m, torch.nn.Linear) and not hasattr(m, "weight_mask") for _, m in layers)
+    assert abs(weight_sparsity([m.weight.detach().numpy() for _, m in layers]) - SPARSITY) <= 0.01
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_load_variant_predicts_like_the_source(compressed: tuple[Path, dict], runtime: str) -> None:
+    run, _ = compressed
+    source = load_variant(run, "torch").predict(CLEAR)
+    clf = load_variant(run, runtime)
+    assert clf.info()["runtime"] == runtime and clf.info()["run_id"] == run.name
+    assert clf.labels == ["neg", "pos"]
+    assert [p["label"] for p in clf.predict(CLEAR)] == [p["label"] for p in source] == ["pos", "pos", "neg", "neg"]
+    # the same input normalisation as inference.Classifier (NFKC full-width, whitespace) …
+    np.testing.assert_allclose(clf.predict_proba(["ｇｒｅａｔ\u3000 film"]), clf.predict_proba(["great film"]))
+    # … and predict_logits is the same path as predict_proba minus the softmax
+    from modelyard.compression.compress import softmax
+
+    np.testing.assert_allclose(softmax(clf.predict_logits(CLEAR)), clf.predict_proba(CLEAR), atol=1e-6)
+
+
+def test_unknown_method_names_valid_ones(compressed: tuple[Path, dict]) -> None:
+    with pytest.raises(ModelyardError, match="valid: dynamic-int8, onnx, onnx-int8, prune"):
+        compress(compressed[0], ["gptq"])
+    with pytest.raises(ModelyardError, match="valid: torch, dynamic-int8"):
+        load_variant(compressed[0], "tensorrt")
+
+
+def test_run_without_model_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "splits").mkdir()
+    with pytest.raises(ModelyardError, match="no trained model"):
+        compress(tmp_path, ["onnx"])
+    with pytest.raises(ModelyardError, match="no trained model"):
+        load_variant(tmp_path, "onnx")
+
+
+def test_missing_or_stale_variant_is_a_clear_error(compressed: tuple[Path, dict], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(compressed[0] / "model", run / "model")
+    (run / "manifest.json").write_text("{}")
+    with pytest.raises(ModelyardError, match="--methods onnx-int8"):
+        load_variant(run, "onnx-int8")
+    shutil.copytree(compressed[0] / "compressed" / "dynamic-int8", run / "compressed" / "dynamic-int8")
+    load_variant(run, "dynamic-int8")
+    with (run / "model" / "model.safetensors").open("ab") as f:
+        f.write(b" ")
+    with pytest.raises(ModelyardError, match="changed since"):
+        load_variant(run, "dynamic-int8")
+
+
+def test_rerun_replaces_variant(compressed: tuple[Path, dict]) -> None:
+    run, _ = compressed
+    before = (run / "compressed" / "dynamic-int8" / "variant.json").read_text()
+    compress(run, ["dynamic-int8"], latency_repeats=1)
+    after = (run / "compressed" / "dynamic-int8" / "variant.json").read_text()
+    assert before != after  # new created_at
+    assert {p.name for p in (run / "compressed").iterdir()} == set(METHODS)
+    # this rerun's compression.json covers only the requested method (plus the source)
+    assert [r["method"] for r in json.loads((run / "compression.json").read_text())["rows"]] == [SOURCE, "dynamic-int8"]
+
+
+def test_clear_inputs_use_sentiment_words() -> None:
+    assert all(any(w in t for w in POS + NEG) for t in CLEAR)
