@@ -139,6 +139,16 @@ def test_train_predict_evaluate_init_round_trip(tmp_path: Path, sentiment_csv: P
     r = _run("evaluate", run_dir, "--data", bad)
     assert r.exit_code == 2 and "neutral" in r.stderr
 
+    # explain: HTML heat map + JSON in the run, top units printed; bad usage is one clear line
+    r = _run("explain", run_dir, "--text", "the film was great fun", "--method", "occlusion")
+    assert r.exit_code == 0, r.stderr
+    html = Path(r.stdout.strip().splitlines()[-1])
+    assert html.parent == run_dir / "explanations" and html.suffix == ".html"
+    (exp,) = json.loads(html.with_suffix(".json").read_text())["explanations"]
+    assert exp["units"] == ["the", "film", "was", "great", "fun"] and len(exp["attributions"]) == 5
+    assert _run("explain", run_dir).exit_code == 2
+    assert _run("explain", run_dir, "--text", "x", "--method", "magic").exit_code == 2
+
     # init writes an annotated recipe that loads and points at the data
     out = tmp_path / "sub" / "recipe.yaml"
     out.parent.mkdir()

@@ -34,7 +34,7 @@ def test_readme_gives_the_two_setup_commands_in_english_and_chinese() -> None:
 def test_cli_verbs_are_documented_in_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     verbs = {c.name or c.callback.__name__ for c in app.registered_commands} - {"version", "quickstart"}
-    assert verbs == {"init", "train", "evaluate", "predict", "serve"}
+    assert verbs == {"init", "train", "evaluate", "predict", "serve", "explain"}
     for verb in verbs:
         assert f"modelyard {verb} " in readme, verb
 

@@ -208,6 +208,58 @@ def _serve_config(run_dir: Path) -> Any:
 
 @app.command()
 @friendly_errors
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    text: Annotated[list[str] | None, typer.Option("--text", help="A text to explain (repeatable).")] = None,
+    input: Annotated[
+        Path | None, typer.Option("--input", "-i", help="Texts: .txt (one per line) or CSV/TSV/JSONL/Parquet.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="ig (integrated gradients), attention (rollout) or occlusion.")] = "ig",
+    target: Annotated[str | None, typer.Option(help="Explain this label (default: the predicted one).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML file (default: <run>/explanations/).")
+    ] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column of --input (default: the recipe's).")] = None,
+    n_steps: Annotated[int, typer.Option(min=2, help="Integrated-gradients steps.")] = 32,
+) -> None:
+    """Token/word attributions (Chinese aware) rendered as an HTML heat map, plus JSON beside it."""
+    from modelyard.explain import METHODS, explain_run
+    from modelyard.inference import load
+
+    if method not in METHODS:
+        raise ModelyardError(f"--method '{method}' is not one of {', '.join(METHODS)}")
+    if (text is None) == (input is None):
+        raise ModelyardError("pass either --text (repeatable) or --input FILE")
+    clf = load(run_dir)
+    texts = list(text or [])
+    if input is not None:
+        if input.suffix.lower() == ".txt":
+            if not input.is_file():
+                raise ModelyardError(f"input file not found: {input}")
+            texts = [line for line in input.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            from modelyard.data import read_table
+
+            frame = read_table(input)
+            col = text_column or clf.meta.get("text_column", "text")
+            if col not in frame.columns:
+                raise ModelyardError(
+                    f"{input}: text column '{col}' not found; columns found: {', '.join(map(str, frame.columns))}"
+                )
+            texts = frame[col].astype(str).tolist()
+    if not texts:
+        raise ModelyardError("no texts to explain")
+    if target is not None and target not in clf.labels:
+        raise ModelyardError(f"--target '{target}' is not a label of this model ({', '.join(clf.labels)})")
+    path, explanations = explain_run(run_dir, texts, method, output, target=target, n_steps=n_steps, classifier=clf)
+    for e in explanations[:20]:
+        top = ", ".join(f"{u} {a:+.3f}" for u, a in e.ranked()[:3])
+        err_console.print(f"{e.label} ({e.scores[e.label]:.3f}) · {e.text[:60]!r} · top: {top}", highlight=False)
+    print(path)
+
+
+@app.command()
+@friendly_errors
 def quickstart(
     output_dir: Annotated[Path, typer.Option(help="Where the run directory goes.")] = Path("runs"),
     overrides: Annotated[

@@ -10,6 +10,7 @@ Tokens are mapped to units through the fast tokenizer's ``offset_mapping``; spec
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 # Characters that are their own unit: the CJK ideograph blocks BERT's tokenizer splits one by one
@@ -21,6 +22,7 @@ _CJK = (
 )
 # One CJK character | a run of other word characters | one other non-space character (punctuation).
 _UNIT = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
+_CJK_CHAR = re.compile(rf"[{_CJK}]")
 
 
 def split_units(text: str) -> list[tuple[int, int]]:
@@ -30,7 +32,21 @@ def split_units(text: str) -> list[tuple[int, int]]:
         >>> [("这个 great, film!"[s:e]) for s, e in split_units("这个 great, film!")]
         ['这', '个', 'great', ',', 'film', '!']
     """
-    return [m.span() for m in _UNIT.finditer(text)]
+    spans: list[tuple[int, int]] = []
+    for m in _UNIT.finditer(text):
+        s, e = m.span()
+        # Combining marks (Devanagari vowel signs, a decomposed accent) are not \w in Python's re:
+        # glue them to the word they modify, and glue the rest of that word after them.
+        glued = _is_mark(text[s]) or (s > 0 and _is_mark(text[s - 1]) and text[s].isalnum())
+        if glued and spans and spans[-1][1] == s and not _CJK_CHAR.match(text, s):
+            spans[-1] = (spans[-1][0], e)
+            continue
+        spans.append((s, e))
+    return spans
+
+
+def _is_mark(char: str) -> bool:
+    return unicodedata.category(char).startswith("M")
 
 
 @dataclass(frozen=True)

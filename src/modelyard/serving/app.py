@@ -4,15 +4,22 @@ Request flow for ``POST /v1/predict``::
 
     MetricsMiddleware -> JsonBodyGuardMiddleware (415 / 413 body / UTF-8) -> FastAPI validation (422)
       -> endpoint (413 per-text limits, 503 not ready) -> MicroBatcher (503 overloaded) -> model thread
+
+``POST /v1/explain`` takes the same path up to the endpoint, then runs ``modelyard.explain`` in its
+own single worker thread. That thread and the batcher's model thread share
+:attr:`ModelRuntime.model_lock`, so the model never runs two forward passes at once (predictions wait
+while an explanation runs).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -23,12 +30,15 @@ from fastapi.responses import JSONResponse, Response
 
 from modelyard import __version__
 from modelyard.config import ServeConfig
+from modelyard.explain.core import ExplainUnsupportedError
 from modelyard.serving.batcher import BatcherClosedError, BatchFailedError, MicroBatcher, QueueFullError
 from modelyard.serving.http_errors import ApiError, install_error_handlers
 from modelyard.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from modelyard.serving.middleware import JsonBodyGuardMiddleware, MetricsMiddleware
 from modelyard.serving.schemas import (
     ErrorResponse,
+    ExplainRequest,
+    ExplainResponse,
     Prediction,
     PredictRequest,
     PredictResponse,
@@ -48,6 +58,11 @@ DEFAULT_HOST = "127.0.0.1"
 GRACEFUL_SHUTDOWN_S = 30.0
 
 _RETRY_AFTER = {"Retry-After": "1"}
+
+# Explanations waiting for (or in) the explain thread; beyond this /v1/explain answers 503 overloaded.
+# An explanation costs up to n_steps forward+backward passes and holds the model meanwhile.
+MAX_PENDING_EXPLANATIONS = 4
+EXPLAIN_N_STEPS = 32
 
 
 @runtime_checkable
@@ -90,6 +105,8 @@ class ModelRuntime:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.shutting_down = False
+        # Held around every model call (batches and explanations): they run in different threads.
+        self.model_lock = threading.Lock()
 
     def start_loading(self, load_classifier: Callable[[], Classifier]) -> None:
         """Call ``load_classifier`` in a daemon thread (daemon: a hung load must not block exit).
@@ -177,7 +194,8 @@ class ModelRuntime:
         loaded = self._loaded
         if loaded is None:
             raise RuntimeError("no model is loaded")
-        probs = np.asarray(loaded.classifier.predict_proba(list(texts)), dtype=np.float64)
+        with self.model_lock:
+            probs = np.asarray(loaded.classifier.predict_proba(list(texts)), dtype=np.float64)
         if probs.shape != (len(texts), len(loaded.labels)):
             raise ValueError(
                 f"predict_proba returned shape {probs.shape}; expected ({len(texts)}, {len(loaded.labels)})"
@@ -185,6 +203,29 @@ class ModelRuntime:
         if not np.isfinite(probs).all():
             raise ValueError("predict_proba returned NaN or infinite probabilities")
         return probs
+
+    def explain(self, text: str, method: str, target: str | None) -> dict[str, Any]:
+        """Explain one text with the loaded model (runs in the explain thread, under ``model_lock``).
+
+        Returns:
+            ``Explanation.to_dict()``.
+
+        Raises:
+            RuntimeError: No model is loaded.
+            ExplainUnsupportedError: The classifier has no PyTorch model / tokenizer.
+        """
+        from modelyard.explain import explain
+
+        loaded = self._loaded
+        if loaded is None:
+            raise RuntimeError("no model is loaded")
+        with self.model_lock:
+            [explanation] = explain(loaded.classifier, [text], method=method, target=target, n_steps=EXPLAIN_N_STEPS)
+        return explanation.to_dict()
+
+
+def _explainable(classifier: Any) -> bool:
+    return getattr(classifier, "model", None) is not None and getattr(classifier, "tokenizer", None) is not None
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -198,6 +239,25 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         503: "Model not loaded yet (`model_not_ready`), queue full (`overloaded`) or shutting down "
         "(`shutting_down`); honour Retry-After.",
     }.items()
+}
+
+_EXPLAIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **{code: _ERRORS[code] for code in (413, 415)},
+    422: {
+        "model": ErrorResponse,
+        "description": "Malformed JSON (`invalid_json`), schema violation or unknown method/target "
+        "(`invalid_request`).",
+    },
+    500: {"model": ErrorResponse, "description": "The explanation failed (`explain_failed`)."},
+    501: {
+        "model": ErrorResponse,
+        "description": "The serving model exposes no PyTorch internals, e.g. an ONNX runtime (`explain_unsupported`).",
+    },
+    503: {
+        "model": ErrorResponse,
+        "description": "Model not loaded yet (`model_not_ready`), too many explanations pending (`overloaded`) "
+        "or shutting down (`shutting_down`); honour Retry-After.",
+    },
 }
 
 
@@ -228,11 +288,13 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
     )
     metrics.bind_queue_depth(lambda: batcher.queue_depth)
     metrics.set_model(None)
+    explainer: dict[str, Any] = {"executor": None, "pending": 0}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.shutting_down = False
         await batcher.start()
+        explainer["executor"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-explain")
         runtime.start_loading(load_classifier)
         try:
             yield
@@ -240,6 +302,9 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
             # readyz flips first so a load balancer stops routing here; then queued texts finish.
             runtime.shutting_down = True
             await batcher.close(timeout=GRACEFUL_SHUTDOWN_S)
+            executor, explainer["executor"] = explainer["executor"], None
+            # Like the batcher: don't block the loop on a thread that may be deep in a long explanation.
+            executor.shutdown(wait=False, cancel_futures=True)
             stats = {k: v for k, v in batcher.stats().items() if k != "recent_sizes"}
             logger.info("batcher stopped: %s", stats)
 
@@ -342,6 +407,74 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
             for b, row in zip(best, probs, strict=True)
         ]
         return PredictResponse(predictions=predictions, model=loaded.info)
+
+    @app.post(
+        "/v1/explain",
+        tags=["model"],
+        summary="Explain one prediction: an attribution per word",
+        response_model=ExplainResponse,
+        responses=_EXPLAIN_ERRORS,
+    )
+    async def explain(request: ExplainRequest) -> ExplainResponse:
+        text = request.text
+        if len(text) > cfg.max_chars_per_text:
+            raise ApiError(
+                413,
+                "text_too_long",
+                f"text has {len(text)} characters; the limit is {cfg.max_chars_per_text} "
+                "(max_chars_per_text); shorten it",
+                limit=cfg.max_chars_per_text,
+            )
+        loaded = runtime.require_ready()
+        if request.target is not None and request.target not in loaded.labels:
+            message = f"target {request.target!r} is not a label of the model; use one of {list(loaded.labels)}"
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"body.target: {message}",
+                details=[{"loc": ["body", "target"], "msg": message, "type": "value_error"}],
+            )
+        if not _explainable(loaded.classifier):
+            raise ApiError(
+                501,
+                "explain_unsupported",
+                "the serving model exposes no PyTorch model and tokenizer (e.g. an ONNX runtime), so it cannot be "
+                "explained; serve the run directory instead",
+            )
+        executor = explainer["executor"]
+        if executor is None:
+            raise ApiError(503, "shutting_down", "the server is shutting down; retry", headers=_RETRY_AFTER)
+        if explainer["pending"] >= MAX_PENDING_EXPLANATIONS:
+            raise ApiError(
+                503,
+                "overloaded",
+                f"{explainer['pending']} explanations are already pending; retry shortly",
+                headers=_RETRY_AFTER,
+            )
+        explainer["pending"] += 1
+        try:
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(executor, runtime.explain, text, request.method, request.target)
+        except ExplainUnsupportedError as err:
+            raise ApiError(501, "explain_unsupported", str(err)) from None
+        except ImportError as err:
+            logger.error("explanations need an optional dependency: %s", err)
+            raise ApiError(
+                501, "explain_unsupported", "explanations need captum on the server (pip install captum)"
+            ) from None
+        except RuntimeError as err:
+            if "cannot schedule new futures" in str(err):  # the executor shut down under us
+                raise ApiError(
+                    503, "shutting_down", "the server is shutting down; retry", headers=_RETRY_AFTER
+                ) from None
+            logger.exception("explanation failed")
+            raise ApiError(500, "explain_failed", "the explanation failed; the server log has the details") from None
+        except Exception:
+            logger.exception("explanation failed")
+            raise ApiError(500, "explain_failed", "the explanation failed; the server log has the details") from None
+        finally:
+            explainer["pending"] -= 1
+        return ExplainResponse(explanation=body, model=loaded.info)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

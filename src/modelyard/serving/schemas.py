@@ -8,7 +8,7 @@ than as schema constraints (a schema violation is a 422).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -52,6 +52,48 @@ class PredictResponse(BaseModel):
     model: dict[str, Any] = Field(..., description="The serving model's `info()` (name, run id, labels …).")
 
 
+class ExplainRequest(BaseModel):
+    """Body of ``POST /v1/explain``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "a good film", "method": "ig"}]},
+    )
+
+    text: str = Field(..., description="The text to explain; at most `max_chars_per_text` characters (else 413).")
+    method: Literal["ig", "attention", "occlusion"] = Field(
+        "ig",
+        description="`ig`: integrated gradients (signed); `occlusion`: probability drop when a word is masked "
+        "(signed); `attention`: attention rollout (>= 0, sums to 1, ignores `target`).",
+    )
+    target: str | None = Field(None, description="Label to explain; default: the predicted label.")
+
+
+class Explanation(BaseModel):
+    """Per-word attributions of one text (see ``modelyard.explain.Explanation``)."""
+
+    text: str = Field(..., description="The text as sent.")
+    label: str = Field(..., description="The predicted label.")
+    target: str = Field(..., description="The label explained.")
+    scores: dict[str, float] = Field(..., description="Probability of every label.")
+    method: str = Field(..., description="ig, attention or occlusion.")
+    units: list[str] = Field(..., description="Words, punctuation marks and single CJK characters, in order.")
+    attributions: list[float] = Field(
+        ..., description="One per unit; positive supports `target` (ig, occlusion); attention: >= 0, sums to 1."
+    )
+    normalized_text: str = Field(..., description="The text after the model's cleaning; `spans` index into it.")
+    spans: list[tuple[int, int]] = Field(..., description="`[start, end)` of every unit in `normalized_text`.")
+    truncated: bool = Field(..., description="The text exceeded the model's max_length; later words are absent.")
+    convergence_delta: float | None = Field(None, description="ig only: integral approximation error.")
+
+
+class ExplainResponse(BaseModel):
+    """Body of a successful ``POST /v1/explain``."""
+
+    explanation: Explanation
+    model: dict[str, Any] = Field(..., description="The serving model's `info()`.")
+
+
 class ErrorDetail(BaseModel):
     """One problem found while validating a request."""
 
@@ -67,7 +109,8 @@ class ErrorBody(BaseModel):
         ...,
         description="Stable machine-readable code: invalid_request, invalid_json, too_many_texts, "
         "text_too_long, body_too_large, unsupported_media_type, model_not_ready, overloaded, "
-        "shutting_down, prediction_failed, not_found, method_not_allowed, internal_error …",
+        "shutting_down, prediction_failed, explain_unsupported, explain_failed, not_found, method_not_allowed, "
+        "internal_error …",
     )
     message: str = Field(..., description="Human-readable explanation, naming the field and the fix.")
     limit: int | None = Field(None, description="The limit that was exceeded (413 responses).")
