@@ -16,38 +16,45 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install quickstart test test-slow test-all lint format clean
+.PHONY: install install-dev quickstart test test-slow test-all lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e .
 	$(BIN)/pip install -q --no-deps $(BUNDLED_NODEPS)
 	$(BIN)/pip install -q $(BUNDLED)
 	touch $@
 
+# Test tools and the optional Ray Tune backend (its tests run in CI), kept out of the quickstart's install.
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev,tune-ray]"
+	touch $@
+
 install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
 
 quickstart: install
 	$(BIN)/modelyard quickstart
 
-test: install
+test: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install-dev
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
-test-all: install
+test-all: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-format: install
+format: install-dev
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 

@@ -34,14 +34,19 @@ def synthetic_sentiment(n: int = 240, seed: int = 0) -> pd.DataFrame:
 def build_tiny_backbone(path: Path, corpus: list[str], seed: int = 0) -> Path:
     """A 2-layer, hidden-32 BERT with a WordPiece vocabulary trained on ``corpus`` (offline, seconds)."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # An explicit vocabulary (not WordPieceTrainer): the trainer breaks frequency ties in hash order,
+    # which differs between processes, and golden values need the same ids in every session.
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted({w for text in corpus for w in text.lower().split() if w.isalpha()})
+    chars = sorted({c for text in corpus for c in text.lower() if c.isalnum()})
+    tokens = list(dict.fromkeys(specials + words + chars + [f"##{c}" for c in chars]))  # dedupe, keep order
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

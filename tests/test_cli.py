@@ -212,3 +212,21 @@ def test_sigterm_mid_training_keeps_a_resumable_run_and_resume_finishes_it(
     assert final.name == partial.name.removesuffix(".incomplete") and not partial.exists()
     manifest = json.loads((final / "manifest.json").read_text())
     assert manifest["total_steps"] == 12 * 9 or manifest["stopped_early"]
+
+
+def test_tune_verb_runs_a_search_and_refuses_a_second_without_resume(
+    tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path
+) -> None:
+    path = _recipe(tmp_path, sentiment_csv, tiny_backbone)
+    raw = yaml.safe_load(path.read_text())
+    raw["train"].update(epochs=1, num_threads=1)
+    raw["tune"] = {"space": {"train.learning_rate": {"type": "choice", "values": [1e-2, 1e-9]}}, "pruner": "none"}
+    path.write_text(yaml.safe_dump(raw))
+    r = _run("tune", path, "--trials", "2")
+    assert r.exit_code == 0, r.stderr
+    tune_dir = Path(r.stdout.strip().splitlines()[-1])
+    assert {"study.db", "best_recipe.yaml", "trials.csv", "tune_report.html"} <= {p.name for p in tune_dir.iterdir()}
+    assert len(pd.read_csv(tune_dir / "trials.csv")) == 2
+    again = _run("tune", path, "--trials", "2")
+    assert again.exit_code == 2 and "--resume" in again.stderr
+    assert _run("tune", path, "--trials", "2", "--backend", "spark").exit_code == 2

@@ -13,9 +13,9 @@ from modelyard.compression import METHODS, ROW_KEYS, RUNTIMES, SOURCE, TOLERANCE
 from modelyard.config import load_recipe
 from modelyard.errors import ModelyardError
 from modelyard.training.finetune import train
-from tests.conftest import NEG, POS, synthetic_sentiment, write_tiny_recipe
+from tests.conftest import synthetic_sentiment, write_tiny_recipe
 
-SPARSITY = 0.4
+SPARSITY = 0.3
 FRONT_END = {"modelyard.json", "tokenizer.json", "tokenizer_config.json", "variant.json"}
 EXPECTED = {
     "dynamic-int8": {"variant.json"},
@@ -33,7 +33,7 @@ def compressed(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) ->
     data = tmp / "reviews.csv"
     synthetic_sentiment(240).to_csv(data, index=False)
     run = train(load_recipe(write_tiny_recipe(tmp, data, tiny_backbone)))
-    result = compress(run, list(METHODS), sparsity=SPARSITY, recovery_steps=4, latency_repeats=2)
+    result = compress(run, list(METHODS), sparsity=SPARSITY, recovery_steps=10, recovery_lr=1e-2, latency_repeats=2)
     return run, result
 
 
@@ -108,6 +108,7 @@ def test_prune_reaches_sparsity_and_loads_with_plain_transformers(compressed: tu
     run, result = compressed
     row = {r["method"]: r for r in result["rows"]}["prune"]
     assert abs(row["sparsity"] - SPARSITY) <= 0.01
+    assert row["accuracy"] >= 0.9, row  # the recovery steps kept the (tiny) model useful
     model = AutoModelForSequenceClassification.from_pretrained(run / "compressed" / "prune", use_safetensors=True)
     layers = prunable_linears(model)
     assert len(layers) == 2 * 6  # 2 layers × (q, k, v, attn out, intermediate, output)
@@ -122,7 +123,8 @@ def test_load_variant_predicts_like_the_source(compressed: tuple[Path, dict], ru
     clf = load_variant(run, runtime)
     assert clf.info()["runtime"] == runtime and clf.info()["run_id"] == run.name
     assert clf.labels == ["neg", "pos"]
-    assert [p["label"] for p in clf.predict(CLEAR)] == [p["label"] for p in source] == ["pos", "pos", "neg", "neg"]
+    got = clf.predict(CLEAR)
+    assert [p["label"] for p in got] == [p["label"] for p in source] == ["pos", "pos", "neg", "neg"], got
     # the same input normalisation as inference.Classifier (NFKC full-width, whitespace) …
     np.testing.assert_allclose(clf.predict_proba(["ｇｒｅａｔ\u3000 film"]), clf.predict_proba(["great film"]))
     # … and predict_logits is the same path as predict_proba minus the softmax
@@ -136,6 +138,8 @@ def test_unknown_method_names_valid_ones(compressed: tuple[Path, dict]) -> None:
         compress(compressed[0], ["gptq"])
     with pytest.raises(ModelyardError, match="valid: torch, dynamic-int8"):
         load_variant(compressed[0], "tensorrt")
+    with pytest.raises(ModelyardError, match="sparsity"):
+        compress(compressed[0], ["prune"], sparsity=1.5)
 
 
 def test_run_without_model_is_a_clear_error(tmp_path: Path) -> None:
@@ -169,7 +173,3 @@ def test_rerun_replaces_variant(compressed: tuple[Path, dict]) -> None:
     assert {p.name for p in (run / "compressed").iterdir()} == set(METHODS)
     # this rerun's compression.json covers only the requested method (plus the source)
     assert [r["method"] for r in json.loads((run / "compression.json").read_text())["rows"]] == [SOURCE, "dynamic-int8"]
-
-
-def test_clear_inputs_use_sentiment_words() -> None:
-    assert all(any(w in t for w in POS + NEG) for t in CLEAR)

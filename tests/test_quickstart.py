@@ -27,14 +27,14 @@ def test_readme_gives_the_two_setup_commands_in_english_and_chinese() -> None:
         assert "make quickstart" in part and "make test" in part
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^quickstart: install\n\t\$\(BIN\)/modelyard quickstart$", makefile, re.M)
-    assert re.search(r"^test: install\n(\t.*\n)*\t\$\(BIN\)/pytest", makefile, re.M)
+    assert re.search(r"^test: install-dev\n(\t.*\n)*\t\$\(BIN\)/pytest", makefile, re.M)
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_cli_verbs_are_documented_in_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     verbs = {c.name or c.callback.__name__ for c in app.registered_commands} - {"version", "quickstart"}
-    assert verbs == {"init", "train", "evaluate", "predict", "serve", "explain"}
+    assert verbs == {"init", "train", "evaluate", "predict", "serve", "explain", "tune", "compress"}
     for verb in verbs:
         assert f"modelyard {verb} " in readme, verb
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -31,10 +32,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_process_end_to_end(tiny_run: Path) -> None:
+@pytest.mark.parametrize("runtime", ["torch", "onnx-int8"])
+def test_serve_process_end_to_end(tiny_run: Path, runtime: str) -> None:
+    if runtime != "torch":
+        from typer.testing import CliRunner
+
+        from modelyard.cli import app
+
+        r = CliRunner().invoke(app, ["compress", str(tiny_run), "--methods", runtime, "--latency-repeats", "2"])
+        assert r.exit_code == 0, r.stderr
+        rows = {row["method"]: row for row in json.loads((tiny_run / "compression.json").read_text())["rows"]}
+        assert rows[runtime]["agreement"] >= 0.95
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelyard.cli", "serve", str(tiny_run), "--port", str(port)],
+        [sys.executable, "-m", "modelyard.cli", "serve", str(tiny_run), "--port", str(port), "--runtime", runtime],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -60,6 +71,7 @@ def test_serve_process_end_to_end(tiny_run: Path) -> None:
         body = r.json()
         assert [p["label"] for p in body["predictions"]] == ["pos", "neg"]
         assert body["model"]["run_id"] == tiny_run.name
+        assert body["model"].get("runtime", "torch") == runtime
         assert all(abs(sum(p["scores"].values()) - 1) < 1e-6 for p in body["predictions"])
 
         r = httpx.post(f"{base}/v1/predict", json={"texts": ["x"] * 65})
@@ -76,6 +88,16 @@ def test_serve_process_end_to_end(tiny_run: Path) -> None:
             raise
     # uvicorn re-raises SIGTERM after a clean shutdown (exit -15/143); anything else is a crash.
     assert proc.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM), proc.stderr.read() if proc.stderr else ""
+
+
+def test_serve_refuses_missing_variant(tiny_run: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", "serve", str(tiny_run), "--runtime", "prune"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "modelyard compress" in out.stderr
 
 
 def test_serve_refuses_bad_paths(tmp_path: Path) -> None:

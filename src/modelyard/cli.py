@@ -136,6 +136,35 @@ def _sigterm_as_interrupt() -> None:
 
 @app.command()
 @friendly_errors
+def tune(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file with a `tune.space` section.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. data.sample=2000.")] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="Trials in total (default: tune.trials).")
+    ] = None,
+    backend: Annotated[str, typer.Option("--backend", help="optuna (default) or ray (local Ray Tune).")] = "optuna",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted search (remaining trials only).")
+    ] = False,
+) -> None:
+    """Hyper-parameter search over the recipe's `tune.space`; prints the tune directory on the last stdout line."""
+    from modelyard.config import load_recipe
+    from modelyard.tuning import tune as run_tune
+
+    if backend not in ("optuna", "ray"):
+        raise ModelyardError(f"--backend '{backend}' is not one of optuna, ray")
+    cfg = load_recipe(recipe, overrides or [])
+    _sigterm_as_interrupt()
+    try:
+        out = run_tune(cfg, trials=trials, backend=backend, resume=resume, console=err_console)
+    except KeyboardInterrupt:
+        raise ModelyardError(f"search interrupted; continue it with: modelyard tune {recipe} --resume") from None
+    err_console.print(f"best recipe: {out / 'best_recipe.yaml'} · report: {out / 'tune_report.html'}")
+    print(out)
+
+
+@app.command()
+@friendly_errors
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     data: Annotated[
@@ -189,14 +218,32 @@ def serve(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1 — loopback only).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: the recipe's serve.port, 8000).")] = None,
+    runtime: Annotated[
+        str, typer.Option(help="torch (default) or a variant made by `modelyard compress`: dynamic-int8, onnx, …")
+    ] = "torch",
 ) -> None:
-    """Serve the model over HTTP (POST /v1/predict, /healthz, /readyz, /docs, /metrics)."""
-    from modelyard.inference import load, model_dir_of
+    """Serve the model over HTTP (POST /v1/predict, /v1/explain, /healthz, /readyz, /docs, /metrics)."""
+    from modelyard.inference import model_dir_of
     from modelyard.serving import serve as run_serve
 
     cfg = _serve_config(run_dir)
     model_dir_of(run_dir)  # fail fast on a bad path, before the server starts
-    run_serve(lambda: load(run_dir), cfg, host=host, port=port)
+    if runtime == "torch":
+        from modelyard.inference import load
+
+        loader = lambda: load(run_dir)  # noqa: E731
+    else:
+        from modelyard.compression import RUNTIMES, load_variant
+
+        if runtime not in RUNTIMES:
+            raise ModelyardError(f"--runtime '{runtime}' is not one of {', '.join(RUNTIMES)}")
+        if not (Path(run_dir) / "compressed" / runtime).is_dir():
+            raise ModelyardError(
+                f"{run_dir} has no '{runtime}' variant; "
+                f"create it with: modelyard compress {run_dir} --methods {runtime}"
+            )
+        loader = lambda: load_variant(run_dir, runtime)  # noqa: E731
+    run_serve(loader, cfg, host=host, port=port)
 
 
 def _serve_config(run_dir: Path) -> Any:
@@ -204,6 +251,34 @@ def _serve_config(run_dir: Path) -> Any:
 
     recipe_path = Path(run_dir) / "recipe.yaml"
     return load_recipe(recipe_path).serve if recipe_path.is_file() else ServeConfig()
+
+
+@app.command()
+@friendly_errors
+def compress(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated: dynamic-int8, onnx, onnx-int8, prune.")
+    ] = "dynamic-int8,onnx,onnx-int8,prune",
+    sparsity: Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of weights `prune` removes.")] = 0.3,
+    recovery_steps: Annotated[int, typer.Option(min=0, help="Fine-tune steps after pruning.")] = 50,
+    latency_repeats: Annotated[int, typer.Option(min=1, help="Timed repetitions per latency figure.")] = 50,
+) -> None:
+    """Quantize / export / prune a run; parity, metrics, size and latency in compression.json + .html."""
+    from modelyard._internal.rundir import find_run
+    from modelyard.compression import compress as run_compress
+    from modelyard.compression import parse_methods
+
+    run = find_run(run_dir)
+    run_compress(
+        run,
+        parse_methods(methods),
+        console=err_console,
+        sparsity=sparsity,
+        recovery_steps=recovery_steps,
+        latency_repeats=latency_repeats,
+    )
+    print(run / "compression.json")
 
 
 @app.command()

@@ -464,7 +464,7 @@ def annotated_yaml(recipe: Recipe) -> str:
                 else f"default: {_yaml_scalar(field.get_default(call_default_factory=True))}"
             )
             out.append(f"{pad}# {desc} ({default})")
-            out.append(f"{pad}{name}: {_yaml_scalar(value)}")
+            out.append(f"{pad}{name}: {_yaml_scalar(model.model_dump(mode='json')[name])}")
 
     emit(recipe, 0)
     return "\n".join(out) + "\n"

@@ -1,8 +1,11 @@
 """Compressed variants of a trained run: dynamic int8, ONNX, ONNX int8 and pruning, measured side by side.
 
-    >>> from modelyard.compression import compress, load_variant
-    >>> compress(run_dir, ["onnx-int8"])          # writes <run>/compressed/onnx-int8/ + compression.json/html
-    >>> clf = load_variant(run_dir, "onnx-int8")  # same protocol as modelyard.inference.Classifier
+Example::
+
+    from modelyard.compression import compress, load_variant
+
+    compress(run_dir, ["onnx-int8"])  # writes <run>/compressed/onnx-int8/, compression.json and .html
+    clf = load_variant(run_dir, "onnx-int8")  # same protocol as modelyard.inference.Classifier
 """
 
 from __future__ import annotations

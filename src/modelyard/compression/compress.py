@@ -103,17 +103,20 @@ def compress(
     """
     import torch
 
-    from modelyard.compression.build import BUILDERS, atomic_dir
+    from modelyard.compression.build import BUILDERS, atomic_dir, no_hf_progress_bars
 
     run_dir = Path(run_dir)
     methods = parse_methods(methods)
     source = source_model_dir(run_dir)
     if latency_repeats < 1:
         raise ModelyardError(f"latency_repeats must be >= 1, got {latency_repeats}")
+    if "prune" in methods and not (0.0 <= sparsity < 1.0 and recovery_steps >= 0):
+        raise ModelyardError(f"prune needs 0 <= sparsity < 1 and recovery_steps >= 0, got {sparsity}, {recovery_steps}")
     console = console or Console(stderr=True)
     texts, y, labels = _test_split(run_dir, source)
 
-    reference = load_variant(run_dir, "torch")
+    with no_hf_progress_bars():
+        reference = load_variant(run_dir, "torch")
     details: dict[str, dict[str, Any]] = {}
     for method in methods:
         t0 = time.perf_counter()
@@ -131,7 +134,8 @@ def compress(
             )
         console.print(f"  → {variant_dir(run_dir, method)} ({time.perf_counter() - t0:.1f}s)")
 
-    clfs: dict[str, Any] = {SOURCE: reference} | {m: load_variant(run_dir, m) for m in methods}
+    with no_hf_progress_bars():
+        clfs: dict[str, Any] = {SOURCE: reference} | {m: load_variant(run_dir, m) for m in methods}
     ref_logits = reference.predict_logits(texts)
     rows: list[dict[str, Any]] = []
     for name, clf in clfs.items():
@@ -164,7 +168,7 @@ def compress(
             "recovery_steps": recovery_steps,
             "latency_repeats": latency_repeats,
             "latency_batches": list(LATENCY_BATCHES),
-            "latency_warmup": _WARMUP,
+            "latency_warmup": min(_WARMUP, latency_repeats),
             "latency_scope": "predict_proba end to end: normalise + tokenize + forward + softmax",
         },
         "versions": {
@@ -270,31 +274,27 @@ def _quality_row(
 
 
 def _latencies(clfs: dict[str, Any], texts: list[str], repeats: int) -> dict[str, dict[str, float]]:
-    """p50/p95 ms of ``predict_proba`` per classifier and batch size, interleaved round-robin.
+    """p50/p95 ms of ``predict_proba`` per classifier and batch size, one classifier at a time.
 
-    Interleaving (every repetition times each variant once) spreads background load on a shared
-    machine evenly over the variants instead of penalising whichever ran during a busy spell.
+    Not interleaved on purpose: torch's OpenMP pool and onnxruntime's pool both spin-wait for a while
+    after each call, so alternating runtimes call by call makes each one wait for the other's spinning
+    threads (measured: torch fp32 at batch 1 went from ~12 ms to ~230 ms on 2 cores). Each block starts
+    with warm-up calls, which also absorb the previous runtime's spinning.
     """
     n = len(texts)
     out: dict[str, dict[str, float]] = {name: {} for name in clfs}
-    for b in LATENCY_BATCHES:
-
-        def batch_at(r: int, b: int = b) -> list[str]:
-            return [texts[(r * b + j) % n] for j in range(b)]
-
-        for clf in clfs.values():
-            for r in range(_WARMUP):
-                clf.predict_proba(batch_at(r))
-        times: dict[str, list[float]] = {name: [] for name in clfs}
-        for r in range(repeats):
-            chunk = batch_at(r)
-            for name, clf in clfs.items():
+    for name, clf in clfs.items():
+        for b in LATENCY_BATCHES:
+            batches = [[texts[(r * b + j) % n] for j in range(b)] for r in range(repeats)]
+            for r in range(min(_WARMUP, repeats)):
+                clf.predict_proba(batches[r])
+            times = []
+            for chunk in batches:
                 t0 = time.perf_counter()
                 clf.predict_proba(chunk)
-                times[name].append((time.perf_counter() - t0) * 1e3)
-        for name, ts in times.items():
-            out[name][f"p50_ms_b{b}"] = float(np.percentile(ts, 50))
-            out[name][f"p95_ms_b{b}"] = float(np.percentile(ts, 95))
+                times.append((time.perf_counter() - t0) * 1e3)
+            out[name][f"p50_ms_b{b}"] = float(np.percentile(times, 50))
+            out[name][f"p95_ms_b{b}"] = float(np.percentile(times, 95))
     return out
 
 
@@ -308,21 +308,23 @@ def _finite(value: Any) -> Any:
 
 _COLUMNS = (
     ("method", "method", "{}"),
-    ("size_mb", "size MB", "{:.2f}"),
-    ("agreement", "agreement", "{:.4f}"),
-    ("max_abs_logit_diff", "max |Δlogit|", "{:.2e}"),
-    ("accuracy", "accuracy", "{:.4f}"),
-    ("macro_f1", "macro F1", "{:.4f}"),
-    ("accuracy_drop_points", "Δacc (pts)", "{:+.2f}"),
-    ("p50_ms_b1", "p50 ms @1", "{:.2f}"),
-    ("p95_ms_b1", "p95 ms @1", "{:.2f}"),
-    ("p50_ms_b32", "p50 ms @32", "{:.1f}"),
-    ("p95_ms_b32", "p95 ms @32", "{:.1f}"),
-    ("speedup_b1", "speed-up @1", "{:.2f}×"),
-    ("speedup_b32", "speed-up @32", "{:.2f}×"),
-    ("sparsity", "sparsity", "{:.3f}"),
+    ("size_mb", "MB", "{:.1f}"),
+    ("agreement", "agree", "{:.4f}"),
+    ("max_abs_logit_diff", "max|Δlogit|", "{:.1e}"),
+    ("accuracy", "acc", "{:.4f}"),
+    ("macro_f1", "F1", "{:.4f}"),
+    ("accuracy_drop_points", "Δacc pts", "{:+.2f}"),
+    ("p50_ms_b1", "p50@1 ms", "{:.2f}"),
+    ("p95_ms_b1", "p95@1 ms", "{:.2f}"),
+    ("p50_ms_b32", "p50@32 ms", "{:.1f}"),
+    ("p95_ms_b32", "p95@32 ms", "{:.1f}"),
+    ("speedup_b1", "×@1", "{:.2f}"),
+    ("speedup_b32", "×@32", "{:.2f}"),
+    ("sparsity", "sparse", "{:.3f}"),
     ("parity_ok", "parity", "{}"),
 )
+# The terminal table leaves out the p95 columns (they are in compression.json/html).
+_TERMINAL = ("p95_ms_b1", "p95_ms_b32", "macro_f1")
 
 
 def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
@@ -342,10 +344,11 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
 
     threads = result["threads"]["torch_intra_op"]
     table = Table(title=f"compression · {result['n_examples']} test examples · {threads} CPU threads")
-    for key, title, _ in _COLUMNS:
-        table.add_column(title, justify="left" if key == "method" else "right")
+    columns = [c for c in _COLUMNS if c[0] not in _TERMINAL]
+    for key, title, _ in columns:
+        table.add_column(title, justify="left" if key == "method" else "right", no_wrap=key == "method")
     for row in result["rows"]:
-        cells = [_cell(row, k, f) for k, _, f in _COLUMNS]
+        cells = [_cell(row, k, f) for k, _, f in columns]
         if not row["parity_ok"]:
             cells[-1] = "[red]FAIL[/]"
         table.add_row(*cells)
@@ -365,8 +368,8 @@ th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
 {{ threads }} CPU threads · {{ settings.latency_repeats }} timed calls per cell after {{ settings.latency_warmup }}
 warm-up calls ({{ settings.latency_scope }}).</p>
 <table><thead><tr>{% for title in titles %}<th>{{ title }}</th>{% endfor %}</tr></thead><tbody>
-{% for row in rows %}<tr>{% for cell in row.cells %}<td{% if loop.last %} class="{{ 'ok' if row.ok else 'fail' }}"{% endif %}>
-{{ cell }}</td>{% endfor %}</tr>
+{% for row in rows %}<tr>{% for cell in row.cells %}
+<td{% if loop.last %} class="{{ 'ok' if row.ok else 'fail' }}"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}</tbody></table>
 <h2>tolerances (vs torch-fp32 on the test split)</h2>
 <table><thead><tr><th>method</th><th>min agreement</th><th>max |Δlogit|</th><th>note</th></tr></thead><tbody>

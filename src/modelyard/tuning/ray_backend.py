@@ -93,9 +93,7 @@ def run_ray(study: optuna.Study, settings: TuneSettings, n_trials: int, console:
         tuner = ray_tune.Tuner(
             trainable,
             tune_config=ray_tune.TuneConfig(search_alg=search, num_samples=n_trials, max_concurrent_trials=cfg.n_jobs),
-            run_config=ray_tune.RunConfig(
-                name="ray", storage_path=str(settings.tune_dir.resolve()), verbose=0, log_to_file=True
-            ),
+            run_config=ray_tune.RunConfig(name="ray", storage_path=str(settings.tune_dir.resolve()), verbose=0),
         )
         results = tuner.fit()
         _record(study, settings, results, console)
@@ -105,12 +103,12 @@ def run_ray(study: optuna.Study, settings: TuneSettings, n_trials: int, console:
 
 
 def _record(study: optuna.Study, settings: TuneSettings, results: Any, console: Console) -> None:
-    """Copy Ray's results into the Optuna study, in the order Ray created the trials."""
+    """Copy Ray's results into the Optuna study (numbers continue after the trials already there)."""
     import optuna
     from optuna.trial import TrialState
 
     dists = distributions(settings.space)
-    ordered = sorted(results, key=lambda r: str(r.path))
+    ordered = list(results)  # ResultGrid lists trials in the order Ray created them
     total = len(study.trials) + len(ordered)
     for result in ordered:
         params = {k: result.config[k] for k in settings.space if k in result.config}

@@ -7,6 +7,7 @@ with jinja2 autoescaping, only the generated SVG being marked safe.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,7 +117,10 @@ def _importance_figure(study: optuna.Study) -> tuple[Markup | None, str | None]:
     import optuna
 
     try:
-        importances = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():
+            # With a handful of trials the evaluator warns that all importances are equal; the note says so.
+            warnings.simplefilter("ignore", UserWarning)
+            importances = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError, ZeroDivisionError) as err:
         return None, f"Parameter importances unavailable: {err}"
     if not importances:
@@ -130,7 +134,7 @@ def _importance_figure(study: optuna.Study) -> tuple[Markup | None, str | None]:
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
         ax.set_xlim(0, max(values) * 1.2 or 1)
-        ax.set_xlabel("importance (fANOVA, normalised)")
+        ax.set_xlabel("importance (optuna default evaluator, normalised)")
         ax.grid(alpha=0.3, axis="x")
     note = None
     finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
