@@ -144,9 +144,9 @@ def test_unknown_method_names_valid_ones(compressed: tuple[Path, dict]) -> None:
 
 def test_run_without_model_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "splits").mkdir()
-    with pytest.raises(ModelyardError, match="no trained model"):
+    with pytest.raises(ModelyardError, match="not a modelyard run directory"):
         compress(tmp_path, ["onnx"])
-    with pytest.raises(ModelyardError, match="no trained model"):
+    with pytest.raises(ModelyardError, match="not a modelyard run directory"):
         load_variant(tmp_path, "onnx")
 
 

@@ -47,14 +47,9 @@ def check_runtime(runtime: str, allowed: tuple[str, ...] = RUNTIMES) -> str:
 
 def source_model_dir(run_dir: Path) -> Path:
     """The run's fp32 ``model/`` directory, or a clear error if the run has none."""
-    from modelyard._internal.rundir import INCOMPLETE
+    from modelyard._internal.rundir import find_run
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ModelError(f"run directory not found: {run_dir}")
-    if run_dir.name.endswith(INCOMPLETE):
-        raise ModelError(f"{run_dir} is an unfinished run; finish it with `modelyard train RECIPE --resume {run_dir}`")
-    model_dir = run_dir / "model"
+    model_dir = find_run(Path(run_dir)) / "model"
     if not (model_dir / "modelyard.json").is_file() or not (model_dir / "model.safetensors").is_file():
         raise ModelError(
             f"{run_dir} has no trained model (expected model/modelyard.json and model/model.safetensors); "

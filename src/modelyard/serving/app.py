@@ -356,6 +356,18 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
     async def model_info() -> dict[str, Any]:
         return runtime.require_ready().info
 
+    def check_length(text: str, field: str, **extra: Any) -> None:
+        """413 naming the field and the limit when one text is longer than ``max_chars_per_text``."""
+        if len(text) > cfg.max_chars_per_text:
+            raise ApiError(
+                413,
+                "text_too_long",
+                f"{field} has {len(text)} characters; the limit is {cfg.max_chars_per_text} "
+                "(max_chars_per_text); shorten or split it",
+                limit=cfg.max_chars_per_text,
+                **extra,
+            )
+
     @app.post(
         "/v1/predict",
         tags=["model"],
@@ -374,15 +386,7 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
                 limit=cfg.max_texts_per_request,
             )
         for i, text in enumerate(texts):
-            if len(text) > cfg.max_chars_per_text:
-                raise ApiError(
-                    413,
-                    "text_too_long",
-                    f"texts[{i}] has {len(text)} characters; the limit is {cfg.max_chars_per_text} "
-                    "(max_chars_per_text); shorten or split it",
-                    limit=cfg.max_chars_per_text,
-                    index=i,
-                )
+            check_length(text, f"texts[{i}]", index=i)
         loaded = runtime.require_ready()
         try:
             rows = await batcher.submit(texts)
@@ -417,14 +421,7 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
     )
     async def explain(request: ExplainRequest) -> ExplainResponse:
         text = request.text
-        if len(text) > cfg.max_chars_per_text:
-            raise ApiError(
-                413,
-                "text_too_long",
-                f"text has {len(text)} characters; the limit is {cfg.max_chars_per_text} "
-                "(max_chars_per_text); shorten it",
-                limit=cfg.max_chars_per_text,
-            )
+        check_length(text, "text")
         loaded = runtime.require_ready()
         if request.target is not None and request.target not in loaded.labels:
             message = f"target {request.target!r} is not a label of the model; use one of {list(loaded.labels)}"
