@@ -22,6 +22,7 @@ EXPECTED = {
     "onnx": FRONT_END | {"model.onnx", "config.json"},
     "onnx-int8": FRONT_END | {"model.onnx", "config.json"},
     "prune": FRONT_END | {"model.safetensors", "config.json"},
+    "distill": FRONT_END | {"model.safetensors", "config.json"},
 }
 OPTIONAL = {"special_tokens_map.json", "generation_config.json"}
 CLEAR = [f"the film was {w} and {w}" for w in ("great", "superb", "awful", "terrible")]
@@ -33,7 +34,15 @@ def compressed(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) ->
     data = tmp / "reviews.csv"
     synthetic_sentiment(240).to_csv(data, index=False)
     run = train(load_recipe(write_tiny_recipe(tmp, data, tiny_backbone)))
-    result = compress(run, list(METHODS), sparsity=SPARSITY, recovery_steps=10, recovery_lr=1e-2, latency_repeats=2)
+    result = compress(
+        run,
+        list(METHODS),
+        sparsity=SPARSITY,
+        recovery_steps=10,
+        recovery_lr=1e-2,
+        latency_repeats=2,
+        distill_epochs=2,
+    )
     return run, result
 
 
@@ -70,6 +79,8 @@ def test_compression_json_rows_and_html(compressed: tuple[Path, dict]) -> None:
     assert rows["onnx"]["size_mb"] > rows["onnx-int8"]["size_mb"] > 0
     html = (run / "compression.html").read_text()
     assert "<table>" in html and "onnx-int8" in html and "<script" not in html
+    report = (run / "report.html").read_text()
+    assert report.count('<section id="stage-compression">') == 1 and '<a href="compression.html">' in report
 
 
 def test_onnx_parity_within_tolerance(compressed: tuple[Path, dict]) -> None:
@@ -116,6 +127,68 @@ def test_prune_reaches_sparsity_and_loads_with_plain_transformers(compressed: tu
     assert abs(weight_sparsity([m.weight.detach().numpy() for _, m in layers]) - SPARSITY) <= 0.01
 
 
+def test_onnx_int8_level_is_chosen_on_the_validation_split(compressed: tuple[Path, dict]) -> None:
+    from modelyard.compression.build import INT8_LADDER
+
+    run, _ = compressed
+    spec = json.loads((run / "compressed" / "onnx-int8" / "variant.json").read_text())
+    assert spec["calibration"] == "valid split" and spec["min_agreement"] == 0.99
+    tried = spec["levels_tried"]
+    assert tried and tried[0]["level"] == "all-int8" and tried[0]["fp32_nodes"] == 0
+    assert spec["level"] == tried[-1]["level"] in {name for name, _ in INT8_LADDER}
+    # stops at the first level that reaches the target, or tried every level
+    assert tried[-1]["valid_agreement"] >= 0.99 or len(tried) == len(INT8_LADDER)
+    assert all(t["valid_agreement"] < 0.99 for t in tried[:-1])
+
+
+def test_int8_ladder_keeps_feed_forward_matmuls_fp32() -> None:
+    from modelyard.compression.build import INT8_LADDER
+
+    ladder = dict(INT8_LADDER)
+    names = [
+        "/inner/bert/encoder/layer.3/output/dense/MatMul",
+        "/inner/bert/encoder/layer.3/intermediate/dense/MatMul",
+        "/inner/bert/encoder/layer.3/attention/output/dense/MatMul",
+        "/inner/bert/encoder/layer.3/attention/self/query/MatMul",
+        "/inner/classifier/Gemm",
+    ]
+
+    def kept_fp32(level: str) -> list[str]:
+        return [n for n in names if any(p.search(n) for p in ladder[level])]
+
+    assert kept_fp32("all-int8") == []
+    assert kept_fp32("ffn-out-fp32") == names[:1]
+    assert kept_fp32("ffn-fp32") == names[:2]
+    assert kept_fp32("ffn+attn-out-fp32") == names[:3]
+
+
+def test_distilled_student_has_fewer_layers_and_learned(compressed: tuple[Path, dict]) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    run, result = compressed
+    row = {r["method"]: r for r in result["rows"]}["distill"]
+    student = AutoModelForSequenceClassification.from_pretrained(run / "compressed" / "distill", use_safetensors=True)
+    assert student.config.num_hidden_layers == 1 and len(student.bert.encoder.layer) == 1  # teacher: 2
+    spec = json.loads((run / "compressed" / "distill" / "variant.json").read_text())
+    assert spec["student_layers"] == 1 and spec["initialised_from_layers"] == [1] and spec["epochs"] == 2
+    assert len(spec["history"]) == 2
+    assert row["accuracy"] >= 0.9 and row["agreement"] >= 0.9, row
+    teacher_mb = {r["method"]: r for r in result["rows"]}[SOURCE]["size_mb"]
+    assert row["size_mb"] < teacher_mb
+
+
+@pytest.mark.parametrize(
+    ("n", "keep", "expected"),
+    [(6, None, [1, 3, 5]), (6, 2, [2, 5]), (12, 4, [2, 5, 8, 11]), (2, None, [1]), (12, 6, [1, 3, 5, 7, 9, 11])],
+)
+def test_student_layers_are_evenly_spaced_and_end_at_the_top(n: int, keep: int | None, expected: list[int]) -> None:
+    from modelyard.compression.build import student_layer_indices
+
+    assert student_layer_indices(n, keep) == expected
+    with pytest.raises(ModelyardError, match="1 <= layers < 6"):
+        student_layer_indices(6, 6)
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_load_variant_predicts_like_the_source(compressed: tuple[Path, dict], runtime: str) -> None:
     run, _ = compressed
@@ -134,7 +207,7 @@ def test_load_variant_predicts_like_the_source(compressed: tuple[Path, dict], ru
 
 
 def test_unknown_method_names_valid_ones(compressed: tuple[Path, dict]) -> None:
-    with pytest.raises(ModelyardError, match="valid: dynamic-int8, onnx, onnx-int8, prune"):
+    with pytest.raises(ModelyardError, match="valid: dynamic-int8, onnx, onnx-int8, prune, distill"):
         compress(compressed[0], ["gptq"])
     with pytest.raises(ModelyardError, match="valid: torch, dynamic-int8"):
         load_variant(compressed[0], "tensorrt")

@@ -266,6 +266,9 @@ def test_html_escapes_user_text_and_is_self_contained(clf: Classifier) -> None:
 
 
 def test_explain_run_writes_html_and_json_into_the_run(run_dir: Path, clf: Classifier) -> None:
+    report = run_dir / "report.html"
+    if not report.is_file():
+        report.write_text("<html><body><h1>run</h1><!-- modelyard:stage-sections --></body></html>", encoding="utf-8")
     html_path, exs = explain_run(run_dir, ["a great film", "dull <plot>"], "occlusion", None, classifier=clf)
     assert html_path.parent == run_dir / "explanations" and html_path.name.endswith("-occlusion.html")
     data = json.loads(html_path.with_suffix(".json").read_text(encoding="utf-8"))
@@ -279,6 +282,9 @@ def test_explain_run_writes_html_and_json_into_the_run(run_dir: Path, clf: Class
     assert not [p for p in (run_dir / "explanations").iterdir() if p.name.startswith(".")]
     out, _ = explain_run(run_dir, ["good"], "attention", run_dir / "custom" / "x.html", classifier=clf)
     assert out.is_file() and out.with_suffix(".json").is_file()
+    # the run's report carries the latest explanations as one section
+    html = report.read_text(encoding="utf-8")
+    assert html.count('<section id="stage-explanations">') == 1 and 'href="custom/x.html"' in html
 
 
 def test_to_dict_is_json_and_roundtrips() -> None:

@@ -238,3 +238,27 @@ def test_missing_or_broken_probabilities_degrade_to_notes(tmp_path: Path) -> Non
     html = write_report(tmp_path / "b.html", predictions=df, **kwargs).read_text("utf-8")
     assert "missing or infinite" in html
     assert _figure_count(html) == 1
+
+
+def test_stage_sections_are_added_once_and_replaced(tmp_path: Path) -> None:
+    from modelyard.evaluation.report import STAGE_SECTIONS_MARKER, add_stage_section
+
+    labels = ["neg", "pos"]
+    path, html = _write(tmp_path, labels, _predictions(labels, seed=1))
+    assert STAGE_SECTIONS_MARKER in html
+    page = "<html><head><style>x</style></head><body><h1>Stage</h1><h2>table</h2><table><tr><td>1</td></tr></table></body></html>"
+    assert add_stage_section(path, "compression", "Compression <b>", page, link="compression.html")
+    once = path.read_text(encoding="utf-8")
+    assert once.count('<section id="stage-compression">') == 1
+    assert "<h2>Compression &lt;b&gt;</h2>" in once and "<h3>table</h3>" in once and "<h1>Stage</h1>" not in once
+    assert '<a href="compression.html">' in once and "<style>x</style>" not in once
+    # sections go before the footer, in the order the stages ran; a re-run replaces its own section
+    assert add_stage_section(path, "tuning", "Tuning", page.replace("1", "two"))
+    assert add_stage_section(path, "compression", "Compression", page.replace("1", "three"))
+    final = path.read_text(encoding="utf-8")
+    assert final.count('id="stage-compression"') == 1 and "<td>three</td>" in final and "<td>1</td>" not in final
+    assert final.index('id="stage-compression"') < final.index('id="stage-tuning"') < final.index(STAGE_SECTIONS_MARKER)
+    assert final.count("</body>") == 1
+    # no report, or a key that is not a slug: nothing written
+    assert not add_stage_section(tmp_path / "missing.html", "x", "X", page)
+    assert not add_stage_section(path, "bad key", "X", page)

@@ -124,10 +124,17 @@ def test_same_seed_gives_identical_weights(tmp_path: Path, sentiment_csv: Path, 
         np.testing.assert_array_equal(a[k], b[k])
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"ema_decay": 0.9, "layer_lr_decay": 0.8}],
+    ids=["plain", "ema+layer-decay"],
+)
 def test_resume_after_interruption_matches_uninterrupted_run(
-    tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path
+    tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path, extra: dict
 ) -> None:
-    recipe = load_recipe(write_tiny_recipe(tmp_path, sentiment_csv, tiny_backbone, epochs=2, checkpoint_every_steps=4))
+    recipe = load_recipe(
+        write_tiny_recipe(tmp_path, sentiment_csv, tiny_backbone, epochs=2, checkpoint_every_steps=4, **extra)
+    )
     reference = train(recipe)
 
     # Stop at step 11 (epoch 2, mid-epoch); the last checkpoint is step 9's (end of epoch 1) — steps
@@ -148,6 +155,38 @@ def test_resume_after_interruption_matches_uninterrupted_run(
     assert json.loads((resumed / "manifest.json").read_text())["resumed_from"] == str(partial)
 
 
+def test_layer_lr_decay_scales_learning_rate_by_depth(tiny_backbone: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from modelyard.training.finetune import param_groups
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=2)
+    n_layers = model.config.num_hidden_layers  # 2
+    lr_of = {id(p): g["lr"] for g in param_groups(model, 1e-3, 0.01, 0.5) for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["classifier.weight"])] == pytest.approx(1e-3)
+    assert lr_of[id(named["bert.encoder.layer.1.output.dense.weight"])] == pytest.approx(1e-3 * 0.5)
+    assert lr_of[id(named["bert.encoder.layer.0.output.dense.weight"])] == pytest.approx(1e-3 * 0.25)
+    assert lr_of[id(named["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1e-3 * 0.5 ** (n_layers + 1))
+    wd_of = {id(p): g["weight_decay"] for g in param_groups(model, 1e-3, 0.01, None) for p in g["params"]}
+    assert wd_of[id(named["classifier.bias"])] == 0.0 and wd_of[id(named["classifier.weight"])] == 0.01
+    assert {g["lr"] for g in param_groups(model, 1e-3, 0.01, None)} == {1e-3}
+
+
+def test_ema_weights_are_what_gets_saved(tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = train(load_recipe(write_tiny_recipe(tmp_path / "a", sentiment_csv, tiny_backbone, epochs=1)))
+    ema = train(load_recipe(write_tiny_recipe(tmp_path / "b", sentiment_csv, tiny_backbone, epochs=1, ema_decay=0.5)))
+    a = load_file(str(plain / "model" / "model.safetensors"))
+    b = load_file(str(ema / "model" / "model.safetensors"))
+    # Same seed and batches: the raw weights are identical, so any difference is the averaging.
+    assert a.keys() == b.keys()
+    assert any(not np.array_equal(a[k], b[k]) for k in a if k.endswith("weight"))
+    ema_metrics = json.loads((ema / "metrics.json").read_text())
+    assert ema_metrics["valid"]["n"] > 0 and np.isfinite(ema_metrics["valid"]["loss"])
+
+
 def test_early_stopping_stops_and_keeps_best_epoch(tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path) -> None:
     # learning rate so small nothing improves after epoch 1 → patience 1 stops at epoch 2
     recipe = load_recipe(
@@ -165,3 +204,49 @@ def test_early_stopping_stops_and_keeps_best_epoch(tmp_path: Path, sentiment_csv
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stopped_early"] is True
     assert manifest["epochs_completed"] == 2 and manifest["best_epoch"] == 1
+
+
+def test_distillation_without_gold_labels_learns_from_the_teacher(
+    tmp_path: Path, trained_run: Path, tiny_backbone: Path
+) -> None:
+    from modelyard.data import PreparedData
+    from modelyard.training.finetune import load_splits
+
+    # Gold labels of the training split flipped: with alpha=0 they are never used, so a student that
+    # still learns the task can only have learned it from the teacher's probabilities.
+    splits = load_splits(trained_run)
+    flipped = splits.train.assign(label=splits.train["label"].map({"pos": "neg", "neg": "pos"}))
+    data = PreparedData(flipped, splits.valid, splits.test, splits.labels, splits.report, splits.fingerprints)
+    recipe = load_recipe(
+        write_tiny_recipe(
+            tmp_path,
+            tmp_path / "unused.csv",
+            tiny_backbone,
+            epochs=3,
+            distill={"teacher": str(trained_run), "temperature": 2.0, "alpha": 0.0},
+        )
+    )
+    student = train(recipe, data=data)
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.9, metrics["test"]
+    # the student trained on exactly the given splits
+    assert len(json.loads((student / "data_report.json").read_text())) > 0
+    assert (student / "splits" / "train.parquet").is_file()
+
+    # and the same flipped labels with alpha=1 (gold only) learn the inverted task
+    recipe.train.distill.alpha = 1.0
+    history = json.loads((train(recipe, data=data) / "history.json").read_text())
+    assert history[-1]["valid_accuracy"] <= 0.2, history
+
+
+def test_distillation_teacher_with_other_labels_is_a_clear_error(
+    tmp_path: Path, trained_run: Path, tiny_backbone: Path
+) -> None:
+    from modelyard.errors import ModelyardError
+
+    data = tmp_path / "topics.csv"
+    data.write_text("text,label\n" + "".join(f"text number {i},{'abc'[i % 3]}\n" for i in range(60)))
+    recipe = load_recipe(write_tiny_recipe(tmp_path, data, tiny_backbone, distill={"teacher": str(trained_run)}))
+    with pytest.raises(ModelyardError, match="distillation needs the same label set"):
+        train(recipe)
+    assert not list((tmp_path / "runs").glob("*"))  # nothing left behind

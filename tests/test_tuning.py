@@ -90,6 +90,11 @@ def test_search_writes_tables_best_recipe_and_report(tmp_path: Path, sentiment_c
     assert html.count("<svg") >= 2 and "Parameter importances" in html
     assert "<script" not in html and "http://" not in html.replace("http://www.w3.org", "")
 
+    # the best run's own report gets the search as a section
+    run_html = (best_run / "report.html").read_text()
+    assert run_html.count('<section id="stage-tuning">') == 1 and f"trial {best.number})" in run_html
+    assert "Parameter importances" in run_html
+
     with pytest.raises(ModelyardError, match="--resume"):
         tune(recipe, trials=3)
 

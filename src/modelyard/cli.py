@@ -258,13 +258,24 @@ def _serve_config(run_dir: Path) -> Any:
 def compress(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     methods: Annotated[
-        str, typer.Option("--methods", help="Comma-separated: dynamic-int8, onnx, onnx-int8, prune.")
+        str,
+        typer.Option(
+            "--methods",
+            help="Comma-separated: dynamic-int8, onnx, onnx-int8, prune, distill (distill trains a student: "
+            "minutes, not seconds).",
+        ),
     ] = "dynamic-int8,onnx,onnx-int8,prune",
     sparsity: Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of weights `prune` removes.")] = 0.3,
     recovery_steps: Annotated[int, typer.Option(min=0, help="Fine-tune steps after pruning.")] = 50,
     latency_repeats: Annotated[int, typer.Option(min=1, help="Timed repetitions per latency figure.")] = 50,
+    student_layers: Annotated[
+        int | None, typer.Option(min=1, help="Encoder layers of the `distill` student (default: half).")
+    ] = None,
+    distill_epochs: Annotated[
+        int | None, typer.Option(min=1, help="Training epochs of the `distill` student (default: the recipe's).")
+    ] = None,
 ) -> None:
-    """Quantize / export / prune a run; parity, metrics, size and latency in compression.json + .html."""
+    """Quantize / export / prune / distil a run; parity, metrics, size and latency in compression.json + .html."""
     from modelyard._internal.rundir import find_run
     from modelyard.compression import compress as run_compress
     from modelyard.compression import parse_methods
@@ -277,6 +288,8 @@ def compress(
         sparsity=sparsity,
         recovery_steps=recovery_steps,
         latency_repeats=latency_repeats,
+        student_layers=student_layers,
+        distill_epochs=distill_epochs,
     )
     print(run / "compression.json")
 

@@ -102,6 +102,24 @@ class ModelConfig(_Stage):
     )
 
 
+class DistillConfig(_Stage):
+    """Knowledge distillation: learn from a teacher model's probabilities (optionally mixed with gold labels)."""
+
+    teacher: str = Field(
+        ...,
+        description="Run directory or model directory of the teacher (any modelyard model: a fine-tuned encoder, "
+        "a prompt model, …); relative paths resolve against the recipe's folder.",
+    )
+    temperature: float = Field(2.0, gt=0, le=100, description="Softens teacher and student distributions (T).")
+    alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Weight of the gold-label cross-entropy; the teacher's KL term gets 1 - alpha "
+        "(0 = learn from the teacher only, gold labels unused).",
+    )
+
+
 class TrainConfig(_Stage):
     """The fine-tuning loop."""
 
@@ -136,6 +154,23 @@ class TrainConfig(_Stage):
     group_by_length: bool = Field(True, description="Batch texts of similar length together (less padding).")
     log_every_steps: int = Field(10, ge=1, description="Write a progress.jsonl line every N optimizer steps.")
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; null = torch's default.")
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the weights (e.g. 0.998) and validate/save the "
+        "averaged weights; null disables.",
+    )
+    distill: DistillConfig | None = Field(
+        None, description="Distil from a teacher model (`teacher`, `temperature`, `alpha`); null = plain labels."
+    )
+    layer_lr_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay: the head gets learning_rate, each encoder layer below "
+        "it this factor less (e.g. 0.9), embeddings the least; null = one learning rate.",
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> TrainConfig:

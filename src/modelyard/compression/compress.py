@@ -35,6 +35,7 @@ TOLERANCES: dict[str, dict[str, Any]] = {
     "dynamic-int8": {"min_agreement": 0.99, "max_abs_logit_diff": None, "note": "int8 Linear weights"},
     "onnx-int8": {"min_agreement": 0.99, "max_abs_logit_diff": None, "note": "int8 MatMul weights"},
     "prune": {"min_agreement": None, "max_abs_logit_diff": None, "note": "agreement reported only"},
+    "distill": {"min_agreement": None, "max_abs_logit_diff": None, "note": "a retrained student: agreement reported"},
 }
 ROW_KEYS = (
     "method",
@@ -84,6 +85,8 @@ def compress(
     recovery_steps: int = 50,
     latency_repeats: int = 50,
     recovery_lr: float | None = None,
+    student_layers: int | None = None,
+    distill_epochs: int | None = None,
 ) -> dict[str, Any]:
     """Build the requested variants under ``<run>/compressed/<method>/`` and measure them.
 
@@ -94,6 +97,8 @@ def compress(
         recovery_steps: AdamW steps after pruning (masks kept); 0 skips recovery.
         latency_repeats: timed calls per variant and batch size (after warm-up).
         recovery_lr: learning rate of the recovery steps (default: a tenth of the recipe's).
+        student_layers: encoder layers of the ``distill`` student (default: half the teacher's).
+        distill_epochs: epochs of the student's training (default: the recipe's).
 
     Returns:
         The ``compression.json`` content (rows, tolerances, versions, threads).
@@ -130,6 +135,8 @@ def compress(
                 sparsity=sparsity,
                 recovery_steps=recovery_steps,
                 recovery_lr=recovery_lr,
+                student_layers=student_layers,
+                distill_epochs=distill_epochs,
                 log=console.print,
             )
         console.print(f"  → {variant_dir(run_dir, method)} ({time.perf_counter() - t0:.1f}s)")
@@ -166,6 +173,8 @@ def compress(
             "methods": methods,
             "sparsity": sparsity,
             "recovery_steps": recovery_steps,
+            "student_layers": student_layers,
+            "distill_epochs": distill_epochs,
             "latency_repeats": latency_repeats,
             "latency_batches": list(LATENCY_BATCHES),
             "latency_warmup": min(_WARMUP, latency_repeats),
@@ -182,7 +191,11 @@ def compress(
         "hardware": {"machine": platform.machine(), "processor": platform.processor() or None},
     }
     write_json(run_dir / "compression.json", result)
-    atomic_write_text(run_dir / "compression.html", render_html(result))
+    page = render_html(result)
+    atomic_write_text(run_dir / "compression.html", page)
+    from modelyard.evaluation.report import add_stage_section
+
+    add_stage_section(run_dir / "report.html", "compression", "Compression", page, link="compression.html")
     print_table(console, result)
     console.print(f"report: {run_dir / 'compression.html'}")
     return result
@@ -220,7 +233,7 @@ def variant_files(run_dir: Path, method: str) -> list[Path]:
     if method == SOURCE:
         return [run_dir / "model" / "model.safetensors"]
     vdir = variant_dir(run_dir, method)
-    if method == "prune":
+    if method in ("prune", "distill"):
         return sorted(vdir.glob("*.safetensors"))
     if method in ("onnx", "onnx-int8"):
         return [vdir / ONNX_FILE, *sorted(vdir.glob("*.onnx.data"))]

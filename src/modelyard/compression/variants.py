@@ -5,7 +5,8 @@ input normalisation (``modelyard.data.cleaning.clean_text`` with the run's clean
 tokenization, length-sorted batching and the softmax are the very same code for the source model and
 for every variant. Only the forward pass differs:
 
-* ``torch`` / ``prune``: the Hugging Face safetensors model (``Classifier`` itself).
+* ``torch`` / ``prune`` / ``distill``: a Hugging Face safetensors model (``Classifier`` itself); the
+  distilled student has fewer encoder layers.
 * ``dynamic-int8``: the source fp32 model with ``nn.Linear`` layers re-quantized at load time.
 * ``onnx`` / ``onnx-int8``: an ``onnxruntime.InferenceSession`` (CPU) behind a small adapter that
   looks like a ``transformers`` model call (``model(input_ids=…, attention_mask=…).logits``).
@@ -25,7 +26,7 @@ from modelyard._internal.io import read_json, sha256_file
 from modelyard.errors import ModelError, ModelyardError
 from modelyard.inference import Classifier
 
-METHODS = ("dynamic-int8", "onnx", "onnx-int8", "prune")
+METHODS = ("dynamic-int8", "onnx", "onnx-int8", "prune", "distill")
 RUNTIMES = ("torch", *METHODS)
 COMPRESSED_DIR = "compressed"
 VARIANT_FILE = "variant.json"
@@ -119,7 +120,7 @@ class VariantClassifier(Classifier):
 
 
 class TorchClassifier(VariantClassifier):
-    """The source fp32 model (``runtime="torch"``) or the pruned safetensors variant (``runtime="prune"``)."""
+    """The source fp32 model (``runtime="torch"``) or a safetensors variant (``prune``, ``distill``)."""
 
     def __init__(self, model_dir: Path, *, runtime: str = "torch", batch_size: int = 64) -> None:
         super().__init__(model_dir, device="cpu", batch_size=batch_size)
@@ -227,7 +228,7 @@ def load_variant(run_dir: Path, runtime: str = "torch", *, batch_size: int = 64)
 
     Args:
         run_dir: a finished run directory.
-        runtime: one of ``torch``, ``dynamic-int8``, ``onnx``, ``onnx-int8``, ``prune``.
+        runtime: one of ``torch``, ``dynamic-int8``, ``onnx``, ``onnx-int8``, ``prune``, ``distill``.
 
     Returns:
         A :class:`~modelyard.inference.Classifier` (subclass) whose ``info()["runtime"]`` names the runtime.
@@ -243,7 +244,7 @@ def load_variant(run_dir: Path, runtime: str = "torch", *, batch_size: int = 64)
     if runtime == "dynamic-int8":
         return DynamicInt8Classifier(run_dir, batch_size=batch_size)
     vdir = variant_dir(run_dir, runtime)
-    if runtime == "prune":
+    if runtime in ("prune", "distill"):
         _read_variant(vdir, runtime)
-        return TorchClassifier(vdir, runtime="prune", batch_size=batch_size)
+        return TorchClassifier(vdir, runtime=runtime, batch_size=batch_size)
     return OnnxClassifier(vdir, runtime=runtime, batch_size=batch_size)

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -598,3 +599,38 @@ def write_report(
     )
     _write_atomic(path, html)
     return path
+
+
+STAGE_SECTIONS_MARKER = "<!-- modelyard:stage-sections -->"
+_BODY = re.compile(r"<body[^>]*>(.*)</body>", re.S | re.I)
+
+
+def add_stage_section(report: Path, key: str, title: str, page_html: str, link: str | None = None) -> bool:
+    """Embed a later stage's page (tune, compress, explain) as a section of a run's ``report.html``.
+
+    The stage page's ``<body>`` becomes ``<section id="stage-KEY">`` (its ``<h1>`` dropped, ``<h2>``
+    demoted to ``<h3>``); running the stage again replaces its section instead of adding another.
+    The pages are modelyard's own, rendered with autoescaping, so their markup is trusted here.
+    Returns False (and writes nothing) when the run has no report.
+    """
+    report = Path(report)
+    if not report.is_file() or not re.fullmatch(r"[a-z0-9-]+", key):
+        return False
+    match = _BODY.search(page_html)
+    body = match.group(1) if match else page_html
+    body = re.sub(r"<h1[^>]*>.*?</h1>", "", body, count=1, flags=re.S | re.I)
+    body = re.sub(r"<(/?)h2\b", r"<\1h3", body, flags=re.I)
+    href = Markup.escape(link or "")
+    link_html = f'<p class="muted">Full page: <a href="{href}">{href}</a></p>' if link else ""
+    end = f"</section><!-- /stage-{key} -->"
+    section = f'<section id="stage-{key}">\n<h2>{Markup.escape(title)}</h2>\n{link_html}\n{body.strip()}\n{end}'
+    html = report.read_text(encoding="utf-8")
+    existing = re.compile(rf'<section id="stage-{key}">.*?{re.escape(end)}', re.S)
+    if existing.search(html):
+        html = existing.sub(lambda _: section, html, count=1)
+    elif STAGE_SECTIONS_MARKER in html:
+        html = html.replace(STAGE_SECTIONS_MARKER, f"{section}\n{STAGE_SECTIONS_MARKER}", 1)
+    else:  # a report written before sections existed
+        html = html.replace("</body>", f"{section}\n</body>", 1)
+    _write_atomic(report, html)
+    return True

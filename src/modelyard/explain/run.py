@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -81,5 +82,17 @@ def explain_run(
             "explanations": [ex.to_dict() for ex in explanations],
         },
     )
-    atomic_write_text(output, render_html(explanations, title=title))
+    page = render_html(explanations, title=title)
+    atomic_write_text(output, page)
+    run_dir = _run_dir_of(model_dir)
+    if (run_dir / "report.html").is_file():
+        from modelyard.evaluation.report import add_stage_section
+
+        add_stage_section(
+            run_dir / "report.html",
+            "explanations",
+            f"Explanations (latest: {method})",
+            page,
+            link=os.path.relpath(output.resolve(), run_dir.resolve()),
+        )
     return output, explanations

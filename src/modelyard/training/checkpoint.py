@@ -56,12 +56,18 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     trainer_state: dict[str, Any],
+    extra_modules: dict[str, torch.nn.Module] | None = None,
 ) -> None:
-    """Write a complete checkpoint to ``directory`` atomically (temp dir, then rename)."""
+    """Write a complete checkpoint to ``directory`` atomically (temp dir, then rename).
+
+    ``extra_modules`` (e.g. an EMA copy of the model) are saved as ``<name>.safetensors``.
+    """
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(model_state(model), str(tmp / "model.safetensors"))
+    for name, module in (extra_modules or {}).items():
+        save_file(model_state(module), str(tmp / f"{name}.safetensors"))
     opt_tensors, opt_skeleton = _flatten_optimizer(optimizer.state_dict())
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     write_json(tmp / "optimizer.json", opt_skeleton)
@@ -85,6 +91,7 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    extra_modules: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns the trainer state.
 
@@ -97,12 +104,15 @@ def load_checkpoint(
         "optimizer.json",
         "rng.safetensors",
         "trainer_state.json",
+        *(f"{name}.safetensors" for name in extra_modules or {}),
     ]
     missing = [n for n in needed if not (directory / n).is_file()]
     if missing:
         raise ModelyardError(f"checkpoint {directory} is incomplete (missing {', '.join(missing)}); cannot resume")
     device = next(model.parameters()).device
     model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
+    for name, module in (extra_modules or {}).items():
+        module.load_state_dict(load_file(str(directory / f"{name}.safetensors"), device=str(device)))
     opt = _unflatten_optimizer(
         load_file(str(directory / "optimizer.safetensors")), read_json(directory / "optimizer.json")
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -62,6 +63,7 @@ class Encoded:
     texts: list[str]
     ids: list[list[int]]
     labels: np.ndarray
+    soft: np.ndarray | None = None  # teacher probabilities at the distillation temperature (train split)
 
     @property
     def lengths(self) -> list[int]:
@@ -164,18 +166,19 @@ class FineTuneRecipe:
                 labels=np.array([label_index[x] for x in frame["label"]], dtype=np.int64),
             )
 
-        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-        groups = [
-            {
-                "params": [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
-                "weight_decay": self.cfg.weight_decay,
-            },
-            {
-                "params": [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
-                "weight_decay": 0.0,
-            },
-        ]
+        if self.cfg.distill is not None:
+            self.splits["train"].soft = self._teacher_targets()
+        groups = param_groups(model, self.cfg.learning_rate, self.cfg.weight_decay, self.cfg.layer_lr_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
+        self.ema = None
+        if self.cfg.ema_decay is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # torch's AveragedModel keeps the EMA copy (and its update count) as an ordinary module. Buffers
+            # (position ids) are constants here; averaging integer buffers would corrupt them.
+            self.ema = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=False
+            )
         n_batches = math.ceil(len(self.splits["train"].ids) / self.cfg.batch_size)
         self.steps_per_epoch = math.ceil(n_batches / self.cfg.gradient_accumulation_steps)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
@@ -197,6 +200,43 @@ class FineTuneRecipe:
             f" {self.cfg.batch_size * self.cfg.gradient_accumulation_steps}"
         )
 
+    def _teacher_targets(self) -> np.ndarray:
+        """The teacher's class probabilities on the train split, re-ordered to our labels and tempered."""
+        from modelyard.inference import load
+
+        spec = self.cfg.distill
+        assert spec is not None
+        teacher = load(self.recipe.resolve(spec.teacher), device=str(self.device))
+        if sorted(teacher.labels) != sorted(self.labels):
+            raise ModelyardError(
+                f"train.distill.teacher {spec.teacher} predicts labels {teacher.labels}, but the data has "
+                f"{self.labels}; distillation needs the same label set"
+            )
+        train = self.splits["train"]
+        self.console.print(f"distill: teacher {spec.teacher} scoring {len(train.texts)} training texts …")
+        probs = np.asarray(teacher.predict_proba(train.texts), dtype=np.float64)
+        probs = probs[:, [teacher.labels.index(lab) for lab in self.labels]]
+        # softmax(logits / T) from probabilities: p^(1/T), renormalised (works for teachers that only give p).
+        tempered = np.power(np.clip(probs, 1e-12, 1.0), 1.0 / spec.temperature)
+        tempered /= tempered.sum(axis=1, keepdims=True)
+        agree = float(np.mean(probs.argmax(axis=1) == train.labels))
+        self.console.print(f"distill: teacher agrees with the gold label on {agree:.1%} of the training split")
+        del teacher
+        return tempered.astype(np.float32)
+
+    def loss(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        """Cross-entropy on gold labels, or the distillation mix (Hinton et al.: T² · KL + α · CE)."""
+        train = self.splits["train"]
+        y = torch.as_tensor(train.labels[idx], device=logits.device)
+        ce = torch.nn.functional.cross_entropy(logits, y)
+        spec = self.cfg.distill
+        if spec is None or train.soft is None:
+            return ce
+        t = spec.temperature
+        target = torch.as_tensor(train.soft[idx], device=logits.device)
+        kl = torch.nn.functional.kl_div(torch.log_softmax(logits / t, dim=-1), target, reduction="batchmean") * (t * t)
+        return spec.alpha * ce + (1.0 - spec.alpha) * kl
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
         """Checkpoint model, optimizer, scheduler, RNG and data position (at an optimizer-step boundary)."""
@@ -207,12 +247,17 @@ class FineTuneRecipe:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             trainer_state=state,
+            extra_modules={"ema": self.ema} if self.ema is not None else None,
         )
 
     def load_checkpoint(self) -> None:
         """Restore the last checkpoint of this run directory."""
         raw = load_checkpoint(
-            self.ckpt_dir / "last", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+            self.ckpt_dir / "last",
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            extra_modules={"ema": self.ema} if self.ema is not None else None,
         )
         set_rng_state(raw.pop("rng"))
         self.state = TrainerState(**raw)
@@ -222,13 +267,18 @@ class FineTuneRecipe:
         )
 
     # ------------------------------------------------------------------ evaluation
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the moving average when ``train.ema_decay`` is set."""
+        return self.ema.module if self.ema is not None else self.model
+
     def evaluate_split(self, name: str) -> tuple[dict[str, Any], np.ndarray]:
         """Metrics and probabilities for one split with the current weights."""
         from modelyard.evaluation.metrics import compute_metrics
 
         enc = self.splits[name]
         probs, loss = predict_probs(
-            self.model,
+            self.eval_model,
             enc.ids,
             batch_size=self.cfg.eval_batch_size,
             pad_id=self.pad_id,
@@ -287,10 +337,9 @@ class FineTuneRecipe:
                     inputs = {
                         k: v.to(self.device) for k, v in pad_batch([train.ids[i] for i in idx], self.pad_id).items()
                     }
-                    y = torch.as_tensor(train.labels[idx], device=self.device)
                     with _autocast(self.device, self.dtype):
                         logits = self.model(**inputs).logits
-                    loss = torch.nn.functional.cross_entropy(logits.float(), y)
+                    loss = self.loss(logits.float(), idx)
                     if not torch.isfinite(loss):
                         raise ModelyardError(
                             f"training diverged (loss {loss.item()}) at step {st.global_step}; "
@@ -317,6 +366,8 @@ class FineTuneRecipe:
                         self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.model)
                     st.global_step += 1
                     st.batch_in_epoch = b + 1
 
@@ -410,7 +461,7 @@ class FineTuneRecipe:
 
             self.ckpt_dir.mkdir(exist_ok=True)
             tmp = self.ckpt_dir / "best.safetensors.tmp"
-            save_file(model_state(self.model), str(tmp))
+            save_file(model_state(self.eval_model), str(tmp))
             tmp.replace(self.ckpt_dir / "best.safetensors")
         else:
             st.bad_epochs += 1
@@ -424,6 +475,9 @@ class FineTuneRecipe:
         best = self.ckpt_dir / "best.safetensors"
         if best.is_file():
             self.model.load_state_dict(load_file(str(best), device=str(self.device)))
+        elif self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
+        self.ema = None  # from here on, self.model holds the weights that are evaluated and saved
         metrics, frames = {}, []
         for split in ("valid", "test"):
             m, probs = self.evaluate_split(split)
@@ -437,6 +491,42 @@ class FineTuneRecipe:
         save_model_dir(self.run_dir / "model", self.model, self.tokenizer, self.recipe, self.labels)
         write_json(self.run_dir / "history.json", self.state.history)
         return metrics
+
+
+_LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+def param_groups(
+    model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float | None = None
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: no weight decay on biases/norms; optional layer-wise learning-rate decay.
+
+    With ``layer_decay`` d, parameters of encoder layer i (of L) get ``lr * d**(L - i)``, embeddings
+    ``lr * d**(L + 1)`` and everything above the encoder (pooler, head) ``lr`` — the ELECTRA/BEiT recipe
+    that keeps the pretrained lower layers close to where they started. transformers has no helper for
+    this outside its Trainer subclasses, hence the few lines here.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    found = [int(m.group(1)) for n, _ in named if (m := _LAYER_INDEX.search("." + n))]
+    n_layers = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0) or (
+        max(found) + 1 if found else 0
+    )
+
+    def depth(name: str) -> int:
+        if m := _LAYER_INDEX.search("." + name):
+            return int(m.group(1)) + 1
+        return 0 if "embed" in name else n_layers + 1
+
+    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    for name, p in named:
+        scale = 1.0 if layer_decay is None else layer_decay ** (n_layers + 1 - depth(name))
+        decay = not name.endswith(_NO_DECAY)
+        g = groups.setdefault(
+            (scale, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
+        )
+        g["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], not k[1]))]
 
 
 def _crossed_tenth(step: int, every: int, total: int) -> bool:
@@ -494,8 +584,13 @@ def train(
     console: Console | None = None,
     stop_after_step: int | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    data: Any = None,
 ) -> Path:
     """Train a recipe into a new run directory (or resume an unfinished one) and return its path.
+
+    ``data`` (a :class:`~modelyard.data.PreparedData`, e.g. :func:`load_splits` of another run) trains
+    on those exact splits instead of preparing ``recipe.data`` — how distillation and retraining
+    compare like with like.
 
     The run lives in ``<output_dir>/<run-id>.incomplete`` until everything is written, then is
     renamed to ``<output_dir>/<run-id>``. A failure before the first checkpoint removes it; a later
@@ -516,7 +611,8 @@ def train(
         run_id = run_dir.name.removesuffix(INCOMPLETE)
     else:
         # Everything that can fail on user input fails here, before a directory exists.
-        data = prepare_data(recipe.data, recipe.base_dir)
+        if data is None:
+            data = prepare_data(recipe.data, recipe.base_dir)
         if recipe.model.type == "hf-encoder":
             resolve_backbone(recipe.model.backbone, recipe.base_dir)
         print_data_report(console, data.report)
@@ -566,10 +662,6 @@ def _write_inputs(run_dir: Path, recipe: Recipe, data: Any) -> None:
 
 def _reopen(run_dir: Path, recipe: Recipe, console: Console) -> tuple[Path, Recipe, Any]:
     """Reload an unfinished run: its own resolved recipe and saved splits, so nothing can drift."""
-    import pandas as pd
-
-    from modelyard.data import PreparedData
-
     if not run_dir.is_dir():
         raise ModelyardError(f"--resume: run directory not found: {run_dir}")
     if not run_dir.name.endswith(INCOMPLETE):
@@ -583,15 +675,26 @@ def _reopen(run_dir: Path, recipe: Recipe, console: Console) -> tuple[Path, Reci
             "[yellow]note: the recipe differs from the one this run started with; "
             "resuming with the run's own recipe.yaml[/]"
         )
-    split_dir = run_dir / "splits"
+    data = load_splits(run_dir)
+    return run_dir, saved, data
+
+
+def load_splits(run_dir: Path) -> Any:
+    """The exact train/valid/test splits (and labels, data report, fingerprints) a run was trained on."""
+    import pandas as pd
+
+    from modelyard.data import PreparedData
+
+    split_dir = Path(run_dir) / "splits"
+    if not (split_dir / "labels.json").is_file():
+        raise ModelyardError(f"{run_dir} has no splits/ (not a modelyard run directory?)")
     frames = {n: pd.read_parquet(split_dir / f"{n}.parquet") for n in ("train", "valid", "test")}
-    data = PreparedData(
+    return PreparedData(
         **frames,
         labels=read_json(split_dir / "labels.json"),
-        report=read_json(run_dir / "data_report.json"),
-        fingerprints=read_json(run_dir / "fingerprints.json"),
+        report=read_json(Path(run_dir) / "data_report.json"),
+        fingerprints=read_json(Path(run_dir) / "fingerprints.json"),
     )
-    return run_dir, saved, data
 
 
 def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resumed_from: str | None) -> None:

@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -531,7 +532,18 @@ def _finish(study: optuna.Study, settings: TuneSettings, console: Console, secon
     _prune_artifacts(records, best.number if best else None)
     if best is not None:
         _write_best_recipe(settings, best)
-    write_tune_report(tune_dir / "tune_report.html", study, settings, records)
+    report = write_tune_report(tune_dir / "tune_report.html", study, settings, records)
+    if best is not None and best.user_attrs.get("run_dir"):
+        from modelyard.evaluation.report import add_stage_section
+
+        best_run = Path(best.user_attrs["run_dir"])
+        add_stage_section(
+            best_run / "report.html",
+            "tuning",
+            f"Hyper-parameter search (this run is trial {best.number})",
+            report.read_text(encoding="utf-8"),
+            link=os.path.relpath(report, best_run),
+        )
 
     table = Table(title=f"tune {settings.recipe.name} · {settings.direction} {settings.metric}")
     for col in ("trial", "state", "value", *keys, "seconds"):
