@@ -59,12 +59,17 @@ def test_search_writes_tables_best_recipe_and_report(tmp_path: Path, sentiment_c
     assert set(rows[0]) >= {"number", "state", "value", "duration_s", "run_dir", "params.train.learning_rate"}
     records = json.loads((tune_dir / "trials.json").read_text())
     assert [r["number"] for r in records] == [0, 1, 2]
+    # trial 0 is the recipe's own configuration, so the best can never be worse than the default
+    assert [r["baseline"] for r in records] == [True, False, False]
+    assert records[0]["params"] == {"train.learning_rate": 1e-2, "train.batch_size": 16}
 
     study = _study(tune_dir)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert complete, [r["state"] for r in records]
     best = max(complete, key=lambda t: t.value)  # accuracy: higher is better
     assert study.best_value == best.value
+    if records[0]["state"] == "COMPLETE":
+        assert best.value >= records[0]["value"]
     # The objective is the best epoch's validation metric of the trial's finished run.
     best_run = Path(best.user_attrs["run_dir"])
     assert best_run.parent.parent == tune_dir / "trials"
@@ -88,6 +93,7 @@ def test_search_writes_tables_best_recipe_and_report(tmp_path: Path, sentiment_c
 
     html = (tune_dir / "tune_report.html").read_text()
     assert html.count("<svg") >= 2 and "Parameter importances" in html
+    assert "baseline" in html and "trial 0 · " in html
     assert "<script" not in html and "http://" not in html.replace("http://www.w3.org", "")
 
     # the best run's own report gets the search as a section
@@ -247,3 +253,15 @@ def test_ray_backend_runs_two_local_trials(tmp_path: Path, sentiment_csv: Path, 
     assert (tune_dir / "best_recipe.yaml").is_file() and (tune_dir / "tune_report.html").is_file()
     with_model = [r for r in records if (Path(r["run_dir"]) / "model").is_dir()]
     assert len(with_model) == 1
+
+
+def test_baseline_params_only_when_the_recipe_lies_in_the_space(tmp_path: Path, sentiment_csv: Path) -> None:
+    from modelyard.tuning.search import baseline_params
+
+    recipe = load_recipe(_recipe(tmp_path, sentiment_csv, tmp_path, tune_section={"space": SPACE}))
+    assert baseline_params(recipe, recipe.tune.space) == {"train.learning_rate": 0.01, "train.batch_size": 16}
+    recipe.train.batch_size = 32  # not one of the choices
+    assert baseline_params(recipe, recipe.tune.space) is None
+    recipe.train.batch_size = 8
+    recipe.train.learning_rate = 0.5  # above the range
+    assert baseline_params(recipe, recipe.tune.space) is None

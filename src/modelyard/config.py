@@ -271,6 +271,11 @@ class TuneConfig(_Stage):
     )
     prune_warmup_epochs: int = Field(1, ge=0, description="Epochs every trial completes before it may be pruned.")
     seed: int = Field(42, description="Seed of the TPE sampler (the same seed proposes the same trials).")
+    baseline_first: bool = Field(
+        True,
+        description="Trial 0 runs the recipe's own values (where they lie in the space), so the search is "
+        "measured against the default and never reports a best worse than it.",
+    )
     n_jobs: int = Field(
         1, ge=1, description="Trials run in parallel (threads; results are then not bit-for-bit reproducible)."
     )

@@ -58,8 +58,17 @@ def _trainable(config: dict[str, Any], settings: TuneSettings) -> None:
     )
 
 
-def run_ray(study: optuna.Study, settings: TuneSettings, n_trials: int, console: Console) -> None:
-    """Run ``n_trials`` trials with Ray Tune on a local, loopback-only Ray instance; record them in ``study``."""
+def run_ray(
+    study: optuna.Study,
+    settings: TuneSettings,
+    n_trials: int,
+    console: Console,
+    baseline: dict[str, Any] | None = None,
+) -> None:
+    """Run ``n_trials`` trials with Ray Tune on a local, loopback-only Ray instance; record them in ``study``.
+
+    ``baseline`` (the recipe's own values) is evaluated first, as Ray's ``points_to_evaluate``.
+    """
     try:
         import ray
         from ray import tune as ray_tune
@@ -88,6 +97,7 @@ def run_ray(study: optuna.Study, settings: TuneSettings, n_trials: int, console:
             metric=OBJECTIVE,
             mode="min" if settings.direction == "minimize" else "max",
             sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+            points_to_evaluate=[baseline] if baseline else None,
         )
         trainable = ray_tune.with_resources(ray_tune.with_parameters(_trainable, settings=settings), {"cpu": 1})
         tuner = ray_tune.Tuner(
@@ -96,13 +106,19 @@ def run_ray(study: optuna.Study, settings: TuneSettings, n_trials: int, console:
             run_config=ray_tune.RunConfig(name="ray", storage_path=str(settings.tune_dir.resolve()), verbose=0),
         )
         results = tuner.fit()
-        _record(study, settings, results, console)
+        _record(study, settings, results, console, baseline=baseline)
     finally:
         if started:
             ray.shutdown()
 
 
-def _record(study: optuna.Study, settings: TuneSettings, results: Any, console: Console) -> None:
+def _record(
+    study: optuna.Study,
+    settings: TuneSettings,
+    results: Any,
+    console: Console,
+    baseline: dict[str, Any] | None = None,
+) -> None:
     """Copy Ray's results into the Optuna study (numbers continue after the trials already there)."""
     import optuna
     from optuna.trial import TrialState
@@ -120,6 +136,9 @@ def _record(study: optuna.Study, settings: TuneSettings, results: Any, console: 
             for _, row in frame[frame["final"] == False].iterrows():  # noqa: E712 (pandas mask)
                 intermediate[int(row["epoch"])] = float(row[OBJECTIVE])
         user_attrs: dict[str, Any] = {"trial_dir": str(trial_dir), "backend": "ray"}
+        if baseline is not None and params == baseline:
+            user_attrs["baseline"] = True
+            baseline = None  # only the first matching trial is the baseline
         if result.error is None and metrics.get("final"):
             state, value = TrialState.COMPLETE, float(metrics[OBJECTIVE])
             user_attrs |= {

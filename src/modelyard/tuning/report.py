@@ -170,6 +170,13 @@ def _curves_figure(study: optuna.Study, metric: str) -> Markup | None:
         return _svg(fig)
 
 
+def _baseline_text(records: list[dict[str, Any]]) -> str:
+    base = next((r for r in records if r.get("baseline")), None)
+    if base is None:
+        return "not run (tune.baseline_first off, or the recipe's values are outside the space)"
+    return f"trial {base['number']} · {base['state'].lower()} · value {_fmt(base['value'], 6)}"
+
+
 def write_tune_report(path: Path, study: optuna.Study, settings: TuneSettings, records: list[dict[str, Any]]) -> Path:
     """Render ``tune_report.html`` for a study (any state: failed and pruned trials are listed too)."""
     from optuna.trial import TrialState
@@ -183,13 +190,14 @@ def write_tune_report(path: Path, study: optuna.Study, settings: TuneSettings, r
         ("trials", ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) or "none"),
         ("best value", _fmt(best.value, 6) if best else "-"),
         ("best trial", f"{best.number} · {best.user_attrs.get('run_dir')}" if best else "-"),
+        ("baseline (the recipe's own values)", _baseline_text(records)),
         ("search space", "; ".join(f"{k}: {v.model_dump(mode='json')}" for k, v in settings.space.items())),
     ]
     keys = list(settings.space)
     rows = [
         {
             "number": r["number"],
-            "state": r["state"],
+            "state": r["state"] + (" · baseline" if r.get("baseline") else ""),
             "value": _fmt(r["value"]),
             "params": [_fmt(r["params"].get(k)) for k in keys],
             "seconds": _fmt(r["duration_s"]),

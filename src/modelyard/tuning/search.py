@@ -204,6 +204,29 @@ def run_trial(
     return float(value), run_dir, valid
 
 
+def baseline_params(recipe: Recipe, space: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe's current value of every searched key, or None if any of them lies outside the space."""
+    raw = recipe.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        node: Any = raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        if isinstance(spec, (LogUniformParam, UniformParam, IntParam)):
+            if isinstance(node, bool) or not isinstance(node, (int, float)) or not spec.low <= node <= spec.high:
+                return None
+            if isinstance(spec, IntParam) and node != int(node):
+                return None
+            out[key] = int(node) if isinstance(spec, IntParam) else float(node)
+        else:
+            if node not in spec.values:
+                return None
+            out[key] = node
+    return out
+
+
 def suggest(trial: optuna.Trial, key: str, spec: Any) -> Any:
     """Sample one parameter on an Optuna trial."""
     if isinstance(spec, LogUniformParam):
@@ -316,6 +339,15 @@ def tune(
 
     with _quiet_optuna():
         study = _open_study(settings, storage, resume=resume, console=console)
+        baseline = None
+        if not resume and recipe.tune.baseline_first:
+            baseline = baseline_params(recipe, settings.space)
+            if baseline is None:
+                console.print("[yellow]the recipe's own values lie outside the search space: no baseline trial[/]")
+            else:
+                console.print(f"trial 0 runs the recipe's own configuration (the baseline): {baseline}")
+                if backend == "optuna":
+                    study.enqueue_trial(baseline, user_attrs={"baseline": True})
         done = len(study.get_trials(deepcopy=False, states=(_state().COMPLETE, _state().PRUNED)))
         remaining = max(settings.trials - done, 0)
         space = ", ".join(f"{k} ({s.type})" for k, s in settings.space.items())
@@ -331,7 +363,7 @@ def tune(
             else:
                 from modelyard.tuning.ray_backend import run_ray
 
-                run_ray(study, settings, remaining, console)
+                run_ray(study, settings, remaining, console, baseline=baseline)
         return _finish(study, settings, console, time.time() - t0)
 
 
@@ -464,6 +496,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
                 "params": dict(t.params),
                 "epoch_values": {int(k): v for k, v in sorted(t.intermediate_values.items())},
                 "valid_metrics": t.user_attrs.get("valid_metrics"),
+                "baseline": bool(t.user_attrs.get("baseline", False)),
             }
         )
     return out
@@ -550,6 +583,7 @@ def _finish(study: optuna.Study, settings: TuneSettings, console: Console, secon
         table.add_column(col, justify="left" if col == "state" else "right")
     for r in records:
         mark = " ★" if best is not None and r["number"] == best.number else ""
+        mark += " (baseline)" if r["baseline"] else ""
         table.add_row(
             f"{r['number']}{mark}",
             r["state"],
@@ -567,6 +601,9 @@ def _finish(study: optuna.Study, settings: TuneSettings, console: Console, secon
             f"no trial finished; see {settings.trials_dir}/trial-*/train.log and {tune_dir / 'trials.csv'}"
         )
     console.print(f"best: trial {best.number} · {settings.metric} {best.value:.4f} · {best.user_attrs['run_dir']}")
+    base = next((r for r in records if r["baseline"] and r["value"] is not None), None)
+    if base is not None:
+        console.print(f"baseline (the recipe's values): trial {base['number']} · {settings.metric} {base['value']:.4f}")
     console.print(f"best recipe: {tune_dir / 'best_recipe.yaml'} · report: {tune_dir / 'tune_report.html'}")
     return tune_dir
 
