@@ -34,15 +34,33 @@ def test_readme_gives_the_two_setup_commands_in_english_and_chinese() -> None:
 def test_cli_verbs_are_documented_in_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     verbs = {c.name or c.callback.__name__ for c in app.registered_commands} - {"version", "quickstart"}
-    assert verbs == {"init", "train", "evaluate", "predict", "serve", "explain", "tune", "compress"}
+    verbs |= {
+        f"{g.name} {c.name or c.callback.__name__}"
+        for g in app.registered_groups
+        for c in g.typer_instance.registered_commands
+    }
+    assert verbs == {
+        "init",
+        "train",
+        "evaluate",
+        "predict",
+        "serve",
+        "explain",
+        "tune",
+        "compress",
+        "label",
+        "prompt try",
+    }
+    english, chinese = readme.split("## 中文")
     for verb in verbs:
-        assert f"modelyard {verb} " in readme, verb
+        assert f"modelyard {verb} " in english and f"modelyard {verb} " in chinese, verb
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_open_with_their_command_and_validate(path: Path) -> None:
     first = path.read_text(encoding="utf-8").splitlines()[0]
-    assert first == f"# Run with:  modelyard train examples/{path.name}"
+    recipe_verb = "tune" if path.name.startswith("tune_") else "train"
+    assert first.startswith(f"# Run with:  modelyard {recipe_verb} examples/{path.name}")
     recipe = load_recipe(path)
     assert recipe.resolve(recipe.output_dir).resolve() == (ROOT / "runs").resolve()
 

@@ -159,8 +159,7 @@ def tune(
         out = run_tune(cfg, trials=trials, backend=backend, resume=resume, console=err_console)
     except KeyboardInterrupt:
         raise ModelyardError(f"search interrupted; continue it with: modelyard tune {recipe} --resume") from None
-    err_console.print(f"best recipe: {out / 'best_recipe.yaml'} · report: {out / 'tune_report.html'}")
-    print(out)
+    print(out)  # the search already printed the best recipe and the report paths
 
 
 @app.command()
@@ -360,6 +359,44 @@ def quickstart(
 
     run_dir = run_quickstart(output_dir, overrides or [], smoke_serve=smoke_serve, console=err_console)
     print(run_dir)
+
+
+prompt_app = typer.Typer(help="Prompt engineering for `model.type: prompt` recipes.", no_args_is_help=True)
+app.add_typer(prompt_app, name="prompt")
+
+
+@prompt_app.command("try")
+@friendly_errors
+def prompt_try(
+    recipe: Annotated[Path, typer.Argument(help="A recipe with model.type: prompt.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. model.prompt.shots=4.")] = None,
+    sample: Annotated[int, typer.Option("--sample", min=1, help="Labelled validation examples to score.")] = 50,
+    show: Annotated[int, typer.Option("--show", min=0, help="Mistakes to print with their rendered prompt.")] = 10,
+) -> None:
+    """Score the prompt on N labelled examples: accuracy, mistakes with rendered prompts, prompts/history.jsonl."""
+    from modelyard.config import load_recipe
+    from modelyard.training.prompt import prompt_try as run_try
+
+    run_try(load_recipe(recipe, overrides or []), sample=sample, console=err_console, show=show)
+
+
+@app.command()
+@friendly_errors
+def label(
+    source: Annotated[Path, typer.Argument(help="A prompt recipe, or a run directory of any trained model.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Unlabelled CSV/TSV/JSONL/Parquet file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Labelled file (same formats).")],
+    threshold: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Keep rows with confidence ≥ this; the rest go to <output>.rejected.*"),
+    ] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column (default: the recipe's, or `text`).")] = None,
+) -> None:
+    """Label a file with a model: label, confidence and per-class probabilities per row."""
+    from modelyard.training.prompt import label_file
+
+    label_file(source, input, output, console=err_console, threshold=threshold, text_column=text_column)
+    print(output)
 
 
 @app.command()

@@ -87,10 +87,62 @@ class DataConfig(_Stage):
         return self
 
 
+class OpenAIBackendConfig(_Stage):
+    """An OpenAI-compatible completions endpoint that scores the verbalizers (instead of a local LM)."""
+
+    base_url: str = Field(..., description="e.g. `http://127.0.0.1:8080/v1` (llama.cpp server, vLLM, …).")
+    model: str = Field(..., description="Model name sent in the request.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (never put keys in recipes)."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds.")
+
+
+class PromptConfig(_Stage):
+    """Prompt-based (zero/few-shot) classification with a generative LM (`model.type: prompt`)."""
+
+    template: str | None = Field(
+        None,
+        description="Jinja2 prompt with {{ text }}, {{ labels }}, {{ label_words }}, {{ examples }}; null = the "
+        "built-in template. The prompt ends where the answer (a verbalizer) begins.",
+    )
+    template_file: str | None = Field(None, description="A Jinja2 template file instead of `template`.")
+    verbalizers: dict[str, list[str]] | None = Field(
+        None,
+        description="Words that mean each label, e.g. {fresh: [positive], rotten: [negative]}; several words "
+        "per label are pooled; null = the label names themselves.",
+    )
+    shots: int = Field(0, ge=0, le=64, description="Labelled examples put in the prompt (0 = zero-shot).")
+    shot_selection: Literal["random", "nearest"] = Field(
+        "random", description="`random` (seeded, the same for every text) or `nearest` (MiniLM similarity)."
+    )
+    shot_seed: int = Field(42, description="Seed of the shot selection.")
+    chat: bool = Field(False, description="Wrap the prompt in the model's chat template.")
+    batch_size: int = Field(8, ge=1, description="Prompts scored per forward pass.")
+    backend: Literal["local", "openai"] = Field("local", description="`local` LM, or an `openai`-compatible server.")
+    openai: OpenAIBackendConfig | None = Field(None, description="Endpoint settings for `backend: openai`.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> PromptConfig:
+        if self.template is not None and self.template_file is not None:
+            raise ValueError("set model.prompt.template or model.prompt.template_file, not both")
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("model.prompt.backend 'openai' needs a model.prompt.openai section (base_url, model)")
+        if self.verbalizers is not None:
+            empty = [label for label, words in self.verbalizers.items() if not [w for w in words if w.strip()]]
+            if empty:
+                raise ValueError(f"model.prompt.verbalizers: label(s) {empty} have no words")
+        return self
+
+
 class ModelConfig(_Stage):
     """Which model is trained."""
 
-    type: str = Field("hf-encoder", description="Model builder name from the registry (`hf-encoder`).")
+    type: str = Field(
+        "hf-encoder",
+        description="Model builder name: `hf-encoder` (fine-tuned encoder) or `prompt` (zero/few-shot generative LM, "
+        "see `prompt`).",
+    )
     backbone: str = Field(
         "bundled:minilm-l6",
         description="Pretrained encoder: `bundled:NAME` (bundled:minilm-l6), a local Hugging Face model "
@@ -100,6 +152,15 @@ class ModelConfig(_Stage):
     dropout: float | None = Field(
         None, ge=0, lt=1, description="Classifier-head dropout; null keeps the backbone's setting."
     )
+    prompt: PromptConfig | None = Field(None, description="Settings of `type: prompt` models.")
+
+    @model_validator(mode="after")
+    def _prompt_section(self) -> ModelConfig:
+        if self.type == "prompt" and self.prompt is None:
+            self.prompt = PromptConfig()
+        if self.type != "prompt" and self.prompt is not None:
+            raise ValueError(f"model.prompt is only used with model.type 'prompt' (model.type is '{self.type}')")
+        return self
 
 
 class DistillConfig(_Stage):

@@ -122,5 +122,14 @@ def model_dir_of(path: str | Path) -> Path:
 
 
 def load(path: str | Path, *, device: str = "auto", batch_size: int = 64) -> Classifier:
-    """Load a run directory (or its ``model/`` folder) as a :class:`Classifier`."""
-    return Classifier(model_dir_of(path), device=device, batch_size=batch_size)
+    """Load a run directory (or its ``model/`` folder) as a :class:`Classifier`.
+
+    Prompt models (``model_type: prompt`` in ``modelyard.json``) load as a
+    :class:`~modelyard.llm.classifier.PromptClassifier` with the same ``predict``/``predict_proba``.
+    """
+    model_dir = model_dir_of(path)
+    if read_json(model_dir / "modelyard.json").get("model_type") == "prompt":
+        from modelyard.llm.classifier import load_prompt_model
+
+        return load_prompt_model(model_dir)  # type: ignore[return-value]
+    return Classifier(model_dir, device=device, batch_size=batch_size)

@@ -615,10 +615,22 @@ def train(
             data = prepare_data(recipe.data, recipe.base_dir)
         if recipe.model.type == "hf-encoder":
             resolve_backbone(recipe.model.backbone, recipe.base_dir)
+        elif recipe.model.type == "prompt":
+            from modelyard.llm.cache import resolve_lm
+
+            from modelyard.training.prompt import prompt_settings
+
+            prompt_settings(recipe, list(data.labels))  # template/verbalizer errors before a directory exists
+            if recipe.model.prompt is not None and recipe.model.prompt.backend == "local":
+                resolve_lm(recipe.model.backbone, recipe.base_dir)  # builds the safetensors cache once
         print_data_report(console, data.report)
         run_id, run_dir = start_run(recipe.resolve(recipe.output_dir))
         _write_inputs(run_dir, recipe, data)
     console.print(f"run [bold]{run_id}[/] → {run_dir}")
+    if recipe.model.type == "prompt":
+        if resume is not None:
+            raise ModelyardError("prompt runs have no training steps to resume; start a new run")
+        return _prompt_run(recipe, data, run_id, run_dir, console, t0)
 
     ft = FineTuneRecipe(recipe, run_dir, data, console)
     try:
@@ -643,6 +655,20 @@ def train(
                 raise TrainingInterrupted(f"interrupted; resume with --resume {run_dir}") from None
         elif resume is None:
             discard_run(run_dir)
+        raise
+    print_metrics(console, metrics)
+    console.print(f"report: {final / 'report.html'}")
+    return final
+
+
+def _prompt_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> Path:
+    from modelyard.training.prompt import fit_prompt_run
+
+    try:
+        metrics = fit_prompt_run(recipe, data, run_id, run_dir, console, t0)
+        final = finish_run(run_dir)
+    except BaseException:
+        discard_run(run_dir)  # nothing to resume: scoring starts over
         raise
     print_metrics(console, metrics)
     console.print(f"report: {final / 'report.html'}")

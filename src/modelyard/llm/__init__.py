@@ -1,0 +1,29 @@
+"""Prompt-based (zero/few-shot) text classification with a small generative language model.
+
+* :mod:`modelyard.llm.cache` — turns a bundled GGUF file into a validated safetensors cache.
+* :mod:`modelyard.llm.scoring` — scores verbalizer words by their likelihood after a prompt.
+* :mod:`modelyard.llm.prompting` — Jinja2 prompt templates and few-shot example selection.
+* :mod:`modelyard.llm.classifier` — :class:`PromptClassifier`, the ``Classifier`` look-alike.
+
+Heavy imports (torch, transformers) happen inside functions, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BUNDLED_LMS",
+    "DEFAULT_TEMPLATE",
+    "default_verbalizers",
+    "PromptClassifier",
+    "PromptTemplate",
+    "load_prompt_model",
+    "resolve_lm",
+    "save_prompt_model",
+    "score_labels",
+    "select_shots",
+]
+
+from modelyard.llm.cache import BUNDLED_LMS, resolve_lm
+from modelyard.llm.classifier import PromptClassifier, load_prompt_model, save_prompt_model
+from modelyard.llm.prompting import DEFAULT_TEMPLATE, PromptTemplate, default_verbalizers, select_shots
+from modelyard.llm.scoring import score_labels
