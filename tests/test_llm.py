@@ -247,6 +247,10 @@ def test_template_errors_name_the_problem(tmp_path: Path) -> None:
 
 def test_wrap_chat(tok) -> None:
     assert wrap_chat(tok, "hi") == "<s> user : hi </s> <s> assistant : "
+    # an answer cue on the last line is repeated at the start of the assistant's turn
+    assert wrap_chat(tok, "Text: x\nAnswer:") == "<s> user : Text: x\nAnswer: </s> <s> assistant : Answer:"
+    assert wrap_chat(tok, "Text: x\nAnswer:", prime=False).endswith("assistant : ")
+    assert wrap_chat(tok, "Answer:").endswith("assistant : ")  # a one-line prompt is not repeated
     plain = make_tokenizer()
     plain.chat_template = None
     with pytest.raises(ConfigError, match="chat template"):
@@ -350,7 +354,7 @@ def test_prompt_classifier_truncates_text_not_template(tmp_path: Path, tiny_llam
     long_text = " ".join(["the film was great"] * 50)
     (prompt,) = clf.render_prompts([long_text])
     n = len(clf.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    assert n <= 40 - 1 and prompt.startswith("<s> user : ") and prompt.endswith("<s> assistant : ")
+    assert n <= 40 - 1 and prompt.startswith("<s> user : ") and prompt.endswith("<s> assistant : Answer:")
     assert "Answer:" in prompt and "the film was great" in prompt
     assert clf.predict_proba([long_text]).shape == (1, 2)
     tight = _save(tmp_path / "t", tiny_llama, shots_cfg={"k": 0}, pool=None, max_length=16)

