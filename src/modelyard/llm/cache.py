@@ -124,6 +124,7 @@ def load_lm(model_dir: Path, device: Any = "cpu") -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on every load are noise in logs
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
         # use_safetensors=True: a pickled pytorch_model.bin is refused, never unpickled.

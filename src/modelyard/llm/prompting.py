@@ -212,7 +212,7 @@ def wrap_chat(tokenizer: Any, prompt: str, *, system: str | None = None, prime: 
     With ``prime`` (default), when the prompt's last line is an answer cue ending with ``:`` (such as
     ``Answer:``), that line is repeated at the start of the assistant's turn, so the next word the
     model writes is the answer itself rather than a preamble ("Sure! The text is…"). On Rotten
-    Tomatoes with SmolLM2-135M-Instruct this took zero-shot accuracy from 0.70 to 0.775.
+    Tomatoes with SmolLM2-135M-Instruct this took zero-shot accuracy from 0.70 to 0.775 (200-snippet dev sample).
 
     Raises:
         ConfigError: the tokenizer has no chat template.
