@@ -97,20 +97,29 @@ def predict_with_progress(clf: Any, texts: list[str], console: Console, what: st
     )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(what, total=len(texts))
+        t0, tenth = time.perf_counter(), 0
         for start in range(0, len(texts), _CHUNK):
             chunk = texts[start : start + _CHUNK]
             out[start : start + len(chunk)] = clf.predict_proba(chunk)
             bar.update(task, advance=len(chunk))
+            done = start + len(chunk)
+            if not console.is_terminal and done * 10 // len(texts) > tenth:
+                # no live bar in logs/CI: a plain line every ~10% keeps progress (and the ETA) visible
+                tenth = done * 10 // len(texts)
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                bar.console.print(
+                    f"{what}: {done}/{len(texts)} · {rate:.1f} texts/s · ETA {(len(texts) - done) / rate:.0f}s"
+                )
     return out
 
 
 def fit_prompt_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> dict:
     """Write ``model/`` for a prompt recipe, score valid and test, write metrics, predictions, report, manifest."""
     import pandas as pd
-    from modelyard.llm.classifier import load_prompt_model
 
     from modelyard.evaluation.metrics import compute_metrics
     from modelyard.evaluation.report import write_report
+    from modelyard.llm.classifier import load_prompt_model
     from modelyard.training.finetune import prediction_frame
 
     p = recipe.model.prompt
@@ -211,11 +220,11 @@ def prompt_try(recipe: Recipe, *, sample: int, console: Console, show: int = 10)
     import json
     import tempfile
 
-    from modelyard.llm.classifier import load_prompt_model
     from rich.table import Table
 
     from modelyard.data import prepare_data
     from modelyard.evaluation.metrics import compute_metrics
+    from modelyard.llm.classifier import load_prompt_model
 
     if recipe.model.type != "prompt":
         raise ConfigError(f"`modelyard prompt try` needs model.type 'prompt' (the recipe has '{recipe.model.type}')")
