@@ -95,14 +95,18 @@ class Classifier:
             >>> clf.predict(["great film"])
             [{'label': 'fresh', 'scores': {'fresh': 0.93, 'rotten': 0.07}}]
         """
-        probs = self.predict_proba(texts)
-        return [
-            {
-                "label": self.labels[int(row.argmax())],
-                "scores": {lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
-            }
-            for row in probs
-        ]
+        return label_predictions(self.labels, self.predict_proba(texts))
+
+
+def label_predictions(labels: list[str], probs: np.ndarray) -> list[dict[str, Any]]:
+    """``[{"label": argmax label, "scores": {label: p}}]`` for each row of a probability matrix."""
+    return [
+        {
+            "label": labels[int(row.argmax())],
+            "scores": {lab: float(p) for lab, p in zip(labels, row, strict=True)},
+        }
+        for row in probs
+    ]
 
 
 def model_dir_of(path: str | Path) -> Path:

@@ -260,14 +260,9 @@ class PromptClassifier:
             >>> clf.predict(["great film"])
             [{'label': 'fresh', 'scores': {'fresh': 0.81, 'rotten': 0.19}}]
         """
-        probs = self.predict_proba(texts)
-        return [
-            {
-                "label": self.labels[int(row.argmax())],
-                "scores": {lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
-            }
-            for row in probs
-        ]
+        from modelyard.inference import label_predictions
+
+        return label_predictions(self.labels, self.predict_proba(texts))
 
 
 def load_prompt_model(

@@ -617,7 +617,6 @@ def train(
             resolve_backbone(recipe.model.backbone, recipe.base_dir)
         elif recipe.model.type == "prompt":
             from modelyard.llm.cache import resolve_lm
-
             from modelyard.training.prompt import prompt_settings
 
             prompt_settings(recipe, list(data.labels))  # template/verbalizer errors before a directory exists
