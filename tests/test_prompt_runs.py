@@ -16,23 +16,17 @@ from modelyard.errors import ConfigError
 from modelyard.inference import load
 from modelyard.training.finetune import train
 from tests.test_llm import tiny_llama  # noqa: F401 - the shared module-scoped fixture
+from tests.test_training import EXPECTED_RUN_FILES
 
 LABELS = ["neg", "pos"]
 VERBALIZERS = {"neg": ["negative", "bad"], "pos": ["positive", "good"]}
-EXPECTED_PROMPT_RUN_FILES = {
-    "recipe.yaml",
-    "manifest.json",
-    "data_report.json",
-    "fingerprints.json",
-    "metrics.json",
-    "history.json",
-    "predictions.parquet",
-    "report.html",
-    "splits/train.parquet",
-    "splits/valid.parquet",
-    "splits/test.parquet",
-    "splits/labels.json",
-    "model/modelyard.json",
+# A fine-tuned run's files minus the weights/tokenizer (the LM is referenced, not copied) and the step log.
+EXPECTED_PROMPT_RUN_FILES = EXPECTED_RUN_FILES - {
+    "progress.jsonl",
+    "model/config.json",
+    "model/model.safetensors",
+    "model/tokenizer.json",
+    "model/tokenizer_config.json",
 }
 
 
