@@ -69,16 +69,22 @@ class Classifier:
             "max_length": self.max_length,
         }
 
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """The model's front end: the training run's text cleaning, then tokenization to ``max_length``."""
+        if isinstance(texts, str):
+            raise TypeError("expected a list of texts, not a single string")
+        clean = [self._normalize(str(t), self._cleaning) for t in texts]
+        return self.tokenizer(clean, truncation=True, max_length=self.max_length)["input_ids"] if clean else []
+
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), len(labels))``; rows sum to 1."""
         from modelyard._internal.batching import pad_batch, sorted_batches
 
         if isinstance(texts, str):
             raise TypeError("predict_proba expects a list of texts, not a single string")
-        clean = [self._normalize(str(t), self._cleaning) for t in texts]
-        if not clean:
+        ids = self.encode(texts)
+        if not ids:
             return np.zeros((0, len(self.labels)))
-        ids = self.tokenizer(clean, truncation=True, max_length=self.max_length)["input_ids"]
         out = np.zeros((len(ids), len(self.labels)), dtype=np.float64)
         torch = self._torch
         with self._lock, torch.inference_mode():

@@ -208,23 +208,15 @@ DEFAULT_MIN_AGREEMENT = 0.99
 _CALIBRATION_ROWS = 2000
 
 
-def _calibration_ids(run_dir: Path, source: Path, tokenizer: Any) -> list[list[int]] | None:
-    """Token ids of the run's validation split (cleaned like at inference), for choosing the int8 level."""
+def _calibration_ids(run_dir: Path, frontend: Any) -> list[list[int]] | None:
+    """Token ids of the run's validation split through the model's own front end, for choosing the int8 level."""
     import pandas as pd
-
-    from modelyard.config import CleaningConfig
-    from modelyard.data.cleaning import clean_text
 
     path = run_dir / "splits" / "valid.parquet"
     if not path.is_file():
         return None
     texts = pd.read_parquet(path)["text"].astype(str).tolist()[:_CALIBRATION_ROWS]
-    if not texts:
-        return None
-    meta = read_json(source / "modelyard.json")
-    cleaning = CleaningConfig.model_validate(meta.get("cleaning", {}))
-    clean = [clean_text(t, cleaning) for t in texts]
-    return tokenizer(clean, truncation=True, max_length=int(meta["max_length"]))["input_ids"]
+    return frontend.encode(texts) if texts else None
 
 
 def _onnx_logits(path: Path, ids: list[list[int]], pad_id: int) -> np.ndarray:
@@ -247,6 +239,7 @@ def build_onnx_int8(
     *,
     tokenizer: Any,
     run_dir: Path | None = None,
+    frontend: Any = None,
     per_channel: bool = True,
     min_agreement: float | None = DEFAULT_MIN_AGREEMENT,
     log: Callable[[str], None] = print,
@@ -262,6 +255,7 @@ def build_onnx_int8(
     *validation* split reaches ``min_agreement`` is kept (the test split stays an honest hold-out for
     the report). Every level's agreement is recorded in ``variant.json``. If none reaches it, the most
     conservative level is kept and the parity check in ``compression.json`` reports the miss.
+    ``frontend`` (a :class:`~modelyard.inference.Classifier` of the source) supplies cleaning + tokenization.
     """
     import onnx
     import onnxruntime
@@ -274,7 +268,13 @@ def build_onnx_int8(
     # quantizer see fused MatMul/Gemm nodes with known shapes; fall back to the raw export if it fails.
     prep = out / "model.prep.onnx"
     candidate = out / "model.candidate.onnx"
-    ids = _calibration_ids(run_dir, source, tokenizer) if (run_dir is not None and min_agreement) else None
+    ids = None
+    if run_dir is not None and min_agreement:
+        if frontend is None:  # called outside `compress`: the source model's own Classifier front end
+            from modelyard.inference import Classifier
+
+            frontend = Classifier(source, device="cpu")
+        ids = _calibration_ids(run_dir, frontend)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tried: list[dict[str, Any]] = []
     # onnxruntime's symbolic shape inference dumps `sym_shape_infer_temp.onnx` (+ external data) into

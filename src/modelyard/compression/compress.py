@@ -131,6 +131,7 @@ def compress(
                 source,
                 tmp,
                 tokenizer=reference.tokenizer,
+                frontend=reference,
                 run_dir=run_dir,
                 sparsity=sparsity,
                 recovery_steps=recovery_steps,

@@ -106,11 +106,10 @@ class VariantClassifier(Classifier):
         """
         from modelyard._internal.batching import pad_batch, sorted_batches
 
-        clean = [self._normalize(str(t), self._cleaning) for t in texts]
-        out = np.zeros((len(clean), len(self.labels)), dtype=np.float32)
-        if not clean:
+        ids = self.encode(texts)
+        out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
+        if not ids:
             return out
-        ids = self.tokenizer(clean, truncation=True, max_length=self.max_length)["input_ids"]
         torch = self._torch
         with self._lock, torch.inference_mode():
             for idx in sorted_batches([len(x) for x in ids], self.batch_size):
