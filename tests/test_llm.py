@@ -5,11 +5,13 @@ Everything runs offline on tiny models built here; only the ``slow`` test conver
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -375,7 +377,10 @@ def test_save_prompt_model_validates(tmp_path: Path, tiny_llama: Path) -> None:
     with pytest.raises(ConfigError, match="config.json"):
         _save(tmp_path, tiny_llama, backbone=str(tmp_path))
     remote = _save(tmp_path / "remote", tiny_llama, backend="openai", openai={"base_url": "http://x/v1", "model": "m"})
-    with pytest.raises(ModelError, match="backend 'openai' is not supported"):
+    assert load_prompt_model(remote, device="cpu").model is None  # remote: no local LM is loaded
+    meta = json.loads((remote / "modelyard.json").read_text())
+    (remote / "modelyard.json").write_text(json.dumps({**meta, "backend": "grpc"}))
+    with pytest.raises(ModelError, match="backend 'grpc' is not supported"):
         load_prompt_model(remote, device="cpu")
     bad = _save(tmp_path / "bad", tiny_llama)
     meta = json.loads((bad / "modelyard.json").read_text())
@@ -548,3 +553,28 @@ def test_bundled_smollm2_converts_and_generates(tmp_path: Path, monkeypatch) -> 
         add_special_tokens=False,
     )
     assert probs.shape == (1, 2) and np.isfinite(probs).all()
+
+
+def test_shared_prefix_cache_gives_the_same_scores(tiny_llama: Path) -> None:
+    """Few-shot prompts share instructions + shots: scoring them from the prefix's KV cache changes nothing."""
+    from modelyard.llm.cache import load_lm
+
+    model, tokenizer = load_lm(tiny_llama, device="cpu")
+    shared = "the review is great . the review is awful . the film was a plot story , very good . " * 2
+    prompts = [shared + t for t in ("it was superb ? answer :", "dull film", "the plot is not good , it is bad :")]
+    words = ["positive", "negative", "very good"]
+    calls: list[bool] = []
+    forward = model.forward
+
+    @functools.wraps(forward)  # keeps forward's signature, which word_logprobs inspects
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("past_key_values") is not None)
+        return forward(*args, **kwargs)
+
+    model.forward = spy  # type: ignore[method-assign]
+    cached = word_logprobs(model, tokenizer, prompts, words, batch_size=2, normalize="sum")
+    assert calls[0] is False and len(calls) > 2 and all(calls[1:])  # the prefix once, then every batch from its cache
+    calls.clear()
+    plain = word_logprobs(model, tokenizer, prompts, words, batch_size=2, normalize="sum", reuse_prefix=False)
+    assert not any(calls)
+    np.testing.assert_allclose(cached, plain, atol=1e-5)

@@ -30,7 +30,8 @@ from modelyard.llm.scoring import check_verbalizers, score_labels, special_prefi
 FORMAT = 1
 SHOTS_FILE = "shots.parquet"
 DEFAULT_SHOTS = {"k": 0, "method": "random", "seed": 42}
-BACKENDS = ("local",)
+BACKENDS = ("local", "openai")
+CHARS_PER_TOKEN = 4  # remote backends: texts are cut by characters, ~4 per token (no local tokenizer)
 
 
 class PromptClassifier:
@@ -93,14 +94,25 @@ class PromptClassifier:
         if self.k > 0:
             self._load_pool()
 
-        self.backbone_dir = resolve_lm(str(meta["backbone"]), model_dir)
-        self.device = pick_device(device)
-        self.model, self.tokenizer = load_lm(self.backbone_dir, device=self.device)
-        if self.chat and not has_chat_template(self.tokenizer):
-            raise ModelError(f"{meta_path}: chat is true but the tokenizer of {meta['backbone']} has no chat template")
-        self._prefix_len = 0 if self.chat else len(special_prefix(self.tokenizer))
-        words = [w for ws in self.verbalizers.values() for w in ws]
-        self._answer_len = max(len(self.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words)
+        self.backend: str = backend
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self._scorer: Any = None
+        if backend == "openai":
+            self._scorer = _remote_scorer(meta.get("openai"), meta_path)
+            self.device = pick_device("cpu")
+            self._prefix_len, self._answer_len = 0, 1
+        else:
+            self.backbone_dir = resolve_lm(str(meta["backbone"]), model_dir)
+            self.device = pick_device(device)
+            self.model, self.tokenizer = load_lm(self.backbone_dir, device=self.device)
+            if self.chat and not has_chat_template(self.tokenizer):
+                raise ModelError(
+                    f"{meta_path}: chat is true but the tokenizer of {meta['backbone']} has no chat template"
+                )
+            self._prefix_len = 0 if self.chat else len(special_prefix(self.tokenizer))
+            words = [w for ws in self.verbalizers.values() for w in ws]
+            self._answer_len = max(len(self.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words)
         if self.k > 0:
             cap = max(16, self.max_length // (2 * (self.k + 1)))  # shots share at most about half the budget
             self._shot_texts = [self._truncate(t, cap) for t in self._pool_texts]
@@ -133,12 +145,16 @@ class PromptClassifier:
     # ------------------------------------------------------------------ prompts
 
     def _n_tokens(self, prompt: str) -> int:
+        if self.tokenizer is None:  # remote backend: a character estimate
+            return -(-len(prompt) // CHARS_PER_TOKEN)
         return self._prefix_len + len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def _truncate(self, text: str, n_tokens: int) -> str:
         """The longest prefix of ``text`` (cut at a token boundary) with at most ``n_tokens`` tokens."""
         if n_tokens <= 0:
             return ""
+        if self.tokenizer is None:
+            return text[: n_tokens * CHARS_PER_TOKEN]
         if getattr(self.tokenizer, "is_fast", False):
             enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             offsets = enc["offset_mapping"]
@@ -148,7 +164,8 @@ class PromptClassifier:
 
     def _render(self, text: str, examples: list[dict[str, str]]) -> str:
         prompt = self.template.render(text, self.labels, self.label_words, examples)
-        return wrap_chat(self.tokenizer, prompt) if self.chat else prompt
+        # A remote server applies its own chat template to the user message.
+        return wrap_chat(self.tokenizer, prompt) if self.chat and self.tokenizer is not None else prompt
 
     def _fit(self, text: str, examples: list[dict[str, str]]) -> str:
         """Render the prompt, cutting ``text`` (never the template or the shots) to fit ``max_length``."""
@@ -226,6 +243,7 @@ class PromptClassifier:
         run_dir = self.model_dir.parent
         return {
             "runtime": "prompt",
+            "backend": self.backend,
             "name": self.meta.get("name"),
             "run_id": run_dir.name if (run_dir / "manifest.json").is_file() else None,
             "backbone": self.meta.get("backbone"),
@@ -243,6 +261,8 @@ class PromptClassifier:
             return np.zeros((0, len(self.labels)))
         with self._lock:
             prompts = self._prompts(clean)
+            if self._scorer is not None:
+                return self._scorer.score(prompts, self.verbalizers, self.labels, chat=self.chat)
             return score_labels(
                 self.model,
                 self.tokenizer,
@@ -263,6 +283,20 @@ class PromptClassifier:
         from modelyard.inference import label_predictions
 
         return label_predictions(self.labels, self.predict_proba(texts))
+
+
+def _remote_scorer(settings: Any, meta_path: Path) -> Any:
+    """The :class:`~modelyard.llm.openai_backend.OpenAIScorer` for a model directory's ``openai`` settings."""
+    from modelyard.llm.openai_backend import OpenAIScorer
+
+    if not isinstance(settings, Mapping) or not settings.get("base_url") or not settings.get("model"):
+        raise ModelError(f"{meta_path}: backend 'openai' needs an openai section with base_url and model")
+    return OpenAIScorer(
+        str(settings["base_url"]),
+        str(settings["model"]),
+        settings.get("api_key_env", "OPENAI_API_KEY"),
+        float(settings.get("timeout_s", 60.0)),
+    )
 
 
 def load_prompt_model(
@@ -306,7 +340,7 @@ def save_prompt_model(
         chat: wrap prompts in the tokenizer's chat template.
         normalize: ``mean`` or ``sum`` of each verbalizer's token log-probs.
         batch_size: rows per forward pass.
-        backend: only ``local`` is run by :class:`PromptClassifier`; stored for other runtimes.
+        backend: ``local`` (the LM runs in this process) or ``openai`` (an OpenAI-compatible server).
         openai: endpoint settings stored for ``backend: openai``.
 
     Returns:
@@ -343,7 +377,13 @@ def save_prompt_model(
         CleaningConfig.model_validate(dict(cleaning))
     except ValidationError as err:
         raise ConfigError(f"invalid cleaning settings: {err.errors()[0].get('msg')}") from None
-    if backbone.startswith("bundled:"):
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "openai":
+        if not openai or not openai.get("base_url") or not openai.get("model"):
+            raise ConfigError("backend 'openai' needs openai settings with base_url and model")
+        # the backbone names the remote model only for the record; nothing is loaded locally
+    elif backbone.startswith("bundled:"):
         if backbone.removeprefix("bundled:") not in BUNDLED_LMS:
             raise ConfigError(
                 f"LM backbone '{backbone}' is not bundled; available: " + ", ".join(f"bundled:{n}" for n in BUNDLED_LMS)

@@ -24,6 +24,7 @@ the last few positions' logits are computed (``logits_to_keep``), so memory stay
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -92,6 +93,7 @@ def word_logprobs(
     batch_size: int = 8,
     normalize: Literal["mean", "sum"] = "mean",
     add_special_tokens: bool = True,
+    reuse_prefix: bool = True,
 ) -> np.ndarray:
     """``log P(word | prompt)`` for every prompt and word, shape ``(len(prompts), len(words))``, float64.
 
@@ -105,6 +107,8 @@ def word_logprobs(
             so a long word is not penalised for its length).
         add_special_tokens: prepend the tokenizer's leading special tokens (e.g. BOS); pass ``False``
             for prompts that already contain them (chat-template output).
+        reuse_prefix: when all prompts share at least :data:`MIN_SHARED_PREFIX` leading tokens (the
+            instructions and few-shot examples), run them once and reuse their key/value cache.
     """
     import torch
 
@@ -147,23 +151,47 @@ def word_logprobs(
     pad_id = _pad_id(tokenizer)
     row_list = list(rows.items())
     order = sorted(range(len(row_list)), key=lambda r: -len(row_list[r][0]))
+    max_keep = max(len(cont) for _, targets in row_list for _, _, cont in targets)
+    shared = _shared_prefix_len([ids for ids, _ in row_list], max_keep) if reuse_prefix else 0
+    use_prefix = shared >= MIN_SHARED_PREFIX and {"past_key_values", "use_cache", "position_ids"} <= set(params)
     with torch.inference_mode():
+        prefix_cache = None
+        if use_prefix:
+            # The instructions, chat header and few-shot examples are the same for every prompt: run
+            # them once and start every batch from their key/value cache (a k-shot prompt then costs
+            # about as much as a zero-shot one). Pad tokens sit between the prefix and each row's
+            # suffix, masked out; positions continue from the prefix.
+            first = torch.as_tensor([row_list[0][0][:shared]], dtype=torch.long, device=device)
+            prefix_cache = model(input_ids=first, use_cache=True).past_key_values
+        start_at = shared if prefix_cache is not None else 0
         for start in range(0, len(order), batch_size):
             batch = [row_list[r] for r in order[start : start + batch_size]]
-            width = max(len(ids) for ids, _ in batch)
+            width = max(len(ids) for ids, _ in batch) - start_at
             keep = max(len(cont) for _, targets in batch for _, _, cont in targets)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for b, (ids, _) in enumerate(batch):  # left padding: every row ends at the last column
-                input_ids[b, width - len(ids) :] = torch.as_tensor(ids, dtype=torch.long)
-                mask[b, width - len(ids) :] = 1
-            kwargs: dict[str, Any] = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-            if "position_ids" in params:  # positions start at 0 on each row's first real token
-                kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+                tail = ids[start_at:]
+                input_ids[b, width - len(tail) :] = torch.as_tensor(tail, dtype=torch.long)
+                mask[b, width - len(tail) :] = 1
+            kwargs: dict[str, Any] = {"input_ids": input_ids.to(device)}
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(batch))
+                kwargs["past_key_values"] = cache
+                kwargs["use_cache"] = True
+                kwargs["attention_mask"] = torch.cat(
+                    [torch.ones((len(batch), start_at), dtype=torch.long), mask], 1
+                ).to(device)
+                kwargs["position_ids"] = (start_at + (mask.cumsum(-1) - 1).clamp(min=0)).to(device)
+            else:
+                kwargs["attention_mask"] = mask.to(device)
+                if "position_ids" in params:  # positions start at 0 on each row's first real token
+                    kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+                if "use_cache" in params:
+                    kwargs["use_cache"] = False
             if keep_arg is not None:
                 kwargs[keep_arg] = keep
-            if "use_cache" in params:
-                kwargs["use_cache"] = False
             logits = model(**kwargs).logits[:, -keep:, :]
             logp = torch.log_softmax(logits.double(), dim=-1).cpu()  # float64: exact sums, tiny slice
             for b, (_, targets) in enumerate(batch):
@@ -175,6 +203,24 @@ def word_logprobs(
                     total = float(picked.sum())
                     out[i, j] = total / c if normalize == "mean" else total
     return out
+
+
+MIN_SHARED_PREFIX = 16
+"""Shared leading tokens from which :func:`word_logprobs` runs the prefix once and reuses its cache."""
+
+
+def _shared_prefix_len(rows: Sequence[Sequence[int]], keep: int) -> int:
+    """Length of the token prefix all ``rows`` share, leaving at least ``keep`` tokens of the shortest row."""
+    if not rows:
+        return 0
+    first = rows[0]
+    n = min(len(r) for r in rows) - keep
+    for r in rows[1:]:
+        i = 0
+        while i < n and r[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
 
 
 def score_labels(
