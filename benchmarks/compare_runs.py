@@ -19,21 +19,11 @@ from pathlib import Path
 import numpy as np
 
 
-def _size_mb(clf: object, run_dir: Path) -> float:
-    files = [p for p in (run_dir / "model").rglob("*") if p.is_file()]
-    meta = getattr(clf, "meta", {}) or {}
-    if meta.get("model_type") == "prompt":
-        from modelyard.llm.cache import resolve_lm
-
-        lm = resolve_lm(str(meta["backbone"]), run_dir)
-        files += [p for p in Path(lm).rglob("*.safetensors")]
-    return sum(p.stat().st_size for p in files) / 1e6
-
-
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from modelyard.data.sources import read_table
+    from modelyard.evaluation.compare import latency_p50_ms, model_size_mb
     from modelyard.evaluation.metrics import compute_metrics
     from modelyard.inference import load
 
@@ -62,20 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         total = time.perf_counter() - t0
         y = np.array([clf.labels.index(g) for g in gold])
         m = compute_metrics(y, probs, clf.labels)
-        clf.predict_proba(texts[:1])  # warm-up
-        times = []
-        for text in texts[: args.latency_texts]:
-            s = time.perf_counter()
-            clf.predict_proba([text])
-            times.append((time.perf_counter() - s) * 1e3)
         rows.append(
             {
                 "model": name,
                 "accuracy": m["accuracy"],
                 "macro_f1": m["macro_f1"],
-                "p50_ms_b1": float(np.percentile(times, 50)),
+                "p50_ms_b1": latency_p50_ms(clf, texts, args.latency_texts),
                 "ms_per_example_batched": 1e3 * total / len(texts),
-                "size_mb": _size_mb(clf, run_dir),
+                "size_mb": model_size_mb(clf, run_dir),
             }
         )
     head = "| model | accuracy | macro-F1 | CPU ms/example @1 (p50) | ms/example batched | size MB |"

@@ -115,3 +115,15 @@ def write_tiny_recipe(tmp_path: Path, data: Path, backbone: Path, **train: objec
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
+    """A finished run of the tiny backbone on synthetic sentiment (shared by registry/production tests)."""
+    from modelyard.config import load_recipe
+    from modelyard.training.finetune import train
+
+    tmp = tmp_path_factory.mktemp("tiny_trained_run")
+    data = tmp / "reviews.csv"
+    synthetic_sentiment(240).to_csv(data, index=False)
+    return train(load_recipe(write_tiny_recipe(tmp, data, tiny_backbone)))

@@ -340,7 +340,8 @@ def test_prompt_classifier_save_load_predict(tmp_path: Path, tiny_llama: Path) -
     assert "Text: a great film\nAnswer:" in prompts[0]  # cleaning (lowercase) applied before rendering
     assert prompts[0].count("Answer:") == 3  # 2 shots + the query
     # predict_proba is exactly score_labels on the rendered prompts
-    np.testing.assert_allclose(probs, score_labels(clf.model, clf.tokenizer, prompts, clf.verbalizers), atol=1e-12)
+    # other batch size → other shared-prefix cache batches: equal up to float32 rounding
+    np.testing.assert_allclose(probs, score_labels(clf.model, clf.tokenizer, prompts, clf.verbalizers), atol=1e-6)
     out = clf.predict(["great"])
     assert out[0]["label"] in clf.labels and set(out[0]["scores"]) == {"fresh", "rotten"}
     info = clf.info()
@@ -578,3 +579,44 @@ def test_shared_prefix_cache_gives_the_same_scores(tiny_llama: Path) -> None:
     plain = word_logprobs(model, tokenizer, prompts, words, batch_size=2, normalize="sum", reuse_prefix=False)
     assert not any(calls)
     np.testing.assert_allclose(cached, plain, atol=1e-5)
+
+
+def test_shots_with_a_template_without_examples_are_refused(tmp_path: Path, tiny_llama: Path) -> None:
+    pool = pd.DataFrame({"text": ["great film", "awful plot"], "label": ["pos", "neg"]})
+    with pytest.raises(ConfigError, match=r"never uses \{\{ examples \}\}"):
+        save_prompt_model(
+            tmp_path / "m",
+            labels=["pos", "neg"],
+            backbone=str(tiny_llama),
+            template="Review: {{ text }}\nAnswer:",
+            verbalizers={"pos": ["positive"], "neg": ["negative"]},
+            shots_cfg={"k": 2},
+            pool=pool,
+            cleaning={},
+            name="x",
+            max_length=64,
+            chat=False,
+        )
+
+
+def test_contextual_calibration_divides_out_the_content_free_prior(tmp_path: Path, tiny_llama: Path) -> None:
+    from modelyard.llm.classifier import CONTENT_FREE
+
+    texts = ["the film was great", "the plot was dull", "superb"]  # none is in the shot pool
+    plain = load_prompt_model(_save(tmp_path / "plain", tiny_llama), device="cpu")
+    cal = load_prompt_model(_save(tmp_path / "cal", tiny_llama, calibrate=True), device="cpu")
+    assert cal.info()["calibrate"] is True and plain.info()["calibrate"] is False
+    raw = plain.predict_proba(texts)
+    shots = plain._shots_for(plain._clean(texts))
+    assert all(s == shots[0] for s in shots)  # random shots: one shot set, so one content-free prior
+    prompts = [plain._fit(t, plain._examples(shots[0])) for t in CONTENT_FREE]
+    prior = score_labels(plain.model, plain.tokenizer, prompts, plain.verbalizers).mean(axis=0)
+    expected = raw / prior
+    expected /= expected.sum(axis=1, keepdims=True)
+    got = cal.predict_proba(texts)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-12)
+    assert not np.allclose(got, raw, atol=1e-3)  # the prior is not uniform, so calibration changes the scores
+    assert len(cal._cf_cache) == 1
+    # after calibration the content-free texts themselves score (close to) uniform
+    np.testing.assert_allclose(cal.predict_proba(list(CONTENT_FREE)).mean(axis=0), 0.5, atol=0.1)

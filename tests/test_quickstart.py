@@ -22,7 +22,7 @@ MODELYARD = [sys.executable, "-m", "modelyard.cli"]
 
 def test_readme_gives_the_two_setup_commands_in_english_and_chinese() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    english, chinese = readme.split("## 中文")
+    english, chinese = re.split(r"^## 中文\s*$", readme, flags=re.M)
     for part in (english, chinese):
         assert "make quickstart" in part and "make test" in part
     makefile = (ROOT / "Makefile").read_text()
@@ -50,8 +50,20 @@ def test_cli_verbs_are_documented_in_readme() -> None:
         "compress",
         "label",
         "prompt try",
+        "compare",
+        "pretrain",
+        "registry register",
+        "registry list",
+        "registry promote",
+        "registry rollback",
+        "registry audit",
+        "keys create",
+        "keys list",
+        "keys revoke",
+        "retrain",
+        "monitor",
     }
-    english, chinese = readme.split("## 中文")
+    english, chinese = re.split(r"^## 中文\s*$", readme, flags=re.M)
     for verb in verbs:
         assert f"modelyard {verb} " in english and f"modelyard {verb} " in chinese, verb
 
@@ -59,7 +71,7 @@ def test_cli_verbs_are_documented_in_readme() -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_open_with_their_command_and_validate(path: Path) -> None:
     first = path.read_text(encoding="utf-8").splitlines()[0]
-    recipe_verb = "tune" if path.name.startswith("tune_") else "train"
+    recipe_verb = next((v for v in ("tune", "pretrain") if path.name.startswith(f"{v}_")), "train")
     assert first.startswith(f"# Run with:  modelyard {recipe_verb} examples/{path.name}")
     recipe = load_recipe(path)
     assert recipe.resolve(recipe.output_dir).resolve() == (ROOT / "runs").resolve()

@@ -50,7 +50,9 @@ def friendly_errors(fn: F) -> F:
 def init(
     data: Annotated[Path, typer.Option("--data", help="Labelled data file the recipe will train on.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the recipe.")] = Path("recipe.yaml"),
-    task: Annotated[str, typer.Option("--task", help="Task (text-classification).")] = "text-classification",
+    task: Annotated[
+        str, typer.Option("--task", help="text-classification or image-classification.")
+    ] = "text-classification",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing recipe.")] = False,
 ) -> None:
     """Write an annotated starter recipe (every field commented with its meaning and default)."""
@@ -58,10 +60,16 @@ def init(
     from modelyard.config import annotated_yaml, recipe_from_dict
     from modelyard.data import read_table
 
-    if task != "text-classification":
-        raise ModelyardError(f"--task '{task}' is not supported yet; use text-classification")
+    if task not in ("text-classification", "image-classification"):
+        raise ModelyardError(f"--task '{task}' is not supported; use text-classification or image-classification")
     if output.exists() and not force:
         raise ModelyardError(f"{output} exists; pass --force to overwrite it")
+    if task == "image-classification":  # --data: an image folder, IDX files or bundled:NAME
+        from modelyard.training.image_run import image_starter_recipe
+
+        atomic_write_text(output, image_starter_recipe(str(data), output))
+        print(output)
+        return
     frame = read_table(data)
     text_col, label_col = _guess_columns(frame)
     rel = _relative_to(data.resolve(), output.resolve().parent)
@@ -183,7 +191,9 @@ def evaluate(
 @friendly_errors
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    input: Annotated[Path, typer.Option("--input", "-i", help="CSV/TSV/JSONL/Parquet file with texts.")],
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="CSV/TSV/JSONL/Parquet file with texts; images: a file or folder.")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file; format from its extension.")],
     text_column: Annotated[str | None, typer.Option(help="Text column (default: the recipe's).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
@@ -194,6 +204,14 @@ def predict(
     from modelyard.inference import load
 
     clf = load(run_dir, batch_size=batch_size)
+    if getattr(clf, "task", None) == "image-classification":  # --input is an image file or a folder of images
+        from modelyard.image_classifier import predict_files
+
+        frame = predict_files(clf, input)  # type: ignore[arg-type]
+        write_table(frame, output)
+        err_console.print(f"wrote {len(frame)} predictions to {output}")
+        print(output)
+        return
     frame = read_table(input)
     col = text_column or clf.meta.get("text_column", "text")
     if col not in frame.columns:
@@ -220,11 +238,20 @@ def serve(
     runtime: Annotated[
         str, typer.Option(help="torch (default) or a variant made by `modelyard compress`: dynamic-int8, onnx, …")
     ] = "torch",
+    store: Annotated[
+        Path | None, typer.Option("--store", help="Registry store for NAME@ALIAS and API keys (default ~/.modelyard).")
+    ] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Registry database URL (default: SQLite in store).")] = None,
 ) -> None:
-    """Serve the model over HTTP (POST /v1/predict, /v1/explain, /healthz, /readyz, /docs, /metrics)."""
+    """Serve a run directory or NAME@ALIAS from the registry (POST /v1/predict, /healthz, /readyz, /docs, /metrics)."""
     from modelyard.inference import model_dir_of
     from modelyard.serving import serve as run_serve
 
+    if "@" in str(run_dir) and not run_dir.exists():  # NAME@production: registry, API keys, log, hot swap
+        from modelyard.serving.production import serve_registry
+
+        serve_registry(str(run_dir), store=store, db=db, host=host, port=port)
+        return
     cfg = _serve_config(run_dir)
     model_dir_of(run_dir)  # fail fast on a bad path, before the server starts
     if runtime == "torch":
@@ -242,6 +269,16 @@ def serve(
                 f"create it with: modelyard compress {run_dir} --methods {runtime}"
             )
         loader = lambda: load_variant(run_dir, runtime)  # noqa: E731
+    if cfg.auth:  # serve.auth: true → API keys from the registry
+        from modelyard.registry import open_registry
+        from modelyard.serving import create_app
+        from modelyard.serving.production import run_app
+        from modelyard.serving.security import install_auth
+
+        web = create_app(loader, cfg)
+        install_auth(web, open_registry(store, db).verify_key)
+        run_app(web, cfg, host, port)
+        return
     run_serve(loader, cfg, host=host, port=port)
 
 
@@ -400,11 +437,59 @@ def label(
 
 
 @app.command()
+@friendly_errors
+def compare(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files; the first one's data section splits.")],
+    data: Annotated[
+        str | None, typer.Option("--data", help="Labelled file or bundled:NAME for every recipe (default: first's).")
+    ] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for leaderboard.* and runs/.")] = Path(
+        "leaderboard"
+    ),
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override for every recipe, e.g. --set train.epochs=1.")
+    ] = None,
+    latency_texts: Annotated[int, typer.Option(min=1, help="Test texts timed one by one (latency p50).")] = 50,
+) -> None:
+    """Train recipes on the identical split; write leaderboard.md/.json/.html (accuracy, F1, time, size, latency)."""
+    from modelyard.evaluation.compare import compare as run_compare
+
+    run_compare(
+        list(recipes), data=data, output=output, overrides=set_, latency_texts=latency_texts, console=err_console
+    )
+    print(output / "leaderboard.md")
+
+
+@app.command()
+@friendly_errors
+def pretrain(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file with a `pretrain` section.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides, e.g. pretrain.epochs=1.")] = None,
+) -> None:
+    """Masked-language-model pretraining of a small BERT (or continued pretraining); prints the backbone dir."""
+    from modelyard.config import load_recipe
+    from modelyard.training.pretrain import pretrain as run_pretrain
+
+    cfg = load_recipe(recipe, overrides or [])
+    _sigterm_as_interrupt()
+    print(run_pretrain(cfg, console=err_console))
+
+
+@app.command()
 def version() -> None:
     """Print the modelyard version."""
     from modelyard import __version__
 
     print(__version__)
+
+
+# Registry and API keys live in their own module (imported last: it uses friendly_errors above).
+from modelyard.registry.cli import keys_app, monitor_command, registry_app, retrain_command  # noqa: E402
+
+app.add_typer(registry_app, name="registry")
+app.add_typer(keys_app, name="keys")
+app.command("retrain")(retrain_command)
+app.command("monitor")(monitor_command)
 
 
 def main() -> None:  # pragma: no cover - console entry

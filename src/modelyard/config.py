@@ -24,6 +24,22 @@ class _Stage(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ChineseCleaningConfig(_Stage):
+    """Chinese text handling (`data.clean.chinese`), applied identically at training and prediction time."""
+
+    halfwidth: bool = Field(True, description="Full-width letters/digits/punctuation → half-width.")
+    punctuation: bool = Field(True, description="Chinese punctuation (。，！？“”【】《》) → ASCII equivalents.")
+    traditional_to_simplified: bool = Field(False, description="Convert Traditional to Simplified (zhconv).")
+    max_repeat: int | None = Field(
+        3, ge=1, description="Cap runs of one repeated character (好好好好好 → 好好好); null keeps them."
+    )
+    segment: Literal["none", "jieba"] = Field(
+        "none",
+        description="`jieba`: space-separate words (for word-level tokenizers / word n-grams); "
+        "`none` keeps the text as is (character-level models).",
+    )
+
+
 class CleaningConfig(_Stage):
     """How texts are cleaned before splitting. Every drop is counted in ``data_report.json``."""
 
@@ -37,6 +53,9 @@ class CleaningConfig(_Stage):
     )
     min_chars: int = Field(1, ge=0, description="Drop texts shorter than this after cleaning (1 drops empties).")
     max_chars: int | None = Field(None, ge=1, description="Drop texts longer than this; null keeps all.")
+    chinese: ChineseCleaningConfig | None = Field(
+        None, description="Chinese normalisation/segmentation (halfwidth, punctuation, …); null = off."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> CleaningConfig:
@@ -48,13 +67,27 @@ class CleaningConfig(_Stage):
         return self
 
 
+class ExtraTrainData(_Stage):
+    """One extra labelled file appended to the training split (`data.extra_train`)."""
+
+    path: str = Field(..., description="CSV/TSV/JSONL/Parquet file or .zip (relative to the recipe's folder).")
+    text_column: str = Field("text", description="Column holding the text.")
+    label_column: str = Field("label", description="Column holding the label.")
+    label_map: dict[str, str] | None = Field(
+        None, description="Rename labels, e.g. {'1': pos, '0': neg}; rows whose label is not a class are dropped."
+    )
+    sample: int | None = Field(None, ge=1, description="Use a random sample of this many rows; null = all.")
+
+
 class DataConfig(_Stage):
     """Where the labelled texts come from and how they are split."""
 
     path: str = Field(
         ...,
         description="A CSV/TSV/JSONL/Parquet file (relative to the recipe's folder) or `bundled:NAME` "
-        "(bundled:rotten-tomatoes, bundled:chinese-reviews).",
+        "(bundled:rotten-tomatoes, bundled:chinese-reviews). Images: a folder with one subfolder per class, "
+        "an IDX file pair/folder (MNIST format, gzip or not), or bundled:fashion-mnist, bundled:mnist-5k, "
+        "bundled:digits.",
     )
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
         "auto", description="File format; `auto` picks it from the file extension."
@@ -76,6 +109,22 @@ class DataConfig(_Stage):
     test_size: float = Field(0.1, gt=0, lt=0.5, description="Fraction of rows for the test split.")
     seed: int = Field(42, description="Seed for sampling and splitting (the split is deterministic).")
     clean: CleaningConfig = Field(default_factory=CleaningConfig, description="Cleaning options.")
+    extra_train: list[ExtraTrainData] = Field(
+        default_factory=list,
+        description="More labelled files added to the training split only (valid/test stay from `path`); "
+        "rows whose text is in valid/test are dropped.",
+    )
+    on_bad_image: Literal["skip", "error"] = Field(
+        "skip",
+        description="Images only: an unreadable/corrupt image is skipped (and listed by path in "
+        "data_report.json) or fails the run with its path named.",
+    )
+    image_size: int | None = Field(
+        None, ge=4, le=1024, description="Images only: resize every image to this square size; null = keep."
+    )
+    channels: Literal[1, 3] | None = Field(
+        None, description="Images only: 1 (grayscale) or 3 (RGB); null = 1 if every image is grayscale, else 3."
+    )
 
     @model_validator(mode="after")
     def _columns(self) -> DataConfig:
@@ -118,6 +167,12 @@ class PromptConfig(_Stage):
     )
     shot_seed: int = Field(42, description="Seed of the shot selection.")
     chat: bool = Field(False, description="Wrap the prompt in the model's chat template.")
+    calibrate: bool = Field(
+        False,
+        description="Contextual calibration (Zhao et al. 2021): divide the label probabilities by those the same "
+        "prompt gives content-free texts ('N/A', '', '[MASK]'), which removes the majority-label and recency "
+        "bias of few-shot prompts.",
+    )
     batch_size: int = Field(8, ge=1, description="Prompts scored per forward pass.")
     backend: Literal["local", "openai"] = Field("local", description="`local` LM, or an `openai`-compatible server.")
     openai: OpenAIBackendConfig | None = Field(None, description="Endpoint settings for `backend: openai`.")
@@ -135,13 +190,72 @@ class PromptConfig(_Stage):
         return self
 
 
+class TokenizerConfig(_Stage):
+    """A tokenizer trained on the training texts (`tokenizers` library), for models trained from scratch."""
+
+    type: Literal["char", "wordpiece", "bpe"] = Field(
+        "char",
+        description="`char`: one token per character; `wordpiece`: BERT-style (CJK characters + English "
+        "word pieces); `bpe`: sub-words of whitespace-separated words (pair with data.clean.chinese.segment: jieba).",
+    )
+    vocab_size: int = Field(8000, ge=16, le=500_000, description="Largest vocabulary (special tokens included).")
+    min_frequency: int = Field(2, ge=1, description="Tokens seen fewer times than this are left out ([UNK]).")
+    lowercase: bool = Field(True, description="Lower-case inside the tokenizer.")
+
+
+class ArchConfig(_Stage):
+    """Size of a model trained from scratch (textcnn, bilstm, transformer-encoder)."""
+
+    embedding_dim: int = Field(128, ge=4, le=4096, description="Token embedding size (textcnn, bilstm).")
+    hidden_size: int = Field(128, ge=4, le=4096, description="LSTM hidden size per direction / transformer width.")
+    num_layers: int = Field(2, ge=1, le=48, description="LSTM or transformer layers.")
+    num_heads: int = Field(4, ge=1, le=64, description="Attention heads (transformer-encoder).")
+    intermediate_size: int | None = Field(
+        None, ge=4, description="Transformer feed-forward size; null = 4 × hidden_size."
+    )
+    kernel_sizes: list[int] = Field([2, 3, 4], min_length=1, description="TextCNN convolution widths.")
+    num_filters: int = Field(128, ge=1, description="TextCNN filters per width.")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout inside the model (embeddings / features).")
+
+    @model_validator(mode="after")
+    def _heads(self) -> ArchConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.arch.hidden_size ({self.hidden_size}) must be divisible by model.arch.num_heads "
+                f"({self.num_heads})"
+            )
+        return self
+
+
+class TfidfConfig(_Stage):
+    """The classical baseline (`model.type: tfidf-logreg`): TF-IDF n-grams + SGD logistic regression."""
+
+    analyzer: Literal["char", "word"] = Field(
+        "char", description="`char` n-grams (no segmentation needed) or `word` n-grams (whitespace/jieba words)."
+    )
+    ngram_min: int = Field(1, ge=1, le=10, description="Shortest n-gram.")
+    ngram_max: int = Field(3, ge=1, le=10, description="Longest n-gram.")
+    min_df: int = Field(2, ge=1, description="Ignore n-grams found in fewer training texts than this.")
+    max_features: int | None = Field(300_000, ge=10, description="Keep the most frequent n-grams; null = all.")
+    sublinear_tf: bool = Field(True, description="Use 1 + log(tf) instead of raw counts.")
+    alpha: float = Field(1e-5, gt=0, description="L2 regularisation strength of SGDClassifier.")
+    max_iter: int = Field(30, ge=1, description="Passes of SGD over the training data.")
+
+    @model_validator(mode="after")
+    def _ngrams(self) -> TfidfConfig:
+        if self.ngram_max < self.ngram_min:
+            raise ValueError(f"model.tfidf.ngram_max ({self.ngram_max}) is below ngram_min ({self.ngram_min})")
+        return self
+
+
 class ModelConfig(_Stage):
     """Which model is trained."""
 
     type: str = Field(
         "hf-encoder",
-        description="Model builder name: `hf-encoder` (fine-tuned encoder) or `prompt` (zero/few-shot generative LM, "
-        "see `prompt`).",
+        description="Model builder name: `hf-encoder` (fine-tuned encoder), `prompt` (zero/few-shot generative LM, "
+        "see `prompt`), from scratch `textcnn`, `bilstm`, `transformer-encoder`, or `tfidf-logreg`; "
+        "for images `cnn-small`, `resnet-mini` or `vit-tiny`.",
     )
     backbone: str = Field(
         "bundled:minilm-l6",
@@ -153,6 +267,20 @@ class ModelConfig(_Stage):
         None, ge=0, lt=1, description="Classifier-head dropout; null keeps the backbone's setting."
     )
     prompt: PromptConfig | None = Field(None, description="Settings of `type: prompt` models.")
+    width: int | None = Field(
+        None, ge=4, le=1024, description="Image models: base width (channels, or embedding size); null = default."
+    )
+    depth: int | None = Field(
+        None, ge=1, le=32, description="Image models: blocks (conv blocks, residual stages, layers); null = default."
+    )
+    tokenizer: TokenizerConfig = Field(
+        default_factory=TokenizerConfig,
+        description="Tokenizer trained on the training texts (textcnn, bilstm, transformer-encoder).",
+    )
+    arch: ArchConfig = Field(
+        default_factory=ArchConfig, description="Size of from-scratch models (textcnn, bilstm, transformer-encoder)."
+    )
+    tfidf: TfidfConfig = Field(default_factory=TfidfConfig, description="Settings of `type: tfidf-logreg`.")
 
     @model_validator(mode="after")
     def _prompt_section(self) -> ModelConfig:
@@ -225,6 +353,15 @@ class TrainConfig(_Stage):
     distill: DistillConfig | None = Field(
         None, description="Distil from a teacher model (`teacher`, `temperature`, `alpha`); null = plain labels."
     )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Label smoothing of the cross-entropy on gold labels (e.g. 0.1; 0 = off).",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model for training (a GPU speed-up; slow to start, little gain on CPU)."
+    )
     layer_lr_decay: float | None = Field(
         None,
         gt=0,
@@ -253,6 +390,43 @@ VALID_METRICS = {"accuracy", "macro_f1", "micro_f1", "weighted_f1", "roc_auc", "
 LOWER_IS_BETTER = {"loss", "log_loss", "ece"}
 
 
+class PretrainConfig(_Stage):
+    """Masked-language-model pretraining (`modelyard pretrain`): a backbone for `model.backbone`."""
+
+    init: str | None = Field(
+        None,
+        description="Continue pretraining this encoder (bundled:NAME or a local HF directory); null = a small "
+        "BERT from scratch sized by model.arch with a tokenizer trained per model.tokenizer.",
+    )
+    corpus: list[str] = Field(
+        default_factory=list,
+        description="Extra unlabelled text: .txt files (one text per line) or CSV/TSV/JSONL/Parquet/.zip files "
+        "with a `corpus_text_column` column; relative to the recipe's folder.",
+    )
+    corpus_text_column: str = Field("text", description="Text column of tabular corpus files.")
+    use_train_texts: bool = Field(
+        True, description="Also learn from the training split of `data` (never valid/test: no leakage)."
+    )
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="Fraction of tokens (or words) masked.")
+    whole_word_masking: bool = Field(
+        False, description="Mask whole words (jieba words for Chinese) instead of single tokens."
+    )
+    epochs: int = Field(3, ge=1, le=1000, description="Passes over the corpus.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps; null = all epochs.")
+    batch_size: int = Field(64, ge=1, description="Texts per optimizer step.")
+    learning_rate: float = Field(5e-4, gt=0, le=1.0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases/LayerNorm).")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of steps warming up linearly.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm; null disables.")
+    eval_fraction: float = Field(
+        0.02, gt=0, lt=0.5, description="Texts held out for the MLM loss/perplexity curve (at most 2000)."
+    )
+    eval_every_steps: int = Field(200, ge=1, description="Evaluate the held-out MLM loss every N steps.")
+    seed: int = Field(42, description="Seed for initial weights, batch order and masking.")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; null = torch's default.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to train.")
+
+
 class ServeConfig(_Stage):
     """The HTTP server (`modelyard serve`)."""
 
@@ -264,6 +438,40 @@ class ServeConfig(_Stage):
     max_chars_per_text: int = Field(10000, ge=1, description="A longer text → HTTP 413.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="A larger request body → HTTP 413.")
     max_queue: int = Field(4096, ge=1, description="Texts waiting for the model beyond this → HTTP 503.")
+    auth: bool = Field(
+        False,
+        description="Require an API key (`modelyard keys create`) on every endpoint but /healthz and /readyz; "
+        "always on when serving NAME@ALIAS from the registry.",
+    )
+    mask_pii: bool = Field(
+        True, description="Mask e-mail addresses, phone/card numbers and IP addresses in the prediction log."
+    )
+    max_images_per_request: int = Field(16, ge=1, description="Image models: more images in one request → HTTP 413.")
+    max_image_bytes: int = Field(
+        2_000_000, ge=1024, description="Image models: a larger image file (encoded bytes) → HTTP 413."
+    )
+    max_image_pixels: int = Field(
+        16_000_000, ge=64, description="Image models: an image with more pixels (width × height) → HTTP 413."
+    )
+
+
+IMAGE_MODEL_TYPES = ("cnn-small", "resnet-mini", "vit-tiny")
+
+
+class AugmentConfig(_Stage):
+    """Training-time image augmentation (kornia; deterministic given train.seed). Ignored for text."""
+
+    crop_padding: int = Field(0, ge=0, le=64, description="Random crop after zero-padding by this many pixels.")
+    hflip: bool = Field(False, description="Random horizontal flip (off for digits/text-like images).")
+    rotation: float = Field(0.0, ge=0, le=180, description="Random rotation up to ± this many degrees.")
+    translate: float = Field(0.0, ge=0, lt=0.5, description="Random affine shift up to this fraction of the size.")
+    scale: float = Field(0.0, ge=0, lt=0.5, description="Random affine zoom by up to ± this fraction.")
+    erasing: float = Field(0.0, ge=0, le=1, description="Probability of random erasing (cutout) per image.")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation is switched on."""
+        return bool(self.crop_padding or self.hflip or self.rotation or self.translate or self.scale or self.erasing)
 
 
 class LogUniformParam(_Stage):
@@ -303,7 +511,7 @@ ParamSpec = Annotated[
     Field(discriminator="type"),
 ]
 # Sections a search may not vary: the search itself, where runs go, and settings that do not affect training.
-_UNTUNABLE = ("tune", "output_dir", "name", "task", "serve")
+_UNTUNABLE = ("tune", "output_dir", "name", "task", "serve", "pretrain")
 
 
 class TuneConfig(_Stage):
@@ -412,15 +620,38 @@ class Recipe(_Stage):
     """A whole modelyard recipe: one section per stage."""
 
     name: str = Field("text-classifier", pattern=NAME_PATTERN, description="Application name (runs, registry).")
-    task: Literal["text-classification"] = Field("text-classification", description="What is being learned.")
+    task: Literal["text-classification", "image-classification"] = Field(
+        "text-classification", description="What is being learned: text-classification or image-classification."
+    )
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model section.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training section.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving section.")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyper-parameter search section.")
+    pretrain: PretrainConfig | None = Field(
+        None, description="MLM pretraining section (`modelyard pretrain`); null when unused."
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Image augmentation section.")
     output_dir: str = Field(
         "runs", description="Folder (relative to the recipe's folder) holding one directory per run."
     )
+
+    @model_validator(mode="after")
+    def _task_model(self) -> Recipe:
+        image_model = self.model.type in IMAGE_MODEL_TYPES
+        if self.task == "image-classification" and not image_model:
+            raise ValueError(
+                f"task image-classification needs an image model; set model.type to one of "
+                f"{', '.join(IMAGE_MODEL_TYPES)} (model.type is '{self.model.type}')"
+            )
+        if self.task == "text-classification" and image_model:
+            raise ValueError(
+                f"model.type '{self.model.type}' classifies images; set task: image-classification "
+                "or pick a text model (hf-encoder, prompt)"
+            )
+        if self.augment.enabled and self.task != "image-classification":
+            raise ValueError("the augment section applies to images only; remove it or set task: image-classification")
+        return self
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from modelyard._internal.io import read_json
+from modelyard.config import IMAGE_MODEL_TYPES
 from modelyard.errors import ModelError
 
 
@@ -32,6 +33,7 @@ class Classifier:
         from modelyard._internal.runtime import pick_device
         from modelyard.config import CleaningConfig
         from modelyard.data.cleaning import clean_text as _normalize
+        from modelyard.models import BUNDLED_BACKBONES  # noqa: F401  registers from-scratch architectures
 
         meta_path = model_dir / "modelyard.json"
         if not meta_path.is_file():
@@ -138,8 +140,17 @@ def load(path: str | Path, *, device: str = "auto", batch_size: int = 64) -> Cla
     :class:`~modelyard.llm.classifier.PromptClassifier` with the same ``predict``/``predict_proba``.
     """
     model_dir = model_dir_of(path)
-    if read_json(model_dir / "modelyard.json").get("model_type") == "prompt":
+    model_type = read_json(model_dir / "modelyard.json").get("model_type")
+    if model_type in IMAGE_MODEL_TYPES:
+        from modelyard.image_classifier import ImageClassifier
+
+        return ImageClassifier(model_dir, device=device, batch_size=batch_size)  # type: ignore[return-value]
+    if model_type == "prompt":
         from modelyard.llm.classifier import load_prompt_model
 
         return load_prompt_model(model_dir)  # type: ignore[return-value]
+    if model_type == "tfidf-logreg":
+        from modelyard.training.classical import TfidfClassifier
+
+        return TfidfClassifier(model_dir)  # type: ignore[return-value]
     return Classifier(model_dir, device=device, batch_size=batch_size)

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from modelyard.config import CleaningConfig
+from modelyard.data.chinese import normalize_chinese, segment
 from modelyard.errors import DataError
 
 # Python's \s matches every Unicode whitespace character (ideographic space U+3000, NBSP, tabs,
@@ -57,13 +58,24 @@ def normalize_label(label: str, nfkc: bool = True) -> str:
 
 
 def clean_text(text: str, cfg: CleaningConfig) -> str:
-    """Apply the text transformations of ``cfg`` (NFKC → whitespace → lowercase) to one text."""
+    """Apply the text transformations of ``cfg`` (NFKC → Chinese → whitespace → lowercase → jieba) to one text."""
+    zh = cfg.chinese
     if cfg.unicode_nfkc:
         text = unicodedata.normalize("NFKC", text)
+    if zh is not None:
+        text = normalize_chinese(
+            text,
+            halfwidth=zh.halfwidth,
+            punctuation=zh.punctuation,
+            traditional=zh.traditional_to_simplified,
+            max_repeat=zh.max_repeat,
+        )
     if cfg.normalize_whitespace:
         text = _WHITESPACE.sub(" ", text).strip()
     if cfg.lowercase:
         text = text.lower()
+    if zh is not None and zh.segment == "jieba":
+        text = segment(text)
     return text
 
 

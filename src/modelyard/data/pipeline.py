@@ -231,6 +231,14 @@ def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
     _validate_classes(overall, labels, cfg, src.name, label_column, dropped["sampled_out"] > 0)
 
     train, valid, test = stratified_split(cleaned, cfg.valid_size, cfg.test_size, cfg.seed)
+    extra_reports: list[dict[str, Any]] = []
+    if cfg.extra_train:
+        from modelyard.data.extra import add_extra_train
+
+        train, extra_reports, extra_fp = add_extra_train(
+            train, [valid, test], cfg.extra_train, cfg.clean, base_dir, list(labels), cfg.seed
+        )
+        src.fingerprints.update(extra_fp)
     splits = {"train": train, "valid": valid, "test": test}
     report: dict[str, Any] = {
         "source": cfg.path if src.format == "bundled" else src.name,
@@ -257,6 +265,8 @@ def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
         "sample": sample_info,
         "fingerprints": dict(src.fingerprints),
     }
+    if extra_reports:
+        report["extra_train"] = extra_reports
     return PreparedData(
         train=train,
         valid=valid,

@@ -42,6 +42,10 @@ def evaluate(
     console = console or Console(stderr=True)
     run = find_run(Path(run_dir))
     recipe = load_recipe(run / "recipe.yaml")
+    if recipe.task == "image-classification":
+        from modelyard.training.image_run import evaluate_image_run
+
+        return evaluate_image_run(run, recipe, data, console)
     clf = load(run)
     index = {lab: i for i, lab in enumerate(clf.labels)}
 

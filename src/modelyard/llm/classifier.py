@@ -31,6 +31,8 @@ FORMAT = 1
 SHOTS_FILE = "shots.parquet"
 DEFAULT_SHOTS = {"k": 0, "method": "random", "seed": 42}
 BACKENDS = ("local", "openai")
+CONTENT_FREE = ("N/A", "", "[MASK]")
+"""Content-free texts whose label probabilities measure a prompt's bias (Zhao et al. 2021)."""
 CHARS_PER_TOKEN = 4  # remote backends: texts are cut by characters, ~4 per token (no local tokenizer)
 
 
@@ -83,6 +85,8 @@ class PromptClassifier:
         except (KeyError, TypeError, ValueError, ConfigError) as err:
             raise ModelError(f"{meta_path} is invalid: {err}") from None
         self.chat = bool(meta.get("chat", False))
+        self.calibrate = bool(meta.get("calibrate", False))
+        self._cf_cache: dict[tuple[int, ...], np.ndarray] = {}
         self.normalize = meta.get("normalize", "mean")
         self.batch_size = int(batch_size if batch_size is not None else meta.get("batch_size", 8))
         self._normalize_text = clean_text
@@ -212,19 +216,41 @@ class PromptClassifier:
             )
         return select_shots(self._pool_texts, self._pool_labels, texts, self.k, "random", self.shot_seed)  # type: ignore[arg-type]
 
-    def _prompts(self, clean: list[str]) -> list[str]:
-        prompts = []
-        for text, idx in zip(clean, self._shots_for(clean), strict=True):
-            examples = [
-                {
-                    "text": self._shot_texts[i],
-                    "label": self._pool_labels[i],
-                    "label_word": self.verbalizers[self._pool_labels[i]][0],
-                }
-                for i in idx
-            ]
-            prompts.append(self._fit(text, examples))
-        return prompts
+    def _examples(self, idx: list[int]) -> list[dict[str, str]]:
+        return [
+            {
+                "text": self._shot_texts[i],
+                "label": self._pool_labels[i],
+                "label_word": self.verbalizers[self._pool_labels[i]][0],
+            }
+            for i in idx
+        ]
+
+    def _prompts(self, clean: list[str], shots: list[list[int]] | None = None) -> list[str]:
+        shots = self._shots_for(clean) if shots is None else shots
+        return [self._fit(text, self._examples(idx)) for text, idx in zip(clean, shots, strict=True)]
+
+    def _score(self, prompts: list[str]) -> np.ndarray:
+        if self._scorer is not None:
+            return self._scorer.score(prompts, self.verbalizers, self.labels, chat=self.chat)
+        return score_labels(
+            self.model,
+            self.tokenizer,
+            prompts,
+            self.verbalizers,
+            batch_size=self.batch_size,
+            normalize=self.normalize,
+            add_special_tokens=not self.chat,
+        )
+
+    def _content_free(self, idx: list[int]) -> np.ndarray:
+        """Mean label probabilities of content-free texts under the shots ``idx`` (cached per shot set)."""
+        key = tuple(idx)
+        if key not in self._cf_cache:
+            examples = self._examples(idx)
+            probs = self._score([self._fit(t, examples) for t in CONTENT_FREE])
+            self._cf_cache[key] = probs.mean(axis=0)
+        return self._cf_cache[key]
 
     def _clean(self, texts: Sequence[str]) -> list[str]:
         if isinstance(texts, str):
@@ -252,6 +278,7 @@ class PromptClassifier:
             "verbalizers": self.verbalizers,
             "shots": {"k": self.k, "method": self.shot_method, "seed": self.shot_seed},
             "chat": self.chat,
+            "calibrate": self.calibrate,
         }
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
@@ -260,18 +287,16 @@ class PromptClassifier:
         if not clean:
             return np.zeros((0, len(self.labels)))
         with self._lock:
-            prompts = self._prompts(clean)
-            if self._scorer is not None:
-                return self._scorer.score(prompts, self.verbalizers, self.labels, chat=self.chat)
-            return score_labels(
-                self.model,
-                self.tokenizer,
-                prompts,
-                self.verbalizers,
-                batch_size=self.batch_size,
-                normalize=self.normalize,
-                add_special_tokens=not self.chat,
-            )
+            shots = self._shots_for(clean)
+            probs = self._score(self._prompts(clean, shots))
+            if not self.calibrate:
+                return probs
+            # Contextual calibration (Zhao et al. 2021, "Calibrate Before Use"): the probabilities the same
+            # prompt gives content-free texts measure its label bias; dividing it out (W = diag(p_cf)^-1)
+            # and renormalising removes the majority-label and recency bias of the shots.
+            prior = np.stack([self._content_free(idx) for idx in shots])
+            calibrated = probs / np.clip(prior, 1e-12, None)
+            return calibrated / calibrated.sum(axis=1, keepdims=True)
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Predicted label and per-class scores for each text.
@@ -319,6 +344,7 @@ def save_prompt_model(
     name: str,
     max_length: int,
     chat: bool,
+    calibrate: bool = False,
     normalize: str = "mean",
     batch_size: int = 8,
     backend: str = "local",
@@ -338,6 +364,7 @@ def save_prompt_model(
         name: the model's name.
         max_length: most tokens per scored sequence.
         chat: wrap prompts in the tokenizer's chat template.
+        calibrate: contextual calibration against content-free texts (see :class:`PromptClassifier`).
         normalize: ``mean`` or ``sum`` of each verbalizer's token log-probs.
         batch_size: rows per forward pass.
         backend: ``local`` (the LM runs in this process) or ``openai`` (an OpenAI-compatible server).
@@ -359,7 +386,7 @@ def save_prompt_model(
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ConfigError(f"a prompt model needs at least two distinct labels, got {labels}")
     source = DEFAULT_TEMPLATE if template is None else template
-    PromptTemplate(source, name="template")
+    parsed = PromptTemplate(source, name="template")
     verbalizers = {lb: [lb] for lb in labels} if verbalizers is None else verbalizers
     check_verbalizers(verbalizers, labels)
     verbs = {lb: [str(w) for w in verbalizers[lb]] for lb in labels}
@@ -369,6 +396,11 @@ def save_prompt_model(
     k = int(shots["k"])
     if k < 0 or shots["method"] not in ("random", "nearest"):
         raise ConfigError("shots.k must be >= 0 and shots.method 'random' or 'nearest'")
+    if k > 0 and not parsed.uses_examples:
+        raise ConfigError(
+            f"shots.k is {k} but the prompt template never uses {{{{ examples }}}}, so the shots would be "
+            "silently dropped; add an examples block (see the built-in template) or set shots to 0"
+        )
     if normalize not in ("mean", "sum"):
         raise ConfigError(f"normalize must be 'mean' or 'sum', not {normalize!r}")
     if int(max_length) < 16:
@@ -420,6 +452,7 @@ def save_prompt_model(
         "shots": {"k": k, "method": str(shots["method"]), "seed": int(shots["seed"])},
         "max_length": int(max_length),
         "chat": bool(chat),
+        "calibrate": bool(calibrate),
         "normalize": normalize,
         "batch_size": int(batch_size),
         "backend": backend,

@@ -5,6 +5,12 @@ from modelyard.models.registry import ModelBuilder, build_model, get_builder, re
 
 # Importing the family modules registers their builders.
 from modelyard.models import hf_encoder as _hf_encoder  # noqa: E402,F401  isort: skip
+from modelyard.models import textcnn as _textcnn  # noqa: E402,F401  isort: skip
+from modelyard.models import bilstm as _bilstm  # noqa: E402,F401  isort: skip
+from modelyard.models import transformer_encoder as _transformer_encoder  # noqa: E402,F401  isort: skip
+from modelyard.models import cnn_small as _cnn_small  # noqa: E402,F401  isort: skip
+from modelyard.models import resnet_mini as _resnet_mini  # noqa: E402,F401  isort: skip
+from modelyard.models import vit_tiny as _vit_tiny  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "BUNDLED_BACKBONES",

@@ -49,6 +49,17 @@ def get_builder(name: str) -> ModelBuilder:
         ) from None
 
 
-def build_model(cfg: ModelConfig, labels: list[str], base_dir: Path) -> tuple[Any, Any]:
-    """Build ``(model, tokenizer)`` with the builder named by ``cfg.type``."""
-    return get_builder(cfg.type)(cfg, labels, base_dir)
+def build_model(cfg: ModelConfig, labels: list[str], base_dir: Path, **kwargs: Any) -> tuple[Any, Any]:
+    """Build ``(model, tokenizer)`` with the builder named by ``cfg.type``.
+
+    ``kwargs`` reach builders that need facts about the data (image models: ``image_shape``,
+    ``normalization``); their second element is ``None`` (no tokenizer).
+    """
+    return get_builder(cfg.type)(cfg, labels, base_dir, **kwargs)
+
+
+def builder_takes(name: str, argument: str) -> bool:
+    """Whether the builder registered as ``name`` accepts the keyword ``argument`` (e.g. ``texts``)."""
+    import inspect
+
+    return argument in inspect.signature(get_builder(name)).parameters

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from modelyard import __version__
@@ -33,6 +33,7 @@ from modelyard.config import ServeConfig
 from modelyard.explain.core import ExplainUnsupportedError
 from modelyard.serving.batcher import BatcherClosedError, BatchFailedError, MicroBatcher, QueueFullError
 from modelyard.serving.http_errors import ApiError, install_error_handlers
+from modelyard.serving.images import ImageRequestMiddleware
 from modelyard.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from modelyard.serving.middleware import JsonBodyGuardMiddleware, MetricsMiddleware
 from modelyard.serving.schemas import (
@@ -157,6 +158,31 @@ class ModelRuntime:
     def loaded(self) -> _Loaded | None:
         """The loaded model, or ``None``."""
         return self._loaded
+
+    def swap(self, classifier: Classifier) -> dict[str, Any]:
+        """Replace the serving model with an already loaded one (registry hot swap).
+
+        One reference assignment: a batch already running keeps the model it started with, the
+        next batch uses the new one, so no request fails during the swap.
+
+        Args:
+            classifier: The new model; must have the same labels as the serving one.
+
+        Returns:
+            The new model's JSON-safe ``info()``.
+
+        Raises:
+            ValueError: No labels, different labels from the serving model, or a bad ``info()``.
+        """
+        labels = tuple(str(x) for x in classifier.labels)
+        info = json.loads(json.dumps(classifier.info(), default=str))
+        current = self._loaded
+        if not labels or (current is not None and labels != current.labels):
+            raise ValueError(f"labels {list(labels)} differ from the serving model's; restart to change them")
+        self._loaded = _Loaded(classifier, labels, info)
+        self._error = None
+        self._metrics.set_model(info)
+        return info
 
     def require_ready(self) -> _Loaded:
         """The loaded model, or an :class:`ApiError` (503) saying why there is none.
@@ -323,6 +349,8 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
     # CORS is deliberately off: browsers on other origins must not call the model; put a proxy in
     # front if a web page needs it. Middleware added last runs first, so metrics see every response.
     app.add_middleware(JsonBodyGuardMiddleware, max_body_bytes=cfg.max_body_bytes, routes=app.router.routes)
+    # Image models: multipart / {"images": [base64]} requests to /v1/predict (serving/images.py).
+    app.add_middleware(ImageRequestMiddleware, runtime=runtime, batcher=batcher, cfg=cfg)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: 200 while the process runs")
@@ -375,7 +403,8 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
         response_model=PredictResponse,
         responses=_ERRORS,
     )
-    async def predict(request: PredictRequest) -> PredictResponse:
+    async def predict(request: PredictRequest, http_request: Request) -> PredictResponse:
+        started = time.perf_counter()
         texts = request.texts
         if len(texts) > cfg.max_texts_per_request:
             raise ApiError(
@@ -410,6 +439,12 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
             Prediction(label=labels[int(b)], scores=dict(zip(labels, row.tolist(), strict=True)))
             for b, row in zip(best, probs, strict=True)
         ]
+        # The production server logs every prediction and returns its id (serving/production.py).
+        hook = getattr(app.state, "prediction_hook", None)
+        if hook is not None:
+            ids = hook(http_request, texts, probs, loaded, time.perf_counter() - started)
+            for pred, pred_id in zip(predictions, ids, strict=True):
+                pred.id = pred_id
         return PredictResponse(predictions=predictions, model=loaded.info)
 
     @app.post(

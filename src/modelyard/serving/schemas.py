@@ -43,6 +43,9 @@ class Prediction(BaseModel):
 
     label: str = Field(..., description="The most probable label.")
     scores: dict[str, float] = Field(..., description="Probability of every label; they sum to 1.")
+    id: str | None = Field(
+        None, description="Prediction id (UUIDv4) for `POST /v1/feedback`; set when the server logs predictions."
+    )
 
 
 class PredictResponse(BaseModel):

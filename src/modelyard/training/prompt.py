@@ -77,6 +77,7 @@ def write_prompt_model(recipe: Recipe, labels: list[str], pool: Any, model_dir: 
         name=recipe.name,
         max_length=recipe.model.max_length,
         chat=p.chat,
+        calibrate=p.calibrate,
         batch_size=p.batch_size,
         backend=p.backend,
         openai=p.openai.model_dump(mode="json") if p.openai else None,

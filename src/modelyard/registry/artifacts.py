@@ -1,0 +1,138 @@
+"""What the registry accepts as a model: safetensors + JSON/text files, never a pickle.
+
+Nothing here unpickles anything. Pickle detection uses :mod:`pickletools` (a disassembler that
+only walks opcodes) and safetensors validation reads the JSON header only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickletools
+import struct
+import zipfile
+from pathlib import Path
+
+from modelyard.registry.names import RegistryError
+
+# Formats that are pickles (or wrap one) in the PyTorch / scikit-learn world: refused by name.
+PICKLE_SUFFIXES = frozenset({".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib", ".npy", ".dill"})
+_SNIFF_BYTES = 1 << 16
+
+
+def looks_like_pickle(data: bytes) -> bool:
+    """Whether ``data`` (a file's first bytes) is a pickle stream or a PyTorch zip holding one.
+
+    A protocol-2+ pickle starts with ``PROTO`` (``0x80``) and a protocol byte; protocol 0/1 pickles
+    have no magic, so the bytes are walked with :func:`pickletools.genops` (never executed): a
+    stream that parses as opcodes up to ``STOP``, or up to the end of the sniffed prefix, is a pickle.
+
+    Args:
+        data: The file's first bytes (up to 64 KiB is enough).
+
+    Returns:
+        True for a pickle (or a zip with a ``.pkl`` member), False otherwise.
+    """
+    if not data:
+        return False
+    if data[:1] == b"\x80" and len(data) > 1 and 1 <= data[1] <= 5:
+        return True
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                return any(n.endswith((".pkl", "data.pkl")) for n in zf.namelist())
+        except zipfile.BadZipFile:
+            # A truncated prefix of a large zip: PyTorch's format names its pickle "data.pkl".
+            return b"data.pkl" in data
+    n_ops = 0
+    try:
+        for opcode, _arg, _pos in pickletools.genops(io.BytesIO(data)):
+            n_ops += 1
+            if opcode.name == "STOP":
+                return n_ops >= 2
+    except Exception:  # noqa: BLE001 - any parse failure means "not a pickle"
+        return False
+    return n_ops >= 8 and len(data) >= _SNIFF_BYTES  # opcodes all the way through a full prefix
+
+
+def check_safetensors(path: Path) -> None:
+    """Validate a safetensors file by its header alone (8-byte length + JSON), reading no tensors.
+
+    Raises:
+        RegistryError: Not a well-formed safetensors file.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise RegistryError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+        (n,) = struct.unpack("<Q", head)
+        if n <= 1 or n > min(size - 8, 100 << 20):
+            raise RegistryError(f"{path}: not a safetensors file (header length {n} does not fit the file)")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise RegistryError(f"{path}: not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise RegistryError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = spec.get("data_offsets") if isinstance(spec, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= size - 8 - n):
+            raise RegistryError(f"{path}: not a safetensors file (tensor {name!r} has bad data_offsets)")
+
+
+def validate_model_dir(model_dir: Path) -> list[Path]:
+    """Check every file of a model directory before it enters the store.
+
+    Refused: symlinks anywhere, special files, pickle-format suffixes (:data:`PICKLE_SUFFIXES`), any
+    file whose content is a pickle whatever its name, malformed safetensors or JSON, and a directory
+    without ``modelyard.json`` or without any ``*.safetensors`` weights (unless it is a prompt model).
+
+    Args:
+        model_dir: The run's ``model/`` directory.
+
+    Returns:
+        The files to copy, relative to ``model_dir``, sorted.
+
+    Raises:
+        RegistryError: Naming the offending file and the fix.
+    """
+    if model_dir.is_symlink() or not model_dir.is_dir():
+        raise RegistryError(f"{model_dir}: not a model directory (missing, or a symlink)")
+    files: list[Path] = []
+    for root, dirs, names in os.walk(model_dir, followlinks=False):
+        for d in dirs:
+            if (Path(root) / d).is_symlink():
+                raise RegistryError(f"{Path(root) / d}: symlinks are not accepted in a registered model")
+        for name in names:
+            path = Path(root) / name
+            rel = path.relative_to(model_dir)
+            if path.is_symlink():
+                raise RegistryError(f"{path}: symlinks are not accepted in a registered model")
+            if not path.is_file():
+                raise RegistryError(f"{path}: not a regular file")
+            if path.suffix.lower() in PICKLE_SUFFIXES:
+                raise RegistryError(
+                    f"{path}: '{path.suffix}' files are pickle-based and never loaded; save weights as safetensors"
+                )
+            with open(path, "rb") as f:
+                prefix = f.read(_SNIFF_BYTES)
+            if path.suffix.lower() == ".safetensors":
+                check_safetensors(path)  # its binary header may start with any byte: validate the format instead
+            elif looks_like_pickle(prefix):
+                raise RegistryError(f"{path}: the content is a pickle; pickles are never loaded - use safetensors/JSON")
+            if path.suffix.lower() == ".json":
+                try:
+                    json.loads(path.read_text(encoding="utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                    raise RegistryError(f"{path}: invalid JSON ({err})") from None
+            files.append(rel)
+    if not (model_dir / "modelyard.json").is_file():
+        raise RegistryError(f"{model_dir}: no modelyard.json; not a modelyard model directory")
+    meta = json.loads((model_dir / "modelyard.json").read_text(encoding="utf-8"))
+    if meta.get("model_type") != "prompt" and not any(p.suffix == ".safetensors" for p in files):
+        raise RegistryError(f"{model_dir}: no *.safetensors weights; only safetensors models can be registered")
+    return sorted(files)

@@ -1,0 +1,279 @@
+"""Image requests for ``POST /v1/predict`` when the served model classifies images.
+
+Two request shapes:
+
+* ``multipart/form-data`` with one or more file parts (any field name; ``file``/``files``/``image``);
+* ``application/json`` ``{"images": ["<base64>", …]}`` (a ``data:image/…;base64,`` prefix is allowed).
+
+The answer has the text endpoint's shape: ``{"predictions": [{"label", "scores"}], "model": {...}}``.
+
+Limits (``serve`` section) and their errors, each ``{"error": {"code", "message", ...}}`` naming the
+image and the limit: body over the cap → 413 ``body_too_large``; more than ``max_images_per_request``
+→ 413 ``too_many_images``; a file over ``max_image_bytes`` → 413 ``image_too_large``; more than
+``max_image_pixels`` → 413 ``image_too_many_pixels`` (checked from the header, before decoding, so a
+decompression bomb is never expanded); not an image (or a format outside PNG/JPEG/GIF/BMP/WebP/TIFF)
+→ 415 ``unsupported_image``; no images, bad base64 or a text request to an image model → 422.
+
+It is pure ASGI middleware placed before the JSON body guard (which only admits JSON): it answers
+``POST /v1/predict`` itself once an image model is loaded and passes everything else through, so the
+text endpoint and its schema stay untouched. Predictions go through the same micro-batcher (and so
+the same model lock, queue limit and batching metrics) as texts: the batcher carries decoded arrays.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelyard.config import ServeConfig
+from modelyard.serving.batcher import BatcherClosedError, BatchFailedError, QueueFullError
+from modelyard.serving.http_errors import ApiError, error_response
+
+IMAGE_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "MPO"})
+_RETRY_AFTER = {"Retry-After": "1"}
+
+
+def is_image_model(classifier: Any) -> bool:
+    """Whether a loaded classifier takes images."""
+    return getattr(classifier, "task", None) == "image-classification"
+
+
+def body_limit(cfg: ServeConfig) -> int:
+    """Largest image request body: every image at its limit, base64-inflated, plus form overhead."""
+    return max(cfg.max_body_bytes, cfg.max_images_per_request * (cfg.max_image_bytes * 4 // 3 + 1024) + 65536)
+
+
+def _decode_base64(item: Any, index: int) -> bytes:
+    if not isinstance(item, str):
+        raise ApiError(422, "invalid_request", f"images[{index}] must be a base64 string", index=index)
+    if item.startswith("data:"):
+        item = item.partition(",")[2]
+    try:
+        return base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_base64", f"images[{index}] is not valid base64", index=index) from None
+
+
+def open_image(data: bytes, where: str, cfg: ServeConfig, index: int) -> Any:
+    """Check one encoded image against the limits and decode it with Pillow.
+
+    Raises:
+        ApiError: 413 (too large: bytes or pixels) or 415 (not a supported image).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > cfg.max_image_bytes:
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"{where} has {len(data)} bytes; the limit is {cfg.max_image_bytes} (max_image_bytes)",
+            limit=cfg.max_image_bytes,
+            index=index,
+        )
+    if not data:
+        raise ApiError(422, "invalid_request", f"{where} is empty", index=index)
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ApiError(
+            413, "image_too_many_pixels", f"{where} has too many pixels (max_image_pixels)", index=index
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise ApiError(
+            415,
+            "unsupported_image",
+            f"{where} is not an image (supported: {', '.join(sorted(IMAGE_FORMATS - {'MPO'}))})",
+            index=index,
+        ) from None
+    if img.format not in IMAGE_FORMATS:
+        raise ApiError(
+            415,
+            "unsupported_image",
+            f"{where} is a {img.format} image; supported: {', '.join(sorted(IMAGE_FORMATS - {'MPO'}))}",
+            index=index,
+        )
+    pixels = img.width * img.height
+    if pixels > cfg.max_image_pixels:
+        raise ApiError(
+            413,
+            "image_too_many_pixels",
+            f"{where} is {img.width}×{img.height} = {pixels} pixels; the limit is {cfg.max_image_pixels} "
+            "(max_image_pixels)",
+            limit=cfg.max_image_pixels,
+            index=index,
+        )
+    try:
+        img.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ApiError(415, "unsupported_image", f"{where} is a damaged image ({err})", index=index) from None
+    return img
+
+
+class ImageRequestMiddleware:
+    """Answers ``POST /v1/predict`` with image requests when the loaded model is an image classifier.
+
+    Args:
+        app: The wrapped ASGI app.
+        runtime: The server's ``ModelRuntime`` (readiness, the loaded classifier).
+        batcher: The server's ``MicroBatcher``.
+        cfg: Serving limits.
+        path: The prediction route.
+    """
+
+    def __init__(self, app: ASGIApp, runtime: Any, batcher: Any, cfg: ServeConfig, path: str = "/v1/predict") -> None:
+        self.app, self.runtime, self.batcher, self.cfg, self.path = app, runtime, batcher, cfg, path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        loaded = self.runtime.loaded
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if loaded is None or not is_image_model(loaded.classifier):
+            if media_type == "multipart/form-data":
+                try:
+                    self.runtime.require_ready()
+                    raise ApiError(
+                        415,
+                        "unsupported_media_type",
+                        'this model classifies texts; send application/json {"texts": [...]}',
+                    )
+                except ApiError as err:
+                    await _respond_error(err, scope, receive, send)
+                    return
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await self._read_body(headers, receive)
+            if body is None:
+                return  # the client went away
+            images = await self._parse(media_type, body, scope)
+            response = await self._predict(images, loaded)
+        except ApiError as err:
+            await _respond_error(err, scope, receive, send)
+            return
+        from fastapi.responses import JSONResponse
+
+        await JSONResponse(response)(scope, receive, send)
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
+        limit = body_limit(self.cfg)
+        too_large = ApiError(
+            413,
+            "body_too_large",
+            f"request body exceeds the limit of {limit} bytes for image requests; send fewer or smaller images",
+            limit=limit,
+        )
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _parse(self, media_type: str, body: bytes, scope: Scope) -> list[Any]:
+        cfg = self.cfg
+        items: list[tuple[bytes, str]] = []
+        if media_type == "multipart/form-data":
+            sent = False
+
+            async def replay() -> Message:
+                nonlocal sent
+                if sent:
+                    return {"type": "http.disconnect"}
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            request = Request(scope, replay)
+            try:
+                form = await request.form(max_files=cfg.max_images_per_request + 1, max_fields=100)
+            except Exception as err:  # starlette raises its own MultiPartException / HTTPException
+                raise ApiError(422, "invalid_request", f"cannot parse the multipart body: {err}") from None
+            for _, value in form.multi_items():
+                if hasattr(value, "read"):
+                    items.append((await value.read(), f"file '{value.filename or '?'}'"))
+        elif media_type == "application/json":
+            try:
+                payload = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ApiError(422, "invalid_json", f"request body is not valid JSON: {err}") from None
+            if not isinstance(payload, dict) or "images" not in payload:
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    'this model classifies images; send {"images": ["<base64>", ...]} or a multipart file upload',
+                )
+            raw = payload["images"]
+            if not isinstance(raw, list):
+                raise ApiError(422, "invalid_request", "images must be a list of base64 strings")
+            if len(raw) > cfg.max_images_per_request:
+                raise _too_many(len(raw), cfg)
+            items = [(_decode_base64(item, i), f"images[{i}]") for i, item in enumerate(raw)]
+        else:
+            got = f"'{media_type}'" if media_type else "no Content-Type"
+            raise ApiError(
+                415, "unsupported_media_type", f"expected multipart/form-data or application/json, got {got}"
+            )
+        if not items:
+            raise ApiError(422, "invalid_request", "no images in the request; send at least one")
+        if len(items) > cfg.max_images_per_request:
+            raise _too_many(len(items), cfg)
+        return [open_image(data, where, cfg, i) for i, (data, where) in enumerate(items)]
+
+    async def _predict(self, images: list[Any], loaded: Any) -> dict[str, Any]:
+        clf = loaded.classifier
+        arrays = [clf.to_array(im) for im in images]
+        try:
+            rows = await self.batcher.submit(arrays)
+        except QueueFullError as err:
+            raise ApiError(
+                503, "overloaded", f"the server is overloaded ({err}); retry", headers=_RETRY_AFTER
+            ) from None
+        except BatcherClosedError:
+            raise ApiError(503, "shutting_down", "the server is shutting down; retry", headers=_RETRY_AFTER) from None
+        except BatchFailedError:
+            raise ApiError(
+                500, "prediction_failed", "the model failed on the batch holding this request; see the server log"
+            ) from None
+        labels = loaded.labels
+        probs = np.vstack(rows)
+        return {
+            "predictions": [
+                {"label": labels[int(row.argmax())], "scores": dict(zip(labels, row.tolist(), strict=True))}
+                for row in probs
+            ],
+            "model": loaded.info,
+        }
+
+
+def _too_many(n: int, cfg: ServeConfig) -> ApiError:
+    return ApiError(
+        413,
+        "too_many_images",
+        f"the request has {n} images; the limit is {cfg.max_images_per_request} per request "
+        "(max_images_per_request); split them over several requests",
+        limit=cfg.max_images_per_request,
+    )
+
+
+async def _respond_error(err: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+    extra = getattr(err, "extra", {}) or {}
+    response = error_response(err.status_code, err.code, err.message, headers=getattr(err, "headers", None), **extra)
+    await response(scope, receive, send)

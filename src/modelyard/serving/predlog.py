@@ -1,0 +1,149 @@
+"""The prediction log: a bounded queue drained by one writer thread into the registry database.
+
+The request path only does ``queue.put_nowait``: it never waits for the database. When the queue
+is full the row is dropped and counted (``modelyard_predlog_dropped_total``), never silently. A
+failed database write is retried by the registry, then counted as dropped with the error logged.
+On shutdown :meth:`PredictionLog.close` drains what is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from modelyard.registry.store import Registry
+
+logger = logging.getLogger("modelyard.serving")
+
+_PII = [
+    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "<email>"),
+    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), "<ip>"),
+    (re.compile(r"(?<![\w])\+?\d(?:[\s().-]?\d){8,18}(?![\w])"), "<number>"),  # phones, card/account numbers
+]
+RECENT_IDS = 100_000  # ids remembered in memory so feedback works before the row is written
+
+
+def mask_pii(text: str) -> str:
+    """Replace e-mail addresses, IPv4 addresses and long digit runs (phones, cards) with placeholders.
+
+    Example:
+        >>> mask_pii("mail bob@example.com or call +44 20 7946 0958")
+        'mail <email> or call <number>'
+    """
+    for pattern, repl in _PII:
+        text = pattern.sub(repl, text)
+    return text
+
+
+class PredictionLog:
+    """Bounded asynchronous writer of predictions and feedback.
+
+    Args:
+        registry: Where rows are written.
+        capacity: Rows the queue holds; beyond it rows are dropped and counted.
+        batch_size: Rows per database transaction.
+    """
+
+    def __init__(self, registry: Registry, capacity: int = 10_000, batch_size: int = 256) -> None:
+        self.registry = registry
+        self.batch_size = batch_size
+        self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=capacity)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.dropped = 0
+        self.written = 0
+        self.write_errors = 0
+        self._pending = 0  # queued or being written
+        self._recent: OrderedDict[str, tuple[str | None, str, tuple[str, ...]]] = OrderedDict()
+
+    @property
+    def depth(self) -> int:
+        """Rows waiting to be written."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="modelyard-predlog", daemon=True)
+        self._thread.start()
+
+    def _put(self, kind: str, row: dict[str, Any]) -> bool:
+        try:
+            with self._lock:
+                self._pending += 1
+            self._queue.put_nowait((kind, row))
+            return True
+        except queue.Full:
+            with self._lock:
+                self._pending -= 1
+                self.dropped += 1
+            return False
+
+    def log_prediction(self, row: dict[str, Any], labels: tuple[str, ...]) -> bool:
+        """Queue one prediction row (never blocks). Returns False when it was dropped (queue full)."""
+        with self._lock:
+            self._recent[row["id"]] = (row.get("key_id"), row["app"], labels)
+            if len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
+        return self._put("prediction", row)
+
+    def log_feedback(self, row: dict[str, Any]) -> bool:
+        """Queue one feedback row (never blocks). Returns False when the queue is full."""
+        return self._put("feedback", row)
+
+    def recent(self, prediction_id: str) -> tuple[str | None, str, tuple[str, ...]] | None:
+        """``(key_id, app, labels)`` of a prediction made by this process recently, or ``None``."""
+        with self._lock:
+            return self._recent.get(prediction_id)
+
+    def _run(self) -> None:
+        while not (self._stop.is_set() and self._queue.empty()):
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            items = [first]
+            while len(items) < self.batch_size:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            preds = [row for kind, row in items if kind == "prediction"]
+            feedback = [row for kind, row in items if kind == "feedback"]
+            try:
+                self.registry.log_predictions(preds, feedback)
+                with self._lock:
+                    self.written += len(items)
+            except Exception:
+                logger.exception("prediction log: %d rows could not be written and are dropped", len(items))
+                with self._lock:
+                    self.write_errors += 1
+                    self.dropped += len(items)
+            finally:
+                with self._lock:
+                    self._pending -= len(items)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop accepting work, write everything queued (at most ``timeout`` seconds), stop the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.error("prediction log: %d rows still queued after %.0fs at shutdown", self.depth, timeout)
+        self._thread = None
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is written (tests, CLI). Returns whether it was in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._pending == 0:
+                    return True
+            time.sleep(0.01)
+        return False

@@ -1,0 +1,374 @@
+"""The production server: ``modelyard serve NAME@ALIAS`` on top of :func:`modelyard.serving.create_app`.
+
+What it adds to the plain server:
+
+* the model comes from the registry (``NAME@production``), verified (file hashes, no pickles) and
+  smoke-tested before it serves;
+* API keys with scopes and per-key rate limits (:mod:`modelyard.serving.security`);
+* every prediction logged with a UUIDv4 id by a bounded asynchronous writer (:mod:`.predlog`),
+  ``POST /v1/feedback`` for the correct label (only with the key that made the prediction);
+* a poller that hot-swaps the model when the alias moves; a version that fails to load or
+  verify is recorded in the audit trail and the old one keeps serving;
+* ``GET /admin/v1/versions`` and ``GET /admin/v1/predictions`` (admin scope);
+* Prometheus gauges for the served version, the log queue depth and log drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from prometheus_client import Counter, Gauge
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelyard.config import ServeConfig
+from modelyard.registry.artifacts import validate_model_dir
+from modelyard.registry.models import utcnow
+from modelyard.registry.names import RegistryError, validate_alias, validate_name
+from modelyard.registry.store import Registry, VersionInfo, _tree_sha256
+from modelyard.serving.app import create_app
+from modelyard.serving.http_errors import ApiError
+from modelyard.serving.predlog import PredictionLog, mask_pii
+from modelyard.serving.schemas import ErrorResponse
+from modelyard.serving.security import install_auth
+
+logger = logging.getLogger("modelyard.serving")
+
+DEFAULT_POLL_S = 2.0
+DEFAULT_LOG_CAPACITY = 10_000
+_SMOKE_TEXT = "modelyard smoke test"
+
+
+class RegistryModel:
+    """A loaded classifier plus its registry identity; everything else is delegated to the classifier.
+
+    Args:
+        classifier: The loaded model (``modelyard.inference.Classifier``).
+        version: Its registry version.
+        alias: The alias it was resolved from.
+    """
+
+    def __init__(self, classifier: Any, version: VersionInfo, alias: str) -> None:
+        self._classifier = classifier
+        self.version = version
+        self.alias = alias
+        self.labels = list(classifier.labels)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Delegate to the classifier."""
+        return self._classifier.predict_proba(texts)
+
+    def info(self) -> dict[str, Any]:
+        """The classifier's info plus ``app``, ``version``, ``alias`` and the registered ``run_id``."""
+        return {
+            **self._classifier.info(),
+            "run_id": self.version.run_id,
+            "app": self.version.app,
+            "version": self.version.version,
+            "alias": self.alias,
+            "sha256": self.version.sha256[:12],
+        }
+
+    def __getattr__(self, name: str) -> Any:  # model, tokenizer, encode … for /v1/explain
+        return getattr(self._classifier, name)
+
+
+def load_version(version: VersionInfo, alias: str) -> RegistryModel:
+    """Verify a registered version (hashes, file formats), load it and smoke-test one prediction.
+
+    Args:
+        version: From :meth:`Registry.resolve` / :meth:`Registry.get_version`.
+        alias: The alias being served (for ``info()``).
+
+    Returns:
+        The model, ready to serve.
+
+    Raises:
+        RegistryError: Files changed since registration, or a pickle / malformed file.
+        ModelError: The model does not load.
+        ValueError: The smoke prediction is malformed.
+    """
+    from modelyard.inference import load
+
+    root = version.path
+    validate_model_dir(root / "model")
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() or p.is_symlink())
+    if _tree_sha256(root, files) != version.sha256:
+        raise RegistryError(f"{root}: files changed since registration (sha256 mismatch); re-register the run")
+    classifier = load(root)
+    probs = np.asarray(classifier.predict_proba([_SMOKE_TEXT]), dtype=np.float64)
+    if probs.shape != (1, len(classifier.labels)) or not np.isfinite(probs).all():
+        raise ValueError(f"{root}: smoke prediction returned shape {probs.shape} or non-finite values")
+    return RegistryModel(classifier, version, alias)
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """``NAME@ALIAS`` → ``(name, alias)`` (both validated).
+
+    Raises:
+        RegistryError: Not of that form.
+    """
+    name, sep, alias = target.partition("@")
+    if not sep:
+        raise RegistryError(f"{target!r} is not NAME@ALIAS (e.g. sentiment@production)")
+    return validate_name(name), validate_alias(alias)
+
+
+class FeedbackRequest(BaseModel):
+    """Body of ``POST /v1/feedback``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"prediction_id": "2f0c6a1e-8d5b-4c1e-9a57-0d1f2b3c4d5e", "label": "pos"}]},
+    )
+    prediction_id: str = Field(..., description="The `id` of a prediction made with the same API key.")
+    label: str = Field(..., min_length=1, max_length=256, description="The correct label (one of the model's).")
+
+
+class FeedbackResponse(BaseModel):
+    """Body of an accepted ``POST /v1/feedback``."""
+
+    status: str = Field(..., description="`accepted`: queued for the log writer.")
+    prediction_id: str
+    label: str
+
+
+def create_production_app(
+    registry: Registry,
+    app_name: str,
+    alias: str,
+    cfg: ServeConfig,
+    *,
+    auth: bool = True,
+    poll_s: float = DEFAULT_POLL_S,
+    log_capacity: int = DEFAULT_LOG_CAPACITY,
+) -> FastAPI:
+    """Build the production app serving ``app_name@alias`` from ``registry``.
+
+    Args:
+        registry: The registry (versions, keys, prediction log).
+        app_name: The app.
+        alias: ``production`` or ``staging``.
+        cfg: Serving limits and batching.
+        auth: Require API keys (on unless a test turns it off).
+        poll_s: Seconds between alias checks for hot swap (0 disables it).
+        log_capacity: Prediction-log queue size; beyond it rows are dropped and counted.
+
+    Returns:
+        The app; ``app.state`` additionally holds ``registry`` and ``predlog``.
+    """
+    validate_name(app_name)
+    validate_alias(alias)
+    app = create_app(lambda: load_version(registry.resolve(app_name, alias), alias), cfg)
+    runtime = app.state.runtime
+    if auth:
+        install_auth(app, registry.verify_key)
+    predlog = PredictionLog(registry, capacity=log_capacity)
+    app.state.registry = registry
+    app.state.predlog = predlog
+
+    reg = app.state.metrics.registry
+    version_gauge = Gauge("modelyard_model_version", "Registry version being served (0 until loaded).", registry=reg)
+    version_gauge.set_function(lambda: float((runtime.loaded.info.get("version") if runtime.loaded else 0) or 0))
+    Gauge("modelyard_predlog_queue_depth", "Prediction-log rows waiting to be written.", registry=reg).set_function(
+        lambda: predlog.depth
+    )
+    Gauge(
+        "modelyard_predlog_dropped", "Prediction-log rows dropped (queue full or write failed).", registry=reg
+    ).set_function(lambda: predlog.dropped)
+    Gauge("modelyard_predlog_written", "Prediction-log rows written.", registry=reg).set_function(
+        lambda: predlog.written
+    )
+    swaps = Counter("modelyard_model_swaps", "Hot swaps by result (ok/failed).", ["result"], registry=reg)
+
+    def log_predictions(
+        http_request: Request, texts: list[str], probs: np.ndarray, loaded: Any, seconds: float
+    ) -> list[str]:
+        key = getattr(http_request.state, "api_key", None)
+        key_id = key.key_id if key is not None else None
+        version = loaded.info.get("version")
+        labels = loaded.labels
+        now = utcnow()
+        ids = []
+        for text, row in zip(texts, probs, strict=True):
+            pid = str(uuid.uuid4())
+            predlog.log_prediction(
+                {
+                    "id": pid,
+                    "at": now,
+                    "app": app_name,
+                    "version": version,
+                    "key_id": key_id,
+                    "text": mask_pii(text) if cfg.mask_pii else text,
+                    "label": labels[int(row.argmax())],
+                    "scores": dict(zip(labels, (float(p) for p in row), strict=True)),
+                    "latency_ms": seconds * 1000.0,
+                },
+                labels,
+            )
+            ids.append(pid)
+        return ids
+
+    app.state.prediction_hook = log_predictions
+
+    @app.post(
+        "/v1/feedback",
+        tags=["feedback"],
+        summary="The correct label for a prediction made with this API key",
+        status_code=202,
+        response_model=FeedbackResponse,
+        responses={
+            404: {"model": ErrorResponse, "description": "No such prediction for this key (`prediction_not_found`)."},
+            422: {"model": ErrorResponse, "description": "Malformed id or unknown label (`invalid_request`)."},
+            503: {"model": ErrorResponse, "description": "The log queue is full (`overloaded`); honour Retry-After."},
+        },
+    )
+    async def feedback(body: FeedbackRequest, http_request: Request) -> FeedbackResponse:
+        key = getattr(http_request.state, "api_key", None)
+        key_id = key.key_id if key is not None else None
+        try:
+            parsed = uuid.UUID(body.prediction_id)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.version != 4 or str(parsed) != body.prediction_id.lower():
+            raise ApiError(422, "invalid_request", "body.prediction_id: not a UUIDv4 prediction id")
+        pid = str(parsed)
+        owner = predlog.recent(pid)
+        if owner is None:
+            row = await asyncio.to_thread(registry.prediction, pid)
+            owner = None if row is None else (row["key_id"], row["app"], tuple(row["scores"]))
+        # Someone else's prediction is answered exactly like a missing one: ids must not be probeable.
+        if owner is None or owner[0] != key_id or owner[1] != app_name:
+            raise ApiError(404, "prediction_not_found", f"no prediction {pid} made with this API key")
+        if body.label not in owner[2]:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"body.label: {body.label!r} is not a label of the model; use one of {list(owner[2])}",
+            )
+        row = {"at": utcnow(), "prediction_id": pid, "app": app_name, "key_id": key_id, "label": body.label}
+        if not predlog.log_feedback(row):
+            raise ApiError(503, "overloaded", "the log queue is full; retry shortly", headers={"Retry-After": "1"})
+        return FeedbackResponse(status="accepted", prediction_id=pid, label=body.label)
+
+    @app.get("/admin/v1/versions", tags=["admin"], summary="Registered versions of the served app and their aliases")
+    async def admin_versions() -> list[dict[str, Any]]:
+        return [v.to_dict() for v in await asyncio.to_thread(registry.list_versions, app_name)]
+
+    @app.get("/admin/v1/predictions", tags=["admin"], summary="The most recent logged predictions")
+    async def admin_predictions(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        rows = await asyncio.to_thread(registry.predictions, app_name)
+        return [{**r, "at": r["at"].isoformat()} for r in rows[-limit:]]
+
+    async def poll_alias() -> None:
+        failed: set[int] = set()
+        while True:
+            await asyncio.sleep(poll_s)
+            if runtime.status in ("loading", "shutting_down"):
+                continue
+            try:
+                wanted = await asyncio.to_thread(registry.alias_version, app_name, alias)
+            except Exception:
+                logger.exception("hot swap: cannot read %s@%s from the registry", app_name, alias)
+                continue
+            loaded = runtime.loaded
+            current = loaded.info.get("version") if loaded is not None else None
+            if wanted is None or wanted == current or wanted in failed:
+                continue
+            try:
+                version = await asyncio.to_thread(registry.get_version, app_name, wanted)
+                model = await asyncio.to_thread(load_version, version, alias)
+                runtime.swap(model)
+            except Exception as err:
+                failed.add(wanted)
+                swaps.labels(result="failed").inc()
+                logger.error("hot swap to %s version %s failed; still serving %s: %s", app_name, wanted, current, err)
+                detail = {"alias": alias, "serving": current, "error": str(err)[:500]}
+                await asyncio.to_thread(
+                    registry.record, app_name, "swap_failed", wanted, detail, f"server:{os.getpid()}"
+                )
+                continue
+            swaps.labels(result="ok").inc()
+            logger.info("hot swap: %s@%s now serves version %s (was %s)", app_name, alias, wanted, current)
+            detail = {"alias": alias, "from": current, "to": wanted}
+            await asyncio.to_thread(registry.record, app_name, "swap", wanted, detail, f"server:{os.getpid()}")
+
+    inner_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
+        predlog.start()
+        poller = asyncio.create_task(poll_alias()) if poll_s > 0 else None
+        try:
+            async with inner_lifespan(app_):
+                yield
+                if poller is not None:
+                    poller.cancel()
+        finally:
+            if poller is not None:
+                poller.cancel()
+            # After the batcher drained (inner lifespan exit): every answered prediction is queued.
+            await asyncio.to_thread(predlog.close)
+            logger.info("prediction log closed: %d written, %d dropped", predlog.written, predlog.dropped)
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+def serve_config_of(version: VersionInfo) -> ServeConfig:
+    """The ``serve`` section of the version's recipe (defaults when it has none or it does not load)."""
+    import yaml
+
+    path = version.path / "recipe.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return ServeConfig.model_validate(raw.get("serve") or {})
+    except (OSError, ValueError, yaml.YAMLError):
+        return ServeConfig()
+
+
+def run_app(app: FastAPI, cfg: ServeConfig, host: str | None, port: int | None) -> None:
+    """Run an app with uvicorn like :func:`modelyard.serving.serve` (loopback unless ``host`` is given)."""
+    import uvicorn
+
+    from modelyard.serving.app import DEFAULT_HOST, GRACEFUL_SHUTDOWN_S
+
+    uvicorn.run(
+        app,
+        host=host or cfg.host or DEFAULT_HOST,
+        port=cfg.port if port is None else port,
+        lifespan="on",
+        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
+        server_header=False,
+        log_level="info",
+    )
+
+
+def serve_registry(
+    target: str,
+    *,
+    store: Path | None = None,
+    db: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    poll_s: float = DEFAULT_POLL_S,
+) -> None:
+    """``modelyard serve NAME@ALIAS``: resolve, verify and serve with auth, logging and hot swap.
+
+    Raises:
+        RegistryError: Bad target, unknown app or unset alias (before the server starts).
+    """
+    from modelyard.registry import open_registry
+
+    name, alias = parse_target(target)
+    registry = open_registry(store, db)
+    cfg = serve_config_of(registry.resolve(name, alias))
+    run_app(create_production_app(registry, name, alias, cfg, poll_s=poll_s), cfg, host, port)

@@ -1,0 +1,267 @@
+"""The classical baseline ``tfidf-logreg``: TF-IDF n-grams + logistic regression trained by SGD (scikit-learn).
+
+Not a torch model, so it has its own short fit path (dispatched from :func:`modelyard.training.finetune.train`)
+that writes the same run directory as a fine-tune: ``model/``, ``metrics.json`` (same metric set),
+``predictions.parquet``, ``history.json``, ``report.html`` and ``manifest.json``.
+
+The model is saved without pickle: ``vectorizer.json`` (the analyzer settings) and ``weights.npz``
+(vocabulary, idf, coefficients; loaded with ``allow_pickle=False``). Loading rebuilds the features with
+scikit-learn's ``CountVectorizer`` on the fixed vocabulary, then applies the stored idf and L2 norm — the
+same numbers ``TfidfVectorizer`` produced at training time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from modelyard._internal.io import read_json, write_json
+from modelyard._internal.rundir import git_commit, hardware, package_versions
+from modelyard.config import Recipe, TfidfConfig
+from modelyard.errors import ModelError
+
+VECTORIZER_FILE = "vectorizer.json"
+WEIGHTS_FILE = "weights.npz"
+
+
+def _analyzer_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "analyzer": spec["analyzer"],
+        "ngram_range": tuple(spec["ngram_range"]),
+        "lowercase": spec["lowercase"],
+        "dtype": np.float64,
+    }
+    if spec["analyzer"] == "word":
+        # Whitespace tokens: keeps one-character Chinese words (jieba output) and punctuation.
+        kwargs["token_pattern"] = r"(?u)\S+"
+    return kwargs
+
+
+def _vectorizer_spec(cfg: TfidfConfig) -> dict[str, Any]:
+    return {
+        "analyzer": "char_wb" if cfg.analyzer == "char" else "word",
+        "ngram_range": [cfg.ngram_min, cfg.ngram_max],
+        "lowercase": True,
+        "sublinear_tf": cfg.sublinear_tf,
+        "norm": "l2",
+    }
+
+
+def _proba(decision: np.ndarray) -> np.ndarray:
+    """scikit-learn's probabilities of a log-loss linear model: sigmoid (binary) or normalised one-vs-rest."""
+    from scipy.special import expit
+
+    if decision.ndim == 1 or decision.shape[1] == 1:
+        p = expit(decision.reshape(-1))
+        return np.column_stack([1.0 - p, p])
+    p = expit(decision)
+    sums = p.sum(axis=1, keepdims=True)
+    uniform = np.full_like(p, 1.0 / p.shape[1])
+    return np.where(sums > 0, p / np.where(sums > 0, sums, 1.0), uniform)
+
+
+class TfidfClassifier:
+    """A saved ``tfidf-logreg`` model with the same ``predict``/``predict_proba`` as the neural classifiers."""
+
+    def __init__(self, model_dir: Path, **_: Any) -> None:
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        from modelyard.config import CleaningConfig
+        from modelyard.data.cleaning import clean_text
+
+        self.model_dir = Path(model_dir)
+        try:
+            self.meta: dict[str, Any] = read_json(self.model_dir / "modelyard.json")
+            self.spec: dict[str, Any] = read_json(self.model_dir / VECTORIZER_FILE)
+            with np.load(self.model_dir / WEIGHTS_FILE, allow_pickle=False) as w:
+                terms, self.idf, self.coef, self.intercept = w["terms"], w["idf"], w["coef"], w["intercept"]
+        except (OSError, KeyError, ValueError) as err:
+            raise ModelError(f"cannot load the tfidf-logreg model in {self.model_dir}: {err}") from None
+        self.labels: list[str] = list(self.meta["labels"])
+        self.max_length = int(self.meta.get("max_length", 0))
+        self.device = "cpu"
+        self._cleaning = CleaningConfig.model_validate(self.meta.get("cleaning", {}))
+        self._clean = clean_text
+        vocabulary = {str(t): i for i, t in enumerate(terms.tolist())}
+        self.vectorizer = CountVectorizer(vocabulary=vocabulary, **_analyzer_kwargs(self.spec))
+
+    def features(self, texts: list[str]) -> Any:
+        """TF-IDF rows (sparse, L2-normalised) of already-cleaned texts."""
+        from sklearn.preprocessing import normalize
+
+        x = self.vectorizer.transform(texts).astype(np.float64)
+        if self.spec["sublinear_tf"]:
+            x.data = np.log(x.data) + 1.0
+        x = x.multiply(self.idf).tocsr()
+        return normalize(x, norm="l2", copy=False)
+
+    def info(self) -> dict[str, Any]:
+        """JSON-able description of the model (served in responses)."""
+        run_dir = self.model_dir.parent
+        return {
+            "name": self.meta.get("name"),
+            "run_id": run_dir.name if (run_dir / "manifest.json").is_file() else None,
+            "backbone": "tfidf-logreg",
+            "labels": self.labels,
+            "max_length": self.max_length,
+        }
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Class probabilities, shape ``(len(texts), len(labels))``."""
+        if isinstance(texts, str):
+            raise TypeError("predict_proba expects a list of texts, not a single string")
+        if not texts:
+            return np.zeros((0, len(self.labels)))
+        clean = [self._clean(str(t), self._cleaning) for t in texts]
+        x = self.features(clean)
+        decision = np.asarray(x @ self.coef.T) + self.intercept
+        return _proba(decision)
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Predicted label and per-class scores for each text."""
+        from modelyard.inference import label_predictions
+
+        return label_predictions(self.labels, self.predict_proba(texts))
+
+
+def fit_tfidf(texts: list[str], y: np.ndarray, cfg: TfidfConfig, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the vectorizer and the SGD logistic regression; return ``(vectorizer spec, arrays to save)``."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import SGDClassifier
+
+    spec = _vectorizer_spec(cfg)
+    vec = TfidfVectorizer(
+        **_analyzer_kwargs(spec),
+        min_df=cfg.min_df,
+        max_features=cfg.max_features,
+        sublinear_tf=cfg.sublinear_tf,
+        norm="l2",
+    )
+    try:
+        x = vec.fit_transform(texts)
+    except ValueError as err:  # e.g. min_df leaves no n-gram
+        raise ModelError(f"model.tfidf: no features could be built ({err}); lower model.tfidf.min_df") from None
+    clf = SGDClassifier(loss="log_loss", alpha=cfg.alpha, max_iter=cfg.max_iter, tol=1e-4, random_state=seed)
+    clf.fit(x, y)
+    terms = np.empty(len(vec.vocabulary_), dtype=object)
+    for term, i in vec.vocabulary_.items():
+        terms[i] = term
+    arrays = {
+        "terms": terms.astype(str),  # fixed-width unicode: loads with allow_pickle=False
+        "idf": vec.idf_.astype(np.float64),
+        "coef": clf.coef_.astype(np.float64),
+        "intercept": clf.intercept_.astype(np.float64),
+    }
+    return spec, arrays
+
+
+def save_tfidf_model(path: Path, recipe: Recipe, labels: list[str], spec: dict[str, Any], arrays: dict) -> None:
+    """Write ``modelyard.json``, ``vectorizer.json`` and ``weights.npz`` (no pickle) into ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    np.savez(path / WEIGHTS_FILE, **arrays)
+    write_json(path / VECTORIZER_FILE, spec)
+    write_json(
+        path / "modelyard.json",
+        {
+            "format": 1,
+            "task": recipe.task,
+            "name": recipe.name,
+            "labels": labels,
+            "max_length": recipe.model.max_length,
+            "backbone": "tfidf-logreg",
+            "model_type": "tfidf-logreg",
+            "text_column": recipe.data.text_column,
+            "cleaning": recipe.data.clean.model_dump(mode="json"),
+            "tfidf": recipe.model.tfidf.model_dump(mode="json"),
+        },
+    )
+
+
+def fit_tfidf_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> dict:
+    """Fit, save ``model/``, evaluate valid and test, and write metrics, predictions, report and manifest."""
+    import pandas as pd
+
+    from modelyard.evaluation.metrics import compute_metrics
+    from modelyard.evaluation.report import write_report
+    from modelyard.training.finetune import prediction_frame
+
+    labels = list(data.labels)
+    index = {label: i for i, label in enumerate(labels)}
+    cfg = recipe.model.tfidf
+    train_texts = data.train["text"].tolist()
+    y_train = np.array([index[x] for x in data.train["label"]], dtype=np.int64)
+    s0 = time.perf_counter()
+    spec, arrays = fit_tfidf(train_texts, y_train, cfg, recipe.train.seed)
+    train_seconds = time.perf_counter() - s0
+    save_tfidf_model(run_dir / "model", recipe, labels, spec, arrays)
+    clf = TfidfClassifier(run_dir / "model")
+    n_params = int(arrays["coef"].size + arrays["intercept"].size)
+    console.print(
+        f"[bold]model[/] tfidf-logreg ({spec['analyzer']} {cfg.ngram_min}-{cfg.ngram_max}-grams, "
+        f"{len(arrays['terms'])} features, {n_params:,} weights) · fitted on {len(train_texts)} texts "
+        f"in {train_seconds:.1f}s"
+    )
+    metrics: dict[str, Any] = {}
+    frames = []
+    for split in ("valid", "test"):
+        frame = getattr(data, split)
+        texts = frame["text"].tolist()
+        y = np.array([index[x] for x in frame["label"]], dtype=np.int64)
+        probs = clf.predict_proba(texts)
+        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)))) if len(y) else None
+        metrics[split] = compute_metrics(y, probs, labels, loss=loss)
+        frames.append(prediction_frame(split, texts, y, probs, labels))
+    write_json(run_dir / "metrics.json", metrics)
+    predictions = pd.concat(frames, ignore_index=True)
+    predictions.to_parquet(run_dir / "predictions.parquet", index=False)
+    write_json(run_dir / "history.json", [])
+    info = {
+        "run": run_id,
+        "recipe name": recipe.name,
+        "model": f"tfidf-logreg · {spec['analyzer']} {cfg.ngram_min}-{cfg.ngram_max}-grams",
+        "features": len(arrays["terms"]),
+        "parameters": f"{n_params:,}",
+        "train time (s)": round(train_seconds, 2),
+        "data": recipe.data.path,
+        "train / valid / test": " / ".join(str(len(getattr(data, s))) for s in ("train", "valid", "test")),
+    }
+    write_report(
+        run_dir / "report.html",
+        title=f"{recipe.name} · {run_id}",
+        metrics=metrics,
+        labels=labels,
+        history=[],
+        steps=[],
+        predictions=predictions,
+        info=info,
+    )
+    manifest = {
+        "run_id": run_id,
+        "name": recipe.name,
+        "task": recipe.task,
+        "seed": {"train": recipe.train.seed, "data": recipe.data.seed},
+        "command": sys.argv,
+        "started_at": t0,
+        "finished_at": time.time(),
+        "wall_time_s": round(time.time() - t0, 2),
+        "train_time_s": round(train_seconds, 2),
+        "resumed_from": None,
+        "versions": package_versions(),
+        "git_commit": git_commit(recipe.base_dir),
+        "hardware": hardware("cpu"),
+        "precision": "fp64",
+        "data_fingerprints": data.fingerprints,
+        "data_sizes": {s: len(getattr(data, s)) for s in ("train", "valid", "test")},
+        "model": {"type": "tfidf-logreg", "backbone": "tfidf-logreg", "parameters": n_params},
+        "epochs_completed": 0,
+        "best_epoch": None,
+        "stopped_early": False,
+        "total_steps": 0,
+    }
+    write_json(run_dir / "manifest.json", manifest)
+    return metrics

@@ -1,0 +1,58 @@
+"""Helpers for the production-server tests: a registry holding the tiny run, and an in-process client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from modelyard.config import ServeConfig
+from modelyard.registry import Registry, open_registry
+from modelyard.serving.production import create_production_app
+
+T = TypeVar("T")
+
+
+def make_registry(tmp: Path, run: Path, versions: int = 1, db: str | None = None) -> Registry:
+    """A registry with ``versions`` copies of ``run`` registered as app ``demo``; version 1 in production."""
+    reg = open_registry(tmp / "store", db)
+    for _ in range(versions):
+        reg.register(run, "demo")
+    reg.promote("demo", 1)
+    return reg
+
+
+def production_app(reg: Registry, **kw: Any) -> Any:
+    """The production app for ``demo@production`` with small batching delays."""
+    cfg = ServeConfig(**{"max_wait_ms": 2.0, **kw.pop("cfg", {})})
+    return create_production_app(reg, "demo", "production", cfg, **{"poll_s": 0, **kw})
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan; yield an in-process client (after the model loaded, if ``ready``)."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            if ready:
+                for _ in range(600):
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError((await client.get("/readyz")).text)
+            yield client
+
+
+def run(coro: Awaitable[T], timeout: float = 60.0) -> T:
+    """Run a coroutine with a hard timeout."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
+
+
+def bearer(key: str) -> dict[str, str]:
+    """Authorization header for ``key``."""
+    return {"Authorization": f"Bearer {key}"}
