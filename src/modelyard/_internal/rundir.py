@@ -107,3 +107,55 @@ def hardware(device: Any) -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def run_manifest(
+    recipe: Any,
+    run_id: str,
+    t0: float,
+    *,
+    seed: dict[str, Any],
+    train_seconds: float,
+    device: Any,
+    precision: str,
+    data_fingerprints: dict[str, str],
+    data_sizes: dict[str, int],
+    model: dict[str, Any],
+    resumed_from: str | None = None,
+    epochs_completed: int = 0,
+    best_epoch: int | None = None,
+    stopped_early: bool = False,
+    total_steps: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``manifest.json`` of a finished run: what ran, on what data and code, where, and how long.
+
+    One schema for every kind of run (fine-tune, prompt, classical); ``extra`` adds run-kind fields.
+    """
+    import time
+
+    now = time.time()
+    return {
+        "run_id": run_id,
+        "name": recipe.name,
+        "task": recipe.task,
+        "seed": seed,
+        "command": sys.argv,
+        "started_at": t0,
+        "finished_at": now,
+        "wall_time_s": round(now - t0, 2),
+        "train_time_s": round(train_seconds, 2),
+        **extra,
+        "resumed_from": resumed_from,
+        "versions": package_versions(),
+        "git_commit": git_commit(recipe.base_dir),
+        "hardware": hardware(device),
+        "precision": precision,
+        "data_fingerprints": data_fingerprints,
+        "data_sizes": data_sizes,
+        "model": model,
+        "epochs_completed": epochs_completed,
+        "best_epoch": best_epoch,
+        "stopped_early": stopped_early,
+        "total_steps": total_steps,
+    }

@@ -12,7 +12,6 @@ same numbers ``TfidfVectorizer`` produced at training time.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 from rich.console import Console
 
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.rundir import git_commit, hardware, package_versions
+from modelyard._internal.rundir import run_manifest
 from modelyard.config import Recipe, TfidfConfig
 from modelyard.errors import ModelError
 
@@ -240,28 +239,17 @@ def fit_tfidf_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console
         predictions=predictions,
         info=info,
     )
-    manifest = {
-        "run_id": run_id,
-        "name": recipe.name,
-        "task": recipe.task,
-        "seed": {"train": recipe.train.seed, "data": recipe.data.seed},
-        "command": sys.argv,
-        "started_at": t0,
-        "finished_at": time.time(),
-        "wall_time_s": round(time.time() - t0, 2),
-        "train_time_s": round(train_seconds, 2),
-        "resumed_from": None,
-        "versions": package_versions(),
-        "git_commit": git_commit(recipe.base_dir),
-        "hardware": hardware("cpu"),
-        "precision": "fp64",
-        "data_fingerprints": data.fingerprints,
-        "data_sizes": {s: len(getattr(data, s)) for s in ("train", "valid", "test")},
-        "model": {"type": "tfidf-logreg", "backbone": "tfidf-logreg", "parameters": n_params},
-        "epochs_completed": 0,
-        "best_epoch": None,
-        "stopped_early": False,
-        "total_steps": 0,
-    }
+    manifest = run_manifest(
+        recipe,
+        run_id,
+        t0,
+        seed={"train": recipe.train.seed, "data": recipe.data.seed},
+        train_seconds=train_seconds,
+        device="cpu",
+        precision="fp64",
+        data_fingerprints=data.fingerprints,
+        data_sizes={s: len(getattr(data, s)) for s in ("train", "valid", "test")},
+        model={"type": "tfidf-logreg", "backbone": "tfidf-logreg", "parameters": n_params},
+    )
     write_json(run_dir / "manifest.json", manifest)
     return metrics

@@ -13,7 +13,6 @@ import contextlib
 import json
 import math
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,9 +37,7 @@ from modelyard._internal.rundir import (
     INCOMPLETE,
     discard_run,
     finish_run,
-    git_commit,
-    hardware,
-    package_versions,
+    run_manifest,
     start_run,
 )
 from modelyard._internal.runtime import pick_device, pick_dtype, rng_state, seed_everything, set_rng_state
@@ -788,29 +785,23 @@ def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resum
 
     run_dir, recipe = ft.run_dir, ft.recipe
     steps = [r for r in read_jsonl(run_dir / "progress.jsonl") if "event" not in r]
-    manifest = {
-        "run_id": run_id,
-        "name": recipe.name,
-        "task": recipe.task,
-        "seed": {"train": recipe.train.seed, "data": recipe.data.seed},
-        "command": sys.argv,
-        "started_at": t0,
-        "finished_at": time.time(),
-        "wall_time_s": round(time.time() - t0, 2),
-        "train_time_s": round(ft.state.train_seconds, 2),
-        "resumed_from": resumed_from,
-        "versions": package_versions(),
-        "git_commit": git_commit(recipe.base_dir),
-        "hardware": hardware(ft.device),
-        "precision": str(ft.dtype or "fp32"),
-        "data_fingerprints": ft.data.fingerprints,
-        "data_sizes": {k: len(v.labels) for k, v in ft.splits.items()},
-        "model": {"type": recipe.model.type, "backbone": recipe.model.backbone, "parameters": ft.n_params},
-        "epochs_completed": ft.state.epoch,
-        "best_epoch": ft.state.best_epoch,
-        "stopped_early": ft.state.stopped_early,
-        "total_steps": ft.state.global_step,
-    }
+    manifest = run_manifest(
+        recipe,
+        run_id,
+        t0,
+        seed={"train": recipe.train.seed, "data": recipe.data.seed},
+        train_seconds=ft.state.train_seconds,
+        device=ft.device,
+        precision=str(ft.dtype or "fp32"),
+        data_fingerprints=ft.data.fingerprints,
+        data_sizes={k: len(v.labels) for k, v in ft.splits.items()},
+        model={"type": recipe.model.type, "backbone": recipe.model.backbone, "parameters": ft.n_params},
+        resumed_from=resumed_from,
+        epochs_completed=ft.state.epoch,
+        best_epoch=ft.state.best_epoch,
+        stopped_early=ft.state.stopped_early,
+        total_steps=ft.state.global_step,
+    )
     info = {
         "run": run_id,
         "recipe name": recipe.name,

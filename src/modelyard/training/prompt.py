@@ -8,7 +8,6 @@ examples drawn from the training split. The run directory has the same files as 
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.rundir import git_commit, hardware, package_versions
+from modelyard._internal.rundir import run_manifest
 from modelyard.config import Recipe
 from modelyard.errors import ConfigError
 
@@ -174,35 +173,24 @@ def fit_prompt_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, consol
         predictions=predictions,
         info=info,
     )
-    manifest = {
-        "run_id": run_id,
-        "name": recipe.name,
-        "task": recipe.task,
-        "seed": {"shots": p.shot_seed, "data": recipe.data.seed},
-        "command": sys.argv,
-        "started_at": t0,
-        "finished_at": time.time(),
-        "wall_time_s": round(time.time() - t0, 2),
-        "train_time_s": 0.0,
-        "scoring_seconds": {k: round(v, 2) for k, v in seconds.items()},
-        "scoring_ms_per_example": round(per_example_ms, 2),
-        "resumed_from": None,
-        "versions": package_versions(),
-        "git_commit": git_commit(recipe.base_dir),
-        "hardware": hardware(clf.device if hasattr(clf, "device") else "cpu"),
-        "precision": "fp32",
-        "data_fingerprints": data.fingerprints,
-        "data_sizes": {s: len(getattr(data, s)) for s in ("train", "valid", "test")},
-        "model": {
+    manifest = run_manifest(
+        recipe,
+        run_id,
+        t0,
+        seed={"shots": p.shot_seed, "data": recipe.data.seed},
+        train_seconds=0.0,
+        device=clf.device if hasattr(clf, "device") else "cpu",
+        precision="fp32",
+        data_fingerprints=data.fingerprints,
+        data_sizes={s: len(getattr(data, s)) for s in ("train", "valid", "test")},
+        model={
             "type": "prompt",
             "backbone": recipe.model.backbone,
             "meta": read_json(run_dir / "model" / "modelyard.json"),
         },
-        "epochs_completed": 0,
-        "best_epoch": None,
-        "stopped_early": False,
-        "total_steps": 0,
-    }
+        scoring_seconds={k: round(v, 2) for k, v in seconds.items()},
+        scoring_ms_per_example=round(per_example_ms, 2),
+    )
     write_json(run_dir / "manifest.json", manifest)
     return metrics
 
