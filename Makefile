@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev install-data quickstart test test-slow test-all test-llamacpp lint format clean
+.PHONY: install install-dev install-data quickstart test test-slow test-all test-llamacpp llamacpp-venv lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,10 +60,17 @@ test-all: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The prompt models' OpenAI-compatible backend against a real llama.cpp server on the bundled GGUF.
-# llama-cpp-python is a source package: pip compiles llama.cpp (about 10 minutes on 2 CPUs).
-test-llamacpp: install-dev
-	$(BIN)/pip install -q "llama-cpp-python[server]>=0.3"
-	$(BIN)/pytest tests/test_openai_backend.py $(PYTEST_ARGS)
+# llama-cpp-python is a source package: pip compiles llama.cpp (about 10 CPU-minutes). It gets its own
+# venv so that its server's dependencies never change the project's.
+.venv-llama/.installed:
+	$(PYTHON) -m venv .venv-llama
+	.venv-llama/bin/pip install -q "llama-cpp-python[server]>=0.3"
+	touch $@
+
+llamacpp-venv: .venv-llama/.installed
+
+test-llamacpp: install-dev llamacpp-venv
+	MODELYARD_LLAMA_SERVER_PYTHON=$(CURDIR)/.venv-llama/bin/python $(BIN)/pytest tests/test_openai_backend.py $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks

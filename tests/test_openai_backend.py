@@ -3,8 +3,10 @@ and a real llama.cpp server on the bundled SmolLM2 GGUF when llama-cpp-python is
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -153,7 +155,7 @@ def _remote_model(tmp_path: Path, url: str, **kw: Any) -> Path:
         tmp_path / "model",
         labels=LABELS,
         backbone="any-remote-name",
-        template="Review: {{ text }}\nSentiment:",
+        template=kw.pop("template", "Review: {{ text }}\nSentiment:"),
         verbalizers=VERBS,
         shots_cfg=None,
         pool=None,
@@ -199,18 +201,20 @@ def test_remote_model_needs_endpoint_settings(tmp_path: Path) -> None:
         )
 
 
-def _llama_cpp_missing() -> str | None:
-    try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError:
-        return (
-            "llama-cpp-python[server] is not installed (PyPI ships it as a 77 MB source package that compiles "
-            "llama.cpp for ~10 min); `make test-llamacpp` installs it and runs this test"
-        )
-    return None
+def _llama_server_python() -> str | None:
+    """A Python with llama-cpp-python[server]: $MODELYARD_LLAMA_SERVER_PYTHON, or this one if it has it."""
+    exe = os.environ.get("MODELYARD_LLAMA_SERVER_PYTHON")
+    if exe:
+        return exe if Path(exe).is_file() else None
+    return sys.executable if importlib.util.find_spec("llama_cpp") is not None else None
 
 
-@pytest.mark.skipif(_llama_cpp_missing() is not None, reason=str(_llama_cpp_missing()))
+@pytest.mark.skipif(
+    _llama_server_python() is None,
+    reason="llama-cpp-python[server] is not installed (PyPI ships it as a 77 MB source package that compiles "
+    "llama.cpp, ~10 CPU-minutes); `make test-llamacpp` installs it and runs this test, or point "
+    "MODELYARD_LLAMA_SERVER_PYTHON at a Python that has it",
+)
 def test_real_llama_cpp_server_on_the_bundled_gguf(tmp_path: Path) -> None:
     """A real OpenAI-compatible server (llama-cpp-python) serving the bundled SmolLM2 GGUF."""
     from modelyard.llm.cache import bundled_gguf
@@ -218,24 +222,48 @@ def test_real_llama_cpp_server_on_the_bundled_gguf(tmp_path: Path) -> None:
     gguf = bundled_gguf("smollm2-135m-instruct")
     with sock() as port:
         pass
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        str(_llama_server_python()),
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     cmd += ["--n_ctx", "512", "--logits_all", "true", "--model_alias", "smollm2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = (tmp_path / "server.log").open(
+        "wb"
+    )  # a file, not a pipe: llama.cpp logs a lot and would block on a full pipe
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else "server exited"
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "the llama.cpp server did not listen within 120 s"
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     break
             except OSError:
                 time.sleep(0.5)
-        clf = load_prompt_model(_remote_model(tmp_path, url, max_length=128, chat=True))
+        # /v1/completions continues right after "Answer:", so the label words are among the first token's top 20
+        # (a chat request's first token is usually a preamble such as "The", and the API cannot prime the answer).
+        template = (
+            "Is the following movie review positive or negative? Answer with one word.\n\nReview: {{ text }}\nAnswer:"
+        )
+        verbs = {"fresh": ["positive"], "rotten": ["negative"]}
+        model_dir = _remote_model(tmp_path, url, max_length=128, chat=False, template=template)
+        meta = json.loads((model_dir / "modelyard.json").read_text())
+        (model_dir / "modelyard.json").write_text(json.dumps({**meta, "verbalizers": verbs}))
+        clf = load_prompt_model(model_dir)
         texts = ["A wonderful, moving film with superb acting.", "A boring, dreadful mess of a movie."]
         probs = clf.predict_proba(texts)
         assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1.0)
-        assert probs[0, 0] > probs[1, 0]  # the positive review is more "fresh" than the negative one
+        assert [clf.labels[i] for i in probs.argmax(axis=1)] == ["fresh", "rotten"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
