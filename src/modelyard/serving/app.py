@@ -31,8 +31,8 @@ from fastapi.responses import JSONResponse, Response
 from modelyard import __version__
 from modelyard.config import ServeConfig
 from modelyard.explain.core import ExplainUnsupportedError
-from modelyard.serving.batcher import BatcherClosedError, BatchFailedError, MicroBatcher, QueueFullError
-from modelyard.serving.http_errors import ApiError, install_error_handlers
+from modelyard.serving.batcher import MicroBatcher
+from modelyard.serving.http_errors import RETRY_AFTER, ApiError, install_error_handlers, submit_batch
 from modelyard.serving.images import ImageRequestMiddleware
 from modelyard.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from modelyard.serving.middleware import JsonBodyGuardMiddleware, MetricsMiddleware
@@ -58,7 +58,7 @@ DEFAULT_HOST = "127.0.0.1"
 # ServeConfig has no field for it yet; see the proposal in the serving hand-over notes.
 GRACEFUL_SHUTDOWN_S = 30.0
 
-_RETRY_AFTER = {"Retry-After": "1"}
+_RETRY_AFTER = RETRY_AFTER
 
 # Explanations waiting for (or in) the explain thread; beyond this /v1/explain answers 503 overloaded.
 # An explanation costs up to n_steps forward+backward passes and holds the model meanwhile.
@@ -417,21 +417,7 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
         for i, text in enumerate(texts):
             check_length(text, f"texts[{i}]", index=i)
         loaded = runtime.require_ready()
-        try:
-            rows = await batcher.submit(texts)
-        except QueueFullError as err:
-            raise ApiError(
-                503, "overloaded", f"the server is overloaded ({err}); retry shortly", headers=_RETRY_AFTER
-            ) from None
-        except BatcherClosedError:
-            raise ApiError(503, "shutting_down", "the server is shutting down; retry", headers=_RETRY_AFTER) from None
-        except BatchFailedError:
-            # Already logged with its traceback by the batcher; the client gets no internals.
-            raise ApiError(
-                500,
-                "prediction_failed",
-                "the model failed on the batch holding this request; the server log has the details",
-            ) from None
+        rows = await submit_batch(batcher, texts)
         labels = loaded.labels
         probs = np.vstack(rows)
         best = probs.argmax(axis=1)

@@ -154,3 +154,28 @@ def install_error_handlers(app: FastAPI) -> None:
     # Starlette routes the `Exception` handler to its outermost ServerErrorMiddleware, so it also
     # catches errors raised inside our own middleware.
     app.add_exception_handler(Exception, _unhandled_handler)
+
+
+RETRY_AFTER = {"Retry-After": "1"}
+"""Headers of the 503s a client should simply retry."""
+
+
+async def submit_batch(batcher: Any, items: list[Any]) -> list[Any]:
+    """Hand ``items`` to the micro-batcher; its refusals become the JSON errors clients see (503/500)."""
+    from modelyard.serving.batcher import BatcherClosedError, BatchFailedError, QueueFullError
+
+    try:
+        return await batcher.submit(items)
+    except QueueFullError as err:
+        raise ApiError(
+            503, "overloaded", f"the server is overloaded ({err}); retry shortly", headers=RETRY_AFTER
+        ) from None
+    except BatcherClosedError:
+        raise ApiError(503, "shutting_down", "the server is shutting down; retry", headers=RETRY_AFTER) from None
+    except BatchFailedError:
+        # Already logged with its traceback by the batcher; the client gets no internals.
+        raise ApiError(
+            500,
+            "prediction_failed",
+            "the model failed on the batch holding this request; the server log has the details",
+        ) from None

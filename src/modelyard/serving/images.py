@@ -33,11 +33,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.config import ServeConfig
-from modelyard.serving.batcher import BatcherClosedError, BatchFailedError, QueueFullError
-from modelyard.serving.http_errors import ApiError, error_response
+from modelyard.serving.http_errors import ApiError, error_response, submit_batch
 
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "MPO"})
-_RETRY_AFTER = {"Retry-After": "1"}
 
 
 def is_image_model(classifier: Any) -> bool:
@@ -240,18 +238,7 @@ class ImageRequestMiddleware:
     async def _predict(self, images: list[Any], loaded: Any) -> dict[str, Any]:
         clf = loaded.classifier
         arrays = [clf.to_array(im) for im in images]
-        try:
-            rows = await self.batcher.submit(arrays)
-        except QueueFullError as err:
-            raise ApiError(
-                503, "overloaded", f"the server is overloaded ({err}); retry", headers=_RETRY_AFTER
-            ) from None
-        except BatcherClosedError:
-            raise ApiError(503, "shutting_down", "the server is shutting down; retry", headers=_RETRY_AFTER) from None
-        except BatchFailedError:
-            raise ApiError(
-                500, "prediction_failed", "the model failed on the batch holding this request; see the server log"
-            ) from None
+        rows = await submit_batch(self.batcher, arrays)
         labels = loaded.labels
         probs = np.vstack(rows)
         return {
