@@ -34,10 +34,8 @@ def evaluate(
     import pandas as pd
 
     from modelyard.config import load_recipe
-    from modelyard.evaluation.metrics import compute_metrics
-    from modelyard.evaluation.report import write_report
     from modelyard.inference import load
-    from modelyard.training.finetune import prediction_frame, print_metrics
+    from modelyard.training.finetune import print_metrics
 
     console = console or Console(stderr=True)
     run = find_run(Path(run_dir))
@@ -80,20 +78,10 @@ def evaluate(
         out_dir.mkdir(parents=True, exist_ok=True)
         history = []
 
-    metrics: dict[str, Any] = {}
-    frames = []
-    for name, frame in splits.items():
-        y = np.array([index[x] for x in frame["label"]], dtype=np.int64)
-        probs = clf.predict_proba(frame["text"].tolist())
-        eps = 1e-12
-        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
-        metrics[name] = compute_metrics(y, probs, clf.labels, loss=loss)
-        frames.append(prediction_frame(name, frame["text"].tolist(), y, probs, clf.labels))
-    predictions = pd.concat(frames, ignore_index=True)
-    write_json(out_dir / "metrics.json", metrics)
-    tmp = out_dir / ".predictions.parquet.tmp"
-    predictions.to_parquet(tmp, index=False)
-    tmp.replace(out_dir / "predictions.parquet")
+    scored = {
+        name: (frame["text"].tolist(), np.array([index[x] for x in frame["label"]], dtype=np.int64), None)
+        for name, frame in splits.items()
+    }
     steps = []
     if data is None:
         from modelyard.training.finetune import read_jsonl
@@ -104,9 +92,47 @@ def evaluate(
         "backbone": clf.meta.get("backbone"),
         "evaluated": str(data) if data is not None else "run splits (valid, test)",
     }
+    metrics, _ = score_and_write(out_dir, f"{recipe.name} · {run.name} · evaluation", clf, scored, history, steps, info)
+    print_metrics(console, metrics)
+    console.print(f"report: {out_dir / 'report.html'}")
+    return out_dir, metrics
+
+
+def score_and_write(
+    out_dir: Path,
+    title: str,
+    clf: Any,
+    splits: dict[str, tuple[list[Any], np.ndarray, list[str] | None]],
+    history: list[dict[str, Any]],
+    steps: list[dict[str, Any]],
+    info: dict[str, Any],
+) -> tuple[dict[str, Any], Any]:
+    """Score ``splits`` (``name → (inputs, gold ids, row names or None = the inputs)``) with ``clf`` and write
+    ``metrics.json``, ``predictions.parquet`` (atomically) and ``report.html`` to ``out_dir``.
+
+    Returns ``(metrics, predictions frame)``; shared by text and image evaluation.
+    """
+    import pandas as pd
+
+    from modelyard.evaluation.metrics import compute_metrics
+    from modelyard.evaluation.report import write_report
+    from modelyard.training.finetune import prediction_frame
+
+    metrics: dict[str, Any] = {}
+    frames = []
+    for name, (inputs, y, refs) in splits.items():
+        probs = clf.predict_proba(list(inputs))
+        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))))
+        metrics[name] = compute_metrics(y, probs, clf.labels, loss=loss)
+        frames.append(prediction_frame(name, list(inputs if refs is None else refs), y, probs, clf.labels))
+    predictions = pd.concat(frames, ignore_index=True)
+    write_json(out_dir / "metrics.json", metrics)
+    tmp = out_dir / ".predictions.parquet.tmp"
+    predictions.to_parquet(tmp, index=False)
+    tmp.replace(out_dir / "predictions.parquet")
     write_report(
         out_dir / "report.html",
-        title=f"{recipe.name} · {run.name} · evaluation",
+        title=title,
         metrics=metrics,
         labels=clf.labels,
         history=history,
@@ -114,6 +140,4 @@ def evaluate(
         predictions=predictions,
         info=info,
     )
-    print_metrics(console, metrics)
-    console.print(f"report: {out_dir / 'report.html'}")
-    return out_dir, metrics
+    return metrics, predictions

@@ -100,16 +100,13 @@ def evaluate_image_run(run: Path, recipe: Recipe, data: str | Path | None, conso
     """
     import time
 
-    import pandas as pd
-
     from modelyard._internal.io import read_json
     from modelyard.config import DataConfig
     from modelyard.data.images import _read_source, read_image_splits
     from modelyard.errors import DataError
-    from modelyard.evaluation.metrics import compute_metrics
-    from modelyard.evaluation.report import write_report
+    from modelyard.evaluation.evaluate import score_and_write
     from modelyard.inference import load
-    from modelyard.training.finetune import prediction_frame, print_metrics, read_jsonl
+    from modelyard.training.finetune import print_metrics, read_jsonl
 
     clf = load(run)
     index = {lab: i for i, lab in enumerate(clf.labels)}
@@ -135,33 +132,14 @@ def evaluate_image_run(run: Path, recipe: Recipe, data: str | Path | None, conso
         out_dir = run / "evaluations" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         out_dir.mkdir(parents=True, exist_ok=True)
         history, steps = [], []
-    metrics: dict[str, Any] = {}
-    frames = []
-    for split, (images, y, refs) in splits.items():
-        probs = clf.predict_proba(list(images))
-        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))))
-        metrics[split] = compute_metrics(y, probs, clf.labels, loss=loss)
-        frames.append(prediction_frame(split, list(refs), y, probs, clf.labels))
-    predictions = pd.concat(frames, ignore_index=True)
-    from modelyard._internal.io import write_json as _write_json
-
-    _write_json(out_dir / "metrics.json", metrics)
-    tmp = out_dir / ".predictions.parquet.tmp"
-    predictions.to_parquet(tmp, index=False)
-    tmp.replace(out_dir / "predictions.parquet")
-    write_report(
-        out_dir / "report.html",
-        title=f"{recipe.name} · {run.name} · evaluation",
-        metrics=metrics,
-        labels=clf.labels,
-        history=history,
-        steps=steps,
-        predictions=predictions,
-        info={
-            "run": run.name,
-            "model": clf.meta.get("model_type"),
-            "evaluated": str(data or "run splits (valid, test)"),
-        },
+    metrics, predictions = score_and_write(
+        out_dir,
+        f"{recipe.name} · {run.name} · evaluation",
+        clf,
+        {split: (list(images), y, list(refs)) for split, (images, y, refs) in splits.items()},
+        history,
+        steps,
+        {"run": run.name, "model": clf.meta.get("model_type"), "evaluated": str(data or "run splits (valid, test)")},
     )
     focus = "test" if "test" in splits else "eval"
     images, y, refs = splits[focus]
