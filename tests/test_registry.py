@@ -206,6 +206,58 @@ def test_register_list_promote_rollback_and_audit(registry, tiny_trained_run: Pa
     assert registry.audit_trail("sentiment", "rollback")[0]["detail"] == {"alias": "production", "from": 2, "to": 1}
 
 
+def check_rollbacks_walk_back(reg, run: Path) -> None:
+    """Repeated rollbacks undo promotes newest first, down to the first one, then fail clearly."""
+    for _ in range(3):
+        reg.register(run, "walk")
+    with pytest.raises(RegistryError, match="never been promoted to 'production'"):
+        reg.rollback("walk")
+    for v in (1, 2, 3):
+        reg.promote("walk", v)
+    reg.promote("walk", 2, alias="staging")
+    assert reg.rollback("walk") == 2
+    assert reg.rollback("walk") == 1  # the old code toggled back to 2 here
+    assert reg.resolve("walk", "production").version == 1
+    with pytest.raises(RegistryError, match="no earlier 'production' version.*version 1 was its first"):
+        reg.rollback("walk")
+    assert reg.resolve("walk", "production").version == 1  # a refused rollback changes nothing
+    assert reg.resolve("walk", "staging").version == 2  # other aliases have their own history
+    reg.promote("walk", 3)  # a promote after rollbacks is undone first …
+    assert reg.rollback("walk") == 1
+    reg.promote("walk", 3)
+    reg.promote("walk", 2)
+    assert reg.rollback("walk") == 3  # … then the walk goes on from there
+    assert reg.rollback("walk") == 1
+    with pytest.raises(RegistryError, match="version 1 was its first"):
+        reg.rollback("walk")
+    with pytest.raises(RegistryError, match="version 2 was its first"):
+        reg.rollback("walk", alias="staging")
+    reg.promote("walk", 1, alias="staging")
+    assert reg.rollback("walk", alias="staging") == 2
+    trail = [(e["action"], e["detail"]["from"], e["detail"]["to"]) for e in reg.audit_trail("walk", "rollback")]
+    assert trail == [
+        ("rollback", 3, 2),
+        ("rollback", 2, 1),
+        ("rollback", 3, 1),
+        ("rollback", 2, 3),
+        ("rollback", 3, 1),
+        ("rollback", 1, 2),
+    ]
+
+
+def test_repeated_rollbacks_walk_back_through_history_sqlite(registry, tiny_trained_run: Path) -> None:
+    check_rollbacks_walk_back(registry, tiny_trained_run)
+
+
+@needs_postgres
+def test_repeated_rollbacks_walk_back_through_history_postgres(tiny_trained_run: Path, tmp_path: Path) -> None:
+    reg = open_registry(tmp_path / "store", _fresh_postgres_db())
+    try:
+        check_rollbacks_walk_back(reg, tiny_trained_run)
+    finally:
+        reg.close()
+
+
 def test_migrations_match_models_and_reopen_is_idempotent(tmp_path: Path) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext

@@ -426,46 +426,87 @@ class Registry:
         def do() -> int | None:
             with self._write() as session:
                 row = self._app(session, app)
-                exists = session.scalar(
-                    select(ModelVersion.id).where(ModelVersion.app_id == row.id, ModelVersion.version == int(version))
-                )
-                if exists is None:
-                    raise RegistryError(f"app '{app}' has no version {version}; see `modelyard registry list {app}`")
-                current = session.scalars(
-                    select(Alias).where(Alias.app_id == row.id, Alias.alias == alias)
-                ).one_or_none()
-                previous = None if current is None else current.version
-                if current is None:
-                    session.add(Alias(app_id=row.id, alias=alias, version=int(version), updated_at=utcnow()))
-                else:
-                    current.version = int(version)
-                    current.updated_at = utcnow()
-                info = {"alias": alias, "from": previous, "to": int(version), **(detail or {})}
-                self._audit(session, app, action, int(version), info, actor)
-                return previous
+                return self._set_alias(session, row, int(version), alias, action, actor, detail)
 
         return self._retry(do)
 
+    def _set_alias(
+        self,
+        session: Session,
+        row: App,
+        version: int,
+        alias: str,
+        action: str,
+        actor: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> int | None:
+        """Point ``alias`` of the (locked) app ``row`` at ``version`` and audit it; returns the previous version."""
+        exists = session.scalar(
+            select(ModelVersion.id).where(ModelVersion.app_id == row.id, ModelVersion.version == version)
+        )
+        if exists is None:
+            raise RegistryError(f"app '{row.name}' has no version {version}; see `modelyard registry list {row.name}`")
+        current = session.scalars(select(Alias).where(Alias.app_id == row.id, Alias.alias == alias)).one_or_none()
+        previous = None if current is None else current.version
+        if current is None:
+            session.add(Alias(app_id=row.id, alias=alias, version=version, updated_at=utcnow()))
+        else:
+            current.version = version
+            current.updated_at = utcnow()
+        info = {"alias": alias, "from": previous, "to": version, **(detail or {})}
+        self._audit(session, row.name, action, version, info, actor)
+        return previous
+
     def rollback(self, app: str, alias: str = "production", actor: str | None = None) -> int:
-        """Point ``alias`` back at the version it had before its last change. Returns that version.
+        """Undo the most recent not-yet-undone promote of ``alias``. Returns the version it points at now.
+
+        Repeated rollbacks walk further back through the alias's history: after promoting 1, 2, 3,
+        the first rollback returns to 2, the next to 1, and a third fails (nothing left to undo). A
+        promote made after a rollback is undone first. The history is the audit trail (``promote``
+        events, each later ``rollback`` cancelling the latest promote it has not cancelled yet); it is
+        read and the alias moved in one write transaction, so two concurrent rollbacks undo two promotes.
 
         Raises:
-            RegistryError: The alias has never changed.
+            RegistryError: Unknown app or alias; the alias was never promoted, or every promote that
+                moved it from an earlier version has been undone already.
         """
         validate_alias(alias)
-        with self._read() as session:
-            self._app(session, app)
-            events = session.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.app == app, AuditEvent.action.in_(("promote", "rollback")))
-                .order_by(AuditEvent.id.desc())
-            ).all()
-        last = next((e for e in events if e.detail.get("alias") == alias), None)
-        if last is None or last.detail.get("from") is None:
-            raise RegistryError(f"app '{app}' has no earlier '{alias}' version to roll back to")
-        target = int(last.detail["from"])
-        self.promote(app, target, alias, actor=actor, action="rollback")
-        return target
+
+        def do() -> int:
+            with self._write() as session:
+                row = self._app(session, app)  # locks the app row (PostgreSQL); SQLite: BEGIN IMMEDIATE
+                events = session.scalars(
+                    select(AuditEvent)
+                    .where(AuditEvent.app == app, AuditEvent.action.in_(("promote", "rollback")))
+                    .order_by(AuditEvent.id)
+                ).all()
+                live: list[AuditEvent] = []  # promotes not undone yet, oldest first
+                promotes = 0
+                for event in events:
+                    if event.detail.get("alias") != alias:
+                        continue
+                    if event.action == "promote":
+                        live.append(event)
+                        promotes += 1
+                    elif live:
+                        live.pop()
+                if not live:
+                    raise RegistryError(
+                        f"app '{app}' has nothing left to roll back on '{alias}': its {promotes} promote(s) "
+                        "have all been rolled back"
+                        if promotes
+                        else f"app '{app}' has never been promoted to '{alias}'; nothing to roll back"
+                    )
+                target = live[-1].detail.get("from")
+                if target is None:
+                    raise RegistryError(
+                        f"app '{app}' has no earlier '{alias}' version to roll back to: version "
+                        f"{live[-1].version} was its first"
+                    )
+                self._set_alias(session, row, int(target), alias, "rollback", actor)
+                return int(target)
+
+        return self._retry(do)
 
     def audit_trail(self, app: str | None = None, action: str | None = None) -> list[dict[str, Any]]:
         """Recorded decisions, oldest first."""
@@ -625,6 +666,21 @@ class Registry:
                 for p in session.scalars(query).all()
             ]
 
+    def recent_predictions(self, app: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest ``limit`` logged predictions of an app (oldest of them first), read with a LIMIT query."""
+        with self._read() as session:
+            query = (
+                select(PredictionRecord)
+                .where(PredictionRecord.app == app)
+                .order_by(PredictionRecord.at.desc(), PredictionRecord.id)
+                .limit(limit)
+            )
+            rows = [
+                {"id": p.id, "at": p.at, "version": p.version, "text": p.text, "label": p.label, "scores": p.scores}
+                for p in session.scalars(query).all()
+            ]
+        return rows[::-1]
+
     def feedback(self, app: str) -> list[dict[str, Any]]:
         """Feedback of an app joined with its predictions' texts; the latest label per prediction wins."""
         with self._read() as session:
@@ -643,6 +699,72 @@ class Registry:
                 "at": fb.at,
             }
         return list(latest.values())
+
+    def traffic(
+        self, app: str, since: datetime, bucket_s: int, until: datetime | None = None, max_rows: int = 200_000
+    ) -> dict[str, Any]:
+        """Logged traffic of an app per time bucket: request count, mean confidence, and the class mix.
+
+        Counts, the class mix and the mean latency are aggregated by the database; the per-bucket mean
+        confidence (the top score of each prediction, kept in a JSON column) from the newest
+        ``max_rows`` rows of the window.
+
+        Args:
+            app: The app.
+            since: Start of the window (UTC).
+            bucket_s: Bucket width in seconds; buckets are aligned to multiples of it since the epoch.
+            until: End of the window (default: now).
+            max_rows: Most rows read for the confidence means.
+
+        Returns:
+            ``{"since", "until", "bucket_s", "total", "buckets": [{"start", "requests", "mean_confidence"}],
+            "class_mix": {label: count}, "mean_latency_ms"}``; every bucket of the window is present.
+        """
+        until = until or datetime.now(timezone.utc)
+        window = (PredictionRecord.app == app, PredictionRecord.at >= since, PredictionRecord.at <= until)
+        with self._read() as session:
+            mix = session.execute(
+                select(PredictionRecord.label, func.count()).where(*window).group_by(PredictionRecord.label)
+            ).all()
+            total, latency = session.execute(
+                select(func.count(), func.avg(PredictionRecord.latency_ms)).where(*window)
+            ).one()
+            rows = session.execute(
+                select(PredictionRecord.at, PredictionRecord.scores)
+                .where(*window)
+                .order_by(PredictionRecord.at.desc())
+                .limit(max_rows)
+            ).all()
+        first = int(since.timestamp()) // bucket_s
+        last = int(until.timestamp()) // bucket_s
+        counts = [0] * (last - first + 1)
+        conf_sum = [0.0] * len(counts)
+        conf_n = [0] * len(counts)
+        for at, scores in rows:
+            if at.tzinfo is None:  # SQLite returns naive UTC datetimes
+                at = at.replace(tzinfo=timezone.utc)
+            i = min(max(int(at.timestamp()) // bucket_s - first, 0), len(counts) - 1)
+            counts[i] += 1
+            values = [float(v) for v in (scores or {}).values()]
+            if values:
+                conf_sum[i] += max(values)
+                conf_n[i] += 1
+        return {
+            "since": since,
+            "until": until,
+            "bucket_s": bucket_s,
+            "total": int(total or 0),
+            "buckets": [
+                {
+                    "start": datetime.fromtimestamp((first + i) * bucket_s, timezone.utc),
+                    "requests": counts[i],
+                    "mean_confidence": conf_sum[i] / conf_n[i] if conf_n[i] else None,
+                }
+                for i in range(len(counts))
+            ],
+            "class_mix": {str(label): int(n) for label, n in sorted(mix)},
+            "mean_latency_ms": None if latency is None else float(latency),
+        }
 
     def count(self, table: str) -> int:
         """Row count of a registry table (tests, ``registry stats``)."""
@@ -685,9 +807,11 @@ def parse_since(since: str | None) -> datetime | None:
     try:
         value = float(since[:-1])
         unit = units[since[-1]]
+        return datetime.now(timezone.utc) - timedelta(**{unit: value})
     except (ValueError, KeyError, IndexError):
         raise RegistryError(f"invalid --since {since!r}; use e.g. 7d, 12h, 30m") from None
-    return datetime.now(timezone.utc) - timedelta(**{unit: value})
+    except OverflowError:  # found by fuzzing: 999999d is before year 1
+        raise RegistryError(f"--since {since!r} reaches back before year 1; use a shorter window") from None
 
 
 def open_registry(store: Path | str | None = None, db: str | None = None) -> Registry:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -57,6 +59,19 @@ def _decode_base64(item: Any, index: int) -> bytes:
         return base64.b64decode(item, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(422, "invalid_base64", f"images[{index}] is not valid base64", index=index) from None
+
+
+def describe_image(data: bytes, img: Any) -> str:
+    """What the prediction log stores for an image instead of a text: type, size and content hash.
+
+    Example:
+        >>> describe_image(png_bytes, Image.open(io.BytesIO(png_bytes)))  # doctest: +SKIP
+        'image/png 28x28 sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08'
+    """
+    from PIL import Image
+
+    mime = Image.MIME.get(img.format or "", f"image/{(img.format or 'unknown').lower()}")
+    return f"{mime} {img.width}x{img.height} sha256:{hashlib.sha256(data).hexdigest()}"
 
 
 def open_image(data: bytes, where: str, cfg: ServeConfig, index: int) -> Any:
@@ -149,12 +164,13 @@ class ImageRequestMiddleware:
                     return
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         try:
             body = await self._read_body(headers, receive)
             if body is None:
                 return  # the client went away
-            images = await self._parse(media_type, body, scope)
-            response = await self._predict(images, loaded)
+            images, descriptions = await self._parse(media_type, body, scope)
+            response = await self._predict(images, loaded, descriptions, scope, started)
         except ApiError as err:
             await _respond_error(err, scope, receive, send)
             return
@@ -186,7 +202,7 @@ class ImageRequestMiddleware:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _parse(self, media_type: str, body: bytes, scope: Scope) -> list[Any]:
+    async def _parse(self, media_type: str, body: bytes, scope: Scope) -> tuple[list[Any], list[str]]:
         cfg = self.cfg
         items: list[tuple[bytes, str]] = []
         if media_type == "multipart/form-data":
@@ -233,21 +249,29 @@ class ImageRequestMiddleware:
             raise ApiError(422, "invalid_request", "no images in the request; send at least one")
         if len(items) > cfg.max_images_per_request:
             raise _too_many(len(items), cfg)
-        return [open_image(data, where, cfg, i) for i, (data, where) in enumerate(items)]
+        images = [open_image(data, where, cfg, i) for i, (data, where) in enumerate(items)]
+        return images, [describe_image(data, img) for (data, _), img in zip(items, images, strict=True)]
 
-    async def _predict(self, images: list[Any], loaded: Any) -> dict[str, Any]:
+    async def _predict(
+        self, images: list[Any], loaded: Any, descriptions: list[str], scope: Scope, started: float
+    ) -> dict[str, Any]:
         clf = loaded.classifier
         arrays = [clf.to_array(im) for im in images]
         rows = await submit_batch(self.batcher, arrays)
         labels = loaded.labels
         probs = np.vstack(rows)
-        return {
-            "predictions": [
-                {"label": labels[int(row.argmax())], "scores": dict(zip(labels, row.tolist(), strict=True))}
-                for row in probs
-            ],
-            "model": loaded.info,
-        }
+        predictions: list[dict[str, Any]] = [
+            {"label": labels[int(row.argmax())], "scores": dict(zip(labels, row.tolist(), strict=True))}
+            for row in probs
+        ]
+        # The production server logs every prediction and returns its id (serving/production.py), like for
+        # texts; an image is logged as its description (type, size, sha256), never its pixels.
+        hook = getattr(getattr(scope.get("app"), "state", None), "prediction_hook", None)
+        if hook is not None:
+            ids = hook(Request(scope), descriptions, probs, loaded, time.perf_counter() - started, mask=False)
+            for pred, pred_id in zip(predictions, ids, strict=True):
+                pred["id"] = pred_id
+        return {"predictions": predictions, "model": loaded.info}
 
 
 def _too_many(n: int, cfg: ServeConfig) -> ApiError:

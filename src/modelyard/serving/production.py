@@ -10,6 +10,7 @@ What it adds to the plain server:
 * a poller that hot-swaps the model when the alias moves; a version that fails to load or
   verify is recorded in the audit trail and the old one keeps serving;
 * ``GET /admin/v1/versions`` and ``GET /admin/v1/predictions`` (admin scope);
+* the web console at ``GET /`` and its ``/admin/v1/traffic`` and ``/admin/v1/drift`` (:mod:`.console`);
 * Prometheus gauges for the served version, the log queue depth and log drops.
 """
 
@@ -21,6 +22,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from modelyard.registry.models import utcnow
 from modelyard.registry.names import RegistryError, validate_alias, validate_name
 from modelyard.registry.store import Registry, VersionInfo, _tree_sha256
 from modelyard.serving.app import create_app
+from modelyard.serving.console import install_console
 from modelyard.serving.http_errors import ApiError
 from modelyard.serving.predlog import PredictionLog, mask_pii
 from modelyard.serving.schemas import ErrorResponse
@@ -104,7 +107,12 @@ def load_version(version: VersionInfo, alias: str) -> RegistryModel:
     if _tree_sha256(root, files) != version.sha256:
         raise RegistryError(f"{root}: files changed since registration (sha256 mismatch); re-register the run")
     classifier = load(root)
-    probs = np.asarray(classifier.predict_proba([_SMOKE_TEXT]), dtype=np.float64)
+    if getattr(classifier, "task", None) == "image-classification":  # smoke-test with a blank image
+        (height, width), channels = classifier.image_size, classifier.channels
+        smoke: Any = np.zeros((height, width) if channels == 1 else (height, width, channels), dtype=np.uint8)
+    else:
+        smoke = _SMOKE_TEXT
+    probs = np.asarray(classifier.predict_proba([smoke]), dtype=np.float64)
     if probs.shape != (1, len(classifier.labels)) or not np.isfinite(probs).all():
         raise ValueError(f"{root}: smoke prediction returned shape {probs.shape} or non-finite values")
     return RegistryModel(classifier, version, alias)
@@ -139,6 +147,31 @@ class FeedbackResponse(BaseModel):
     status: str = Field(..., description="`accepted`: queued for the log writer.")
     prediction_id: str
     label: str
+
+
+class VersionOut(BaseModel):
+    """One registered version in ``GET /admin/v1/versions``."""
+
+    app: str
+    version: int
+    run_id: str
+    aliases: list[str] = Field(..., description="Aliases pointing at this version (`production`, `staging`).")
+    labels: list[str]
+    test_accuracy: float | None = Field(None, description="Accuracy on the run's test split.")
+    test_macro_f1: float | None = Field(None, description="Macro-F1 on the run's test split.")
+    sha256: str = Field(..., description="Hash of the registered files.")
+    created_at: str = Field(..., description="Registration time (ISO 8601).")
+
+
+class PredictionOut(BaseModel):
+    """One logged prediction in ``GET /admin/v1/predictions``."""
+
+    id: str = Field(..., description="The prediction id (UUIDv4) for `POST /v1/feedback`.")
+    at: str = Field(..., description="When it was made (ISO 8601, UTC).")
+    version: int | None = Field(None, description="The model version that made it.")
+    text: str = Field(..., description="The input after PII masking; for an image, its type, size and sha256.")
+    label: str
+    scores: dict[str, float]
 
 
 def create_production_app(
@@ -190,8 +223,9 @@ def create_production_app(
     swaps = Counter("modelyard_model_swaps", "Hot swaps by result (ok/failed).", ["result"], registry=reg)
 
     def log_predictions(
-        http_request: Request, texts: list[str], probs: np.ndarray, loaded: Any, seconds: float
+        http_request: Request, texts: list[str], probs: np.ndarray, loaded: Any, seconds: float, mask: bool = True
     ) -> list[str]:
+        # texts: the request's texts, or descriptions of its images (serving/images.py; mask=False for those)
         key = getattr(http_request.state, "api_key", None)
         key_id = key.key_id if key is not None else None
         version = loaded.info.get("version")
@@ -207,7 +241,7 @@ def create_production_app(
                     "app": app_name,
                     "version": version,
                     "key_id": key_id,
-                    "text": mask_pii(text) if cfg.mask_pii else text,
+                    "text": mask_pii(text) if cfg.mask_pii and mask else text,
                     "label": labels[int(row.argmax())],
                     "scores": dict(zip(labels, (float(p) for p in row), strict=True)),
                     "latency_ms": seconds * 1000.0,
@@ -218,6 +252,7 @@ def create_production_app(
         return ids
 
     app.state.prediction_hook = log_predictions
+    install_console(app, registry, app_name, alias)  # GET / (public page) + /admin/v1/traffic, /admin/v1/drift
 
     @app.post(
         "/v1/feedback",
@@ -259,14 +294,27 @@ def create_production_app(
             raise ApiError(503, "overloaded", "the log queue is full; retry shortly", headers={"Retry-After": "1"})
         return FeedbackResponse(status="accepted", prediction_id=pid, label=body.label)
 
-    @app.get("/admin/v1/versions", tags=["admin"], summary="Registered versions of the served app and their aliases")
+    @app.get(
+        "/admin/v1/versions",
+        tags=["admin"],
+        summary="Registered versions of the served app and their aliases",
+        response_model=list[VersionOut],
+    )
     async def admin_versions() -> list[dict[str, Any]]:
         return [v.to_dict() for v in await asyncio.to_thread(registry.list_versions, app_name)]
 
-    @app.get("/admin/v1/predictions", tags=["admin"], summary="The most recent logged predictions")
+    @app.get(
+        "/admin/v1/predictions",
+        tags=["admin"],
+        summary="The most recent logged predictions (oldest of them first)",
+        response_model=list[PredictionOut],
+    )
     async def admin_predictions(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
-        rows = await asyncio.to_thread(registry.predictions, app_name)
-        return [{**r, "at": r["at"].isoformat()} for r in rows[-limit:]]
+        rows = await asyncio.to_thread(registry.recent_predictions, app_name, limit)
+        # SQLite hands back naive UTC datetimes; say UTC explicitly, or browsers read them as local time.
+        return [
+            {**r, "at": (r["at"] if r["at"].tzinfo else r["at"].replace(tzinfo=timezone.utc)).isoformat()} for r in rows
+        ]
 
     async def poll_alias() -> None:
         failed: set[int] = set()

@@ -35,7 +35,27 @@ class PredictRequest(BaseModel):
         # A custom validator (rather than Field(min_length=1)) so the 422 says what to do in our words.
         if not texts:
             raise ValueError("must contain at least 1 text")
+        for i, text in enumerate(texts):
+            check_unicode(text, f"texts[{i}]")
         return texts
+
+
+def check_unicode(text: str, where: str) -> str:
+    """Refuse lone UTF-16 surrogates (``"\\ud800"`` in JSON): no UTF-8 encoder (tokenizer, database) accepts them.
+
+    Without this check one such text fails the tokenizer on the whole micro-batch, i.e. every other
+    client's request batched with it (a 500 for all of them).
+
+    Raises:
+        ValueError: Naming the field and the character position (a 422 for the client).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{where} has a lone UTF-16 surrogate at character {err.start}; send valid Unicode text"
+        ) from None
+    return text
 
 
 class Prediction(BaseModel):
@@ -70,6 +90,11 @@ class ExplainRequest(BaseModel):
         "(signed); `attention`: attention rollout (>= 0, sums to 1, ignores `target`).",
     )
     target: str | None = Field(None, description="Label to explain; default: the predicted label.")
+
+    @field_validator("text")
+    @classmethod
+    def _valid_unicode(cls, text: str) -> str:
+        return check_unicode(text, "text")
 
 
 class Explanation(BaseModel):

@@ -1,7 +1,8 @@
 """API-key authentication, scopes and per-key rate limits (pure ASGI middleware).
 
 Keys come from the registry (``modelyard keys create``), sent as ``Authorization: Bearer KEY`` or
-``X-API-Key: KEY``. Every route but ``/healthz`` and ``/readyz`` needs a key; which scope it needs is
+``X-API-Key: KEY``. Every route but ``/healthz``, ``/readyz`` and the console's static page (``GET /``,
+which holds no data) needs a key; which scope it needs is
 decided by :func:`required_scope`. Failures are JSON errors like every other: 401 ``unauthorized``
 (no key, unknown or revoked key), 403 ``forbidden`` (key lacks the scope), 429 ``rate_limited``
 with ``Retry-After`` (the key's token bucket is empty).
@@ -23,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelyard.registry.store import KeyInfo
 from modelyard.serving.http_errors import error_response
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# The console's page, script and style sheet are public: they hold no data (serving/console.py).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/console/console.js", "/console/console.css"})
 KEY_CACHE_TTL_S = 5.0  # a revoked key stops working within this many seconds
 KEY_CACHE_SIZE = 10_000
 
