@@ -370,11 +370,6 @@ def run_concurrent_writers(store: Path, db: str | None, run: Path, seconds: floa
     reg.close()
 
 
-def test_four_concurrent_writer_processes_sqlite(tiny_trained_run: Path, tmp_path: Path) -> None:
-    run_concurrent_writers(tmp_path / "store", None, tiny_trained_run, seconds=4)
-
-
-@pytest.mark.slow
 def test_four_concurrent_writer_processes_sqlite_one_minute(tiny_trained_run: Path, tmp_path: Path) -> None:
     run_concurrent_writers(tmp_path / "store", None, tiny_trained_run, seconds=60)
 
@@ -394,8 +389,8 @@ def _fresh_postgres_db() -> str:
 
 
 @needs_postgres
-def test_four_concurrent_writer_processes_postgres(tiny_trained_run: Path, tmp_path: Path) -> None:
-    run_concurrent_writers(tmp_path / "store", _fresh_postgres_db(), tiny_trained_run, seconds=4)
+def test_four_concurrent_writer_processes_postgres_one_minute(tiny_trained_run: Path, tmp_path: Path) -> None:
+    run_concurrent_writers(tmp_path / "store", _fresh_postgres_db(), tiny_trained_run, seconds=60)
 
 
 @needs_postgres

@@ -263,3 +263,76 @@ def test_scratch_run_resumes_with_the_same_tokenizer(tmp_path: Path) -> None:
     b = load_file(str(resumed / "model" / "model.safetensors"))
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0, err_msg=k)
+
+
+def _reference_union_nb(texts: list[str], target: np.ndarray, cfg: object, seed: int, query: list[str]) -> np.ndarray:
+    """Independent NBSVM-style reference: char + jieba-word TF-IDF blocks, NB ratios, one SGD per binary problem."""
+    import scipy.sparse as sp
+    from scipy.special import expit
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import SGDClassifier
+
+    from modelyard.data.chinese import segment
+
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, min_df=1)
+    word = TfidfVectorizer(analyzer="word", token_pattern=r"(?u)\S+", ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    s = 1 / np.sqrt(2)
+    x = sp.hstack([char.fit_transform(texts) * s, word.fit_transform([segment(t) for t in texts]) * s]).tocsr()
+    q = sp.hstack([char.transform(query) * s, word.transform([segment(t) for t in query]) * s]).tocsr()
+    classes = [1] if target.max() == 1 else list(range(int(target.max()) + 1))
+    scores = []
+    for k in classes:
+        yk = (target == k).astype(int)
+        p = np.asarray(x[yk == 1].sum(0)).ravel() + 1
+        n = np.asarray(x[yk == 0].sum(0)).ravel() + 1
+        r = np.log((p / p.sum()) / (n / n.sum()))
+        clf = SGDClassifier(loss="log_loss", alpha=cfg.alpha, max_iter=cfg.max_iter, tol=1e-4, random_state=seed)
+        clf.fit(x @ sp.diags(r), yk)
+        scores.append(clf.decision_function(q @ sp.diags(r)))
+    if len(classes) == 1:
+        p1 = expit(scores[0])
+        return np.column_stack([1 - p1, p1])
+    p = expit(np.column_stack(scores))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_tfidf_word_union_and_nb_weighting_match_a_reference(tmp_path: Path) -> None:
+    """char + jieba-word blocks with NB weighting: the saved (folded) model reproduces an independent reference."""
+    from modelyard.config import TfidfConfig
+    from modelyard.data.cleaning import clean_text
+    from modelyard.training.classical import TfidfClassifier, fit_tfidf, save_tfidf_model
+
+    frame = synthetic_zh(120, seed=5)
+    recipe = load_recipe(zh_recipe(tmp_path, "tfidf-logreg"))
+    texts = [clean_text(t, recipe.data.clean) for t in frame["text"]]  # the model cleans its inputs the same way
+    y = (frame["label"] == "pos").to_numpy().astype(int)
+    for labels, target in ((["neg", "pos"], y), (["a", "b", "c"], np.arange(len(frame)) % 3)):
+        cfg = TfidfConfig(min_df=1, max_iter=5, word_ngram_max=2, nb_weighting=True)
+        spec, arrays = fit_tfidf(texts, target, cfg, seed=0)
+        assert spec["word"]["ngram_range"] == [1, 2] and spec["nb_weighting"] is True
+        assert arrays["coef"].shape == (1 if len(labels) == 2 else 3, len(arrays["terms"]) + len(arrays["word_terms"]))
+        save_tfidf_model(tmp_path / "m", recipe, labels, spec, arrays)
+        ours = TfidfClassifier(tmp_path / "m").predict_proba(texts)
+        ref = _reference_union_nb(texts, target, cfg, 0, texts)
+        np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_tfidf_word_union_run_reloads_in_a_fresh_process_and_serves_the_same(tmp_path: Path) -> None:
+    run = train(
+        load_recipe(zh_recipe(tmp_path, "tfidf-logreg", tfidf={"min_df": 1, "word_ngram_max": 2, "nb_weighting": True}))
+    )
+    assert {p.name for p in (run / "model").iterdir()} == {"modelyard.json", "vectorizer.json", "weights.npz"}
+    with np.load(run / "model" / "weights.npz", allow_pickle=False) as w:
+        assert w["word_terms"].dtype.kind == "U" and w["word_idf"].shape == w["word_terms"].shape
+    assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] >= 0.9
+    test = pd.read_parquet(run / "predictions.parquet").query("split == 'test'")
+    fresh = load_in_fresh_process({str(run): test["text"].tolist()})[str(run)]
+    assert fresh["type"] == "TfidfClassifier"
+    np.testing.assert_allclose(fresh["probs"], test[["prob_neg", "prob_pos"]], atol=1e-9)
+
+
+def test_tfidf_word_union_needs_char_analyzer(tmp_path: Path) -> None:
+    from modelyard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="word_ngram_max adds word n-grams to character n-grams"):
+        load_recipe(zh_recipe(tmp_path, "tfidf-logreg"), ["model.tfidf.analyzer=word", "model.tfidf.word_ngram_max=2"])

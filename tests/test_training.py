@@ -250,3 +250,72 @@ def test_distillation_teacher_with_other_labels_is_a_clear_error(
     with pytest.raises(ModelyardError, match="distillation needs the same label set"):
         train(recipe)
     assert not list((tmp_path / "runs").glob("*"))  # nothing left behind
+
+
+def test_rdrop_loss_is_mean_ce_plus_alpha_symmetric_kl() -> None:
+    import types
+
+    import torch
+
+    from modelyard.training.finetune import FineTuneRecipe
+
+    labels = np.array([0, 1, 1])
+    obj = types.SimpleNamespace(
+        cfg=types.SimpleNamespace(rdrop_alpha=0.7, label_smoothing=0.0, distill=None),
+        splits={"train": types.SimpleNamespace(labels=labels, soft=None)},
+    )
+    obj._loss = lambda logits, idx: FineTuneRecipe._loss(obj, logits, idx)
+    a = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.5]])
+    b = torch.tensor([[1.0, 0.0], [-0.3, 0.9], [0.0, 2.5]])
+    got = FineTuneRecipe.loss(obj, torch.cat([a, b]), np.arange(3))
+    y = torch.as_tensor(labels)
+    p, q = a.softmax(-1), b.softmax(-1)
+    kl_pq = (p * (p.log() - q.log())).sum(-1).mean()
+    kl_qp = (q * (q.log() - p.log())).sum(-1).mean()
+    ce = 0.5 * (torch.nn.functional.cross_entropy(a, y) + torch.nn.functional.cross_entropy(b, y))
+    assert torch.allclose(got, ce + 0.7 * 0.5 * (kl_pq + kl_qp), atol=1e-6)
+    # identical passes (no dropout): R-Drop is plain cross-entropy
+    same = FineTuneRecipe.loss(obj, torch.cat([a, a]), np.arange(3))
+    assert torch.allclose(same, torch.nn.functional.cross_entropy(a, y), atol=1e-6)
+
+
+def test_rdrop_without_dropout_trains_exactly_like_plain(
+    tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path
+) -> None:
+    import shutil
+
+    # The same backbone with every dropout off: both passes of the doubled batch are identical, the KL term is
+    # zero and the averaged loss equals the plain one, so the weights must match a plain run's.
+    backbone = tmp_path / "nodrop"
+    shutil.copytree(tiny_backbone, backbone)
+    config = json.loads((backbone / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (backbone / "config.json").write_text(json.dumps(config))
+    runs = {}
+    for name, alpha in (("plain", 0.0), ("rdrop", 1.0)):
+        (tmp_path / name).mkdir()
+        recipe = load_recipe(write_tiny_recipe(tmp_path / name, sentiment_csv, backbone, epochs=1, rdrop_alpha=alpha))
+        recipe.model.dropout = 0.0
+        runs[name] = load_file(str(train(recipe) / "model" / "model.safetensors"))
+    for k in runs["plain"]:
+        np.testing.assert_allclose(runs["rdrop"][k], runs["plain"][k], atol=1e-5, err_msg=k)
+
+
+def test_rdrop_trains_with_dropout(
+    tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.training.finetune import FineTuneRecipe
+
+    seen: list[tuple[int, int]] = []
+    original = FineTuneRecipe.loss
+
+    def spy(self: FineTuneRecipe, logits: object, idx: np.ndarray) -> object:
+        seen.append((len(logits), len(idx)))  # type: ignore[arg-type]
+        return original(self, logits, idx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FineTuneRecipe, "loss", spy)
+    run = train(load_recipe(write_tiny_recipe(tmp_path, sentiment_csv, tiny_backbone, rdrop_alpha=1.0)))
+    assert seen and all(n_logits == 2 * n for n_logits, n in seen)  # every training batch ran twice
+    history = json.loads((run / "history.json").read_text())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] >= 0.8

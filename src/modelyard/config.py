@@ -240,12 +240,39 @@ class TfidfConfig(_Stage):
     sublinear_tf: bool = Field(True, description="Use 1 + log(tf) instead of raw counts.")
     alpha: float = Field(1e-5, gt=0, description="L2 regularisation strength of SGDClassifier.")
     max_iter: int = Field(30, ge=1, description="Passes of SGD over the training data.")
+    word_ngram_max: int | None = Field(
+        None,
+        ge=1,
+        le=10,
+        description="With `analyzer: char`: also add jieba word 1..N-grams (a feature union of the two TF-IDF "
+        "blocks, each L2-normalised and scaled by 1/sqrt(2)); null = characters only.",
+    )
+    nb_weighting: bool = Field(
+        False,
+        description="NB-weighted features (NBSVM, Wang & Manning 2012): scale each feature by its log-count "
+        "ratio between the classes (one-vs-rest for more than two classes) before the logistic regression.",
+    )
 
     @model_validator(mode="after")
     def _ngrams(self) -> TfidfConfig:
         if self.ngram_max < self.ngram_min:
             raise ValueError(f"model.tfidf.ngram_max ({self.ngram_max}) is below ngram_min ({self.ngram_min})")
+        if self.word_ngram_max is not None and self.analyzer != "char":
+            raise ValueError("model.tfidf.word_ngram_max adds word n-grams to character n-grams: set analyzer: char")
         return self
+
+
+class LoraSettings(_Stage):
+    """LoRA adapters (`model.finetune: lora`, peft): only low-rank updates of the listed layers and the head train."""
+
+    r: int = Field(8, ge=1, le=1024, description="Rank of the low-rank update matrices.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Names of the linear layers that get adapters (e.g. [q_proj, k_proj, v_proj, o_proj] for "
+        "Gemma, [query, value] for BERT); null = peft's default for the architecture.",
+    )
 
 
 class ModelConfig(_Stage):
@@ -281,6 +308,22 @@ class ModelConfig(_Stage):
         default_factory=ArchConfig, description="Size of from-scratch models (textcnn, bilstm, transformer-encoder)."
     )
     tfidf: TfidfConfig = Field(default_factory=TfidfConfig, description="Settings of `type: tfidf-logreg`.")
+    finetune: Literal["full", "lora", "frozen"] = Field(
+        "full",
+        description="`hf-encoder`: which weights train — `full` (all), `lora` (LoRA adapters + head, merged into "
+        "the weights when saved) or `frozen` (only the classification head; the backbone is a fixed feature "
+        "extractor). `lora`/`frozen` make large backbones such as bundled:gemma3-270m usable on CPU.",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (`finetune: lora`).")
+
+    @model_validator(mode="after")
+    def _finetune_mode(self) -> ModelConfig:
+        if self.finetune != "full" and self.type != "hf-encoder":
+            raise ValueError(
+                f"model.finetune '{self.finetune}' is for pretrained backbones (model.type hf-encoder), "
+                f"not model.type '{self.type}'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _prompt_section(self) -> ModelConfig:
@@ -358,6 +401,13 @@ class TrainConfig(_Stage):
         ge=0,
         lt=1,
         description="Label smoothing of the cross-entropy on gold labels (e.g. 0.1; 0 = off).",
+    )
+    rdrop_alpha: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="R-Drop: each batch runs twice with different dropout masks, and alpha weighs the symmetric "
+        "KL between the two predictions (e.g. 1.0; 0 = off; about 2x the training compute).",
     )
     compile: bool = Field(
         False, description="torch.compile the model for training (a GPU speed-up; slow to start, little gain on CPU)."

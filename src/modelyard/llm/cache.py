@@ -288,7 +288,7 @@ def build_cache(name: str, gguf_path: Path, dest: Path, *, sha256: str | None = 
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(root)
     print(
-        f"modelyard: converting {name} GGUF to a safetensors cache in {dest} (once, ~20 s)",
+        f"modelyard: converting {name} GGUF to a safetensors cache in {dest} (once, 20-60 s)",
         file=sys.stderr,
         flush=True,
     )

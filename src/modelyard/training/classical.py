@@ -8,6 +8,12 @@ The model is saved without pickle: ``vectorizer.json`` (the analyzer settings) a
 (vocabulary, idf, coefficients; loaded with ``allow_pickle=False``). Loading rebuilds the features with
 scikit-learn's ``CountVectorizer`` on the fixed vocabulary, then applies the stored idf and L2 norm — the
 same numbers ``TfidfVectorizer`` produced at training time.
+
+Options (``model.tfidf``): ``word_ngram_max`` adds a second block of jieba word n-grams to the character
+n-grams (each block L2-normalised, then scaled by 1/sqrt(2) so a text's row still has unit norm);
+``nb_weighting`` scales every feature by its naive-Bayes log-count ratio before the regression (NBSVM, Wang &
+Manning 2012). The ratio is folded into the saved coefficients (``(x * r) . w == x . (r * w)``), so a saved
+model is always "features → one linear layer" and loading needs no extra arrays.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from modelyard.errors import ModelError
 
 VECTORIZER_FILE = "vectorizer.json"
 WEIGHTS_FILE = "weights.npz"
+BLOCK_SCALE = float(1.0 / np.sqrt(2.0))  # two L2-normalised blocks side by side keep a unit-norm row
 
 
 def _analyzer_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
@@ -42,13 +49,61 @@ def _analyzer_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _vectorizer_spec(cfg: TfidfConfig) -> dict[str, Any]:
-    return {
+    spec: dict[str, Any] = {
         "analyzer": "char_wb" if cfg.analyzer == "char" else "word",
         "ngram_range": [cfg.ngram_min, cfg.ngram_max],
         "lowercase": True,
         "sublinear_tf": cfg.sublinear_tf,
         "norm": "l2",
     }
+    if cfg.word_ngram_max is not None:
+        # The second block: jieba words of the (cleaned) text, same tf/idf/norm settings.
+        spec["word"] = {
+            "analyzer": "word",
+            "ngram_range": [1, cfg.word_ngram_max],
+            "lowercase": True,
+            "sublinear_tf": cfg.sublinear_tf,
+            "norm": "l2",
+            "segment": "jieba",
+        }
+        spec["block_scale"] = BLOCK_SCALE
+    if cfg.nb_weighting:
+        spec["nb_weighting"] = True  # informational: the ratios are folded into the coefficients
+    return spec
+
+
+def _segment_all(texts: list[str]) -> list[str]:
+    """jieba words separated by spaces (the input of the word block)."""
+    from modelyard.data.chinese import segment
+
+    return [segment(t) for t in texts]
+
+
+def _tfidf_rows(counts: Any, idf: np.ndarray, sublinear: bool) -> Any:
+    """Counts → (1 + log tf if sublinear) × idf → L2-normalised rows, exactly as ``TfidfVectorizer``."""
+    from sklearn.preprocessing import normalize
+
+    x = counts.astype(np.float64)
+    if sublinear:
+        x.data = np.log(x.data) + 1.0
+    x = x.multiply(idf).tocsr()
+    return normalize(x, norm="l2", copy=False)
+
+
+def nb_ratios(x: Any, y: np.ndarray, n_classes: int, smoothing: float = 1.0) -> np.ndarray:
+    """Naive-Bayes log-count ratios, one row per binary problem: ``log((p/|p|1) / (q/|q|1))``.
+
+    ``p`` sums the feature values of the positive examples (+ ``smoothing``), ``q`` those of the rest. Two
+    classes give one row (class 1 against class 0); more give one row per class (one-vs-rest).
+    """
+    targets = [1] if n_classes == 2 else list(range(n_classes))
+    rows = []
+    for k in targets:
+        pos = y == k
+        p = np.asarray(x[pos].sum(axis=0)).ravel() + smoothing
+        q = np.asarray(x[~pos].sum(axis=0)).ravel() + smoothing
+        rows.append(np.log((p / p.sum()) / (q / q.sum())))
+    return np.vstack(rows)
 
 
 def _proba(decision: np.ndarray) -> np.ndarray:
@@ -88,16 +143,30 @@ class TfidfClassifier:
         self._clean = clean_text
         vocabulary = {str(t): i for i, t in enumerate(terms.tolist())}
         self.vectorizer = CountVectorizer(vocabulary=vocabulary, **_analyzer_kwargs(self.spec))
+        self.word_vectorizer: CountVectorizer | None = None
+        if self.spec.get("word"):
+            try:
+                with np.load(self.model_dir / WEIGHTS_FILE, allow_pickle=False) as w:
+                    word_terms, self.word_idf = w["word_terms"], w["word_idf"]
+            except (OSError, KeyError, ValueError) as err:
+                raise ModelError(f"cannot load the word block of {self.model_dir}: {err}") from None
+            word_vocabulary = {str(t): i for i, t in enumerate(word_terms.tolist())}
+            self.word_vectorizer = CountVectorizer(vocabulary=word_vocabulary, **_analyzer_kwargs(self.spec["word"]))
+        n_features = len(vocabulary) + (len(self.word_vectorizer.vocabulary) if self.word_vectorizer else 0)
+        if self.coef.shape[1] != n_features:
+            raise ModelError(f"{self.model_dir}: {self.coef.shape[1]} coefficients per class for {n_features} features")
 
     def features(self, texts: list[str]) -> Any:
-        """TF-IDF rows (sparse, L2-normalised) of already-cleaned texts."""
-        from sklearn.preprocessing import normalize
+        """TF-IDF rows (sparse, L2-normalised) of already-cleaned texts (both blocks when there is a word block)."""
+        import scipy.sparse as sp
 
-        x = self.vectorizer.transform(texts).astype(np.float64)
-        if self.spec["sublinear_tf"]:
-            x.data = np.log(x.data) + 1.0
-        x = x.multiply(self.idf).tocsr()
-        return normalize(x, norm="l2", copy=False)
+        x = _tfidf_rows(self.vectorizer.transform(texts), self.idf, self.spec["sublinear_tf"])
+        if self.word_vectorizer is None:
+            return x
+        word_spec = self.spec["word"]
+        w = _tfidf_rows(self.word_vectorizer.transform(_segment_all(texts)), self.word_idf, word_spec["sublinear_tf"])
+        scale = float(self.spec["block_scale"])
+        return sp.hstack([x * scale, w * scale], format="csr")
 
     def info(self) -> dict[str, Any]:
         """JSON-able description of the model (served in responses)."""
@@ -128,41 +197,83 @@ class TfidfClassifier:
         return label_predictions(self.labels, self.predict_proba(texts))
 
 
-def fit_tfidf(texts: list[str], y: np.ndarray, cfg: TfidfConfig, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit the vectorizer and the SGD logistic regression; return ``(vectorizer spec, arrays to save)``."""
+def _fit_vectorizer(spec: dict[str, Any], texts: list[str], cfg: TfidfConfig) -> tuple[Any, Any]:
+    """Fit one TF-IDF block; returns ``(vectorizer, rows)``."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import SGDClassifier
 
-    spec = _vectorizer_spec(cfg)
     vec = TfidfVectorizer(
         **_analyzer_kwargs(spec),
         min_df=cfg.min_df,
         max_features=cfg.max_features,
-        sublinear_tf=cfg.sublinear_tf,
+        sublinear_tf=spec["sublinear_tf"],
         norm="l2",
     )
     try:
-        x = vec.fit_transform(texts)
+        return vec, vec.fit_transform(texts)
     except ValueError as err:  # e.g. min_df leaves no n-gram
         raise ModelError(f"model.tfidf: no features could be built ({err}); lower model.tfidf.min_df") from None
-    clf = SGDClassifier(loss="log_loss", alpha=cfg.alpha, max_iter=cfg.max_iter, tol=1e-4, random_state=seed)
-    clf.fit(x, y)
+
+
+def _terms(vec: Any) -> np.ndarray:
     terms = np.empty(len(vec.vocabulary_), dtype=object)
     for term, i in vec.vocabulary_.items():
         terms[i] = term
-    arrays = {
-        "terms": terms.astype(str),  # fixed-width unicode: loads with allow_pickle=False
-        "idf": vec.idf_.astype(np.float64),
-        "coef": clf.coef_.astype(np.float64),
-        "intercept": clf.intercept_.astype(np.float64),
-    }
+    return terms.astype(str)  # fixed-width unicode: loads with allow_pickle=False
+
+
+def fit_tfidf(texts: list[str], y: np.ndarray, cfg: TfidfConfig, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the vectorizer(s) and the SGD logistic regression; return ``(vectorizer spec, arrays to save)``.
+
+    With ``cfg.nb_weighting`` each binary problem (one for two classes, one per class otherwise) is fitted on
+    the features scaled by its naive-Bayes ratios, and the ratios are folded into the saved coefficients.
+    """
+    import scipy.sparse as sp
+    from sklearn.linear_model import SGDClassifier
+
+    spec = _vectorizer_spec(cfg)
+    vec, x = _fit_vectorizer(spec, texts, cfg)
+    arrays: dict[str, Any] = {"terms": _terms(vec), "idf": vec.idf_.astype(np.float64)}
+    if "word" in spec:
+        word_vec, w = _fit_vectorizer(spec["word"], _segment_all(texts), cfg)
+        arrays |= {"word_terms": _terms(word_vec), "word_idf": word_vec.idf_.astype(np.float64)}
+        x = sp.hstack([x * spec["block_scale"], w * spec["block_scale"]], format="csr")
+
+    def sgd() -> Any:
+        return SGDClassifier(loss="log_loss", alpha=cfg.alpha, max_iter=cfg.max_iter, tol=1e-4, random_state=seed)
+
+    if not cfg.nb_weighting:
+        clf = sgd().fit(x, y)
+        coef, intercept = clf.coef_, clf.intercept_
+    else:
+        n_classes = int(y.max()) + 1 if len(y) else 0
+        ratios = nb_ratios(x, y, max(n_classes, 2))
+        targets = [1] if ratios.shape[0] == 1 else list(range(ratios.shape[0]))
+        coef = np.zeros_like(ratios)
+        intercept = np.zeros(ratios.shape[0])
+        for row, k in enumerate(targets):
+            clf = sgd().fit(x @ sp.diags(ratios[row]), (y == k).astype(np.int64))
+            coef[row] = clf.coef_[0] * ratios[row]  # fold the ratios in: (x * r) . w == x . (r * w)
+            intercept[row] = clf.intercept_[0]
+    arrays |= {"coef": np.asarray(coef, dtype=np.float64), "intercept": np.asarray(intercept, dtype=np.float64)}
     return spec, arrays
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    """``char_wb 1-4-grams + jieba word 1-2-grams, NB-weighted`` — for logs and the report."""
+    lo, hi = spec["ngram_range"]
+    text = f"{spec['analyzer']} {lo}-{hi}-grams"
+    if spec.get("word"):
+        wlo, whi = spec["word"]["ngram_range"]
+        text += f" + jieba word {wlo}-{whi}-grams"
+    if spec.get("nb_weighting"):
+        text += ", NB-weighted"
+    return text
 
 
 def save_tfidf_model(path: Path, recipe: Recipe, labels: list[str], spec: dict[str, Any], arrays: dict) -> None:
     """Write ``modelyard.json``, ``vectorizer.json`` and ``weights.npz`` (no pickle) into ``path``."""
     path.mkdir(parents=True, exist_ok=True)
-    np.savez(path / WEIGHTS_FILE, **arrays)
+    np.savez_compressed(path / WEIGHTS_FILE, **arrays)  # the fixed-width term arrays compress well
     write_json(path / VECTORIZER_FILE, spec)
     write_json(
         path / "modelyard.json",
@@ -200,10 +311,10 @@ def fit_tfidf_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console
     save_tfidf_model(run_dir / "model", recipe, labels, spec, arrays)
     clf = TfidfClassifier(run_dir / "model")
     n_params = int(arrays["coef"].size + arrays["intercept"].size)
+    n_features = len(arrays["terms"]) + len(arrays.get("word_terms", ()))
     console.print(
-        f"[bold]model[/] tfidf-logreg ({spec['analyzer']} {cfg.ngram_min}-{cfg.ngram_max}-grams, "
-        f"{len(arrays['terms'])} features, {n_params:,} weights) · fitted on {len(train_texts)} texts "
-        f"in {train_seconds:.1f}s"
+        f"[bold]model[/] tfidf-logreg ({_describe(spec)}, {n_features} features, {n_params:,} weights) "
+        f"· fitted on {len(train_texts)} texts in {train_seconds:.1f}s"
     )
     metrics: dict[str, Any] = {}
     frames = []
@@ -222,8 +333,8 @@ def fit_tfidf_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console
     info = {
         "run": run_id,
         "recipe name": recipe.name,
-        "model": f"tfidf-logreg · {spec['analyzer']} {cfg.ngram_min}-{cfg.ngram_max}-grams",
-        "features": len(arrays["terms"]),
+        "model": f"tfidf-logreg · {_describe(spec)}",
+        "features": n_features,
         "parameters": f"{n_params:,}",
         "train time (s)": round(train_seconds, 2),
         "data": recipe.data.path,

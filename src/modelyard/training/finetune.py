@@ -203,6 +203,9 @@ class FineTuneRecipe:
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.n_params = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if trainable != self.n_params:  # model.finetune lora / frozen
+            self.console.print(f"[bold]trainable[/] {trainable:,} of {self.n_params:,} parameters")
         # Print derived values instead of silently deciding them (nanoGPT style).
         self.console.print(
             f"[bold]model[/] {model_name(self.recipe)} ({self.n_params / 1e6:.1f}M params) · device {self.device}"
@@ -266,7 +269,22 @@ class FineTuneRecipe:
         return tempered.astype(np.float32)
 
     def loss(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-        """Cross-entropy on gold labels, or the distillation mix (Hinton et al.: T² · KL + α · CE)."""
+        """Cross-entropy on gold labels, or the distillation mix (Hinton et al.: T² · KL + α · CE).
+
+        With ``train.rdrop_alpha`` > 0 the logits are those of the batch seen twice (two dropout masks):
+        R-Drop (Liang et al., 2021) averages the two losses and adds α · the symmetric KL divergence between
+        the two predicted distributions. Written here because it is a few lines of the loss; no library has it.
+        """
+        alpha = self.cfg.rdrop_alpha
+        if alpha > 0 and len(logits) == 2 * len(idx):
+            first, second = logits.chunk(2)
+            lp, lq = torch.log_softmax(first, dim=-1), torch.log_softmax(second, dim=-1)
+            kl = torch.nn.functional.kl_div(lp, lq, log_target=True, reduction="batchmean")
+            kl = kl + torch.nn.functional.kl_div(lq, lp, log_target=True, reduction="batchmean")
+            return 0.5 * (self._loss(first, idx) + self._loss(second, idx)) + alpha * 0.5 * kl
+        return self._loss(logits, idx)
+
+    def _loss(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         train = self.splits["train"]
         y = torch.as_tensor(train.labels[idx], device=logits.device)
         ce = torch.nn.functional.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
@@ -366,6 +384,8 @@ class FineTuneRecipe:
                     idx = batches[b]
                     inputs = self.batches.inputs(idx, epoch, b)
                     with _autocast(self.device, self.dtype):
+                        if cfg.rdrop_alpha > 0:  # two dropout masks in one forward pass of the doubled batch
+                            inputs = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in inputs.items()}
                         logits = self.train_model(**inputs).logits
                     loss = self.loss(logits.float(), idx)
                     if not torch.isfinite(loss):
@@ -589,6 +609,8 @@ def save_model_dir(path: Path, model: Any, tokenizer: Any, recipe: Recipe, label
         save_image_model_dir(path, model, recipe, labels)
         return
     path.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):  # peft LoRA: merge the adapters so plain transformers loads it
+        model = model.merge_and_unload()
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     write_json(
