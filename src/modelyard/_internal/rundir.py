@@ -159,3 +159,18 @@ def run_manifest(
         "stopped_early": stopped_early,
         "total_steps": total_steps,
     }
+
+
+def text_model_metadata(recipe: Any, labels: list[str], backbone: str, model_type: str) -> dict[str, Any]:
+    """The ``modelyard.json`` fields every saved text model shares (labels, max length, text column, cleaning)."""
+    return {
+        "format": 1,
+        "task": recipe.task,
+        "name": recipe.name,
+        "labels": labels,
+        "max_length": recipe.model.max_length,
+        "backbone": backbone,
+        "model_type": model_type,
+        "text_column": recipe.data.text_column,
+        "cleaning": recipe.data.clean.model_dump(mode="json"),
+    }

@@ -26,7 +26,7 @@ import numpy as np
 from rich.console import Console
 
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.rundir import run_manifest
+from modelyard._internal.rundir import run_manifest, text_model_metadata
 from modelyard.config import Recipe, TfidfConfig
 from modelyard.errors import ModelError
 
@@ -275,21 +275,8 @@ def save_tfidf_model(path: Path, recipe: Recipe, labels: list[str], spec: dict[s
     path.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path / WEIGHTS_FILE, **arrays)  # the fixed-width term arrays compress well
     write_json(path / VECTORIZER_FILE, spec)
-    write_json(
-        path / "modelyard.json",
-        {
-            "format": 1,
-            "task": recipe.task,
-            "name": recipe.name,
-            "labels": labels,
-            "max_length": recipe.model.max_length,
-            "backbone": "tfidf-logreg",
-            "model_type": "tfidf-logreg",
-            "text_column": recipe.data.text_column,
-            "cleaning": recipe.data.clean.model_dump(mode="json"),
-            "tfidf": recipe.model.tfidf.model_dump(mode="json"),
-        },
-    )
+    meta = text_model_metadata(recipe, labels, backbone="tfidf-logreg", model_type="tfidf-logreg")
+    write_json(path / "modelyard.json", meta | {"tfidf": recipe.model.tfidf.model_dump(mode="json")})
 
 
 def fit_tfidf_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> dict:

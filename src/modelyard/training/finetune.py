@@ -39,6 +39,7 @@ from modelyard._internal.rundir import (
     finish_run,
     run_manifest,
     start_run,
+    text_model_metadata,
 )
 from modelyard._internal.runtime import pick_device, pick_dtype, rng_state, seed_everything, set_rng_state
 from modelyard.config import LOWER_IS_BETTER, Recipe, load_recipe
@@ -613,20 +614,8 @@ def save_model_dir(path: Path, model: Any, tokenizer: Any, recipe: Recipe, label
         model = model.merge_and_unload()
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
-    write_json(
-        path / "modelyard.json",
-        {
-            "format": 1,
-            "task": recipe.task,
-            "name": recipe.name,
-            "labels": labels,
-            "max_length": recipe.model.max_length,
-            "backbone": recipe.model.backbone,
-            "model_type": recipe.model.type,
-            "text_column": recipe.data.text_column,
-            "cleaning": recipe.data.clean.model_dump(mode="json"),
-        },
-    )
+    meta = text_model_metadata(recipe, labels, backbone=recipe.model.backbone, model_type=recipe.model.type)
+    write_json(path / "modelyard.json", meta)
 
 
 # ---------------------------------------------------------------------- orchestration
