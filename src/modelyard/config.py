@@ -275,6 +275,17 @@ class LoraSettings(_Stage):
     )
 
 
+class EnsembleConfig(_Stage):
+    """Settings of `model.type: ensemble` (weights are always fitted on the validation split)."""
+
+    selection_rounds: int = Field(
+        20,
+        ge=1,
+        description="Rounds of greedy ensemble selection with replacement (Caruana et al. 2004): each round adds "
+        "the member that most improves validation accuracy; weights = picks / rounds.",
+    )
+
+
 class ModelConfig(_Stage):
     """Which model is trained."""
 
@@ -282,7 +293,7 @@ class ModelConfig(_Stage):
         "hf-encoder",
         description="Model builder name: `hf-encoder` (fine-tuned encoder), `prompt` (zero/few-shot generative LM, "
         "see `prompt`), from scratch `textcnn`, `bilstm`, `transformer-encoder`, or `tfidf-logreg`; "
-        "for images `cnn-small`, `resnet-mini` or `vit-tiny`.",
+        "`ensemble` (a weighted average of `members`); for images `cnn-small`, `resnet-mini` or `vit-tiny`.",
     )
     backbone: str = Field(
         "bundled:minilm-l6",
@@ -315,6 +326,15 @@ class ModelConfig(_Stage):
         "extractor). `lora`/`frozen` make large backbones such as bundled:gemma3-270m usable on CPU.",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (`finetune: lora`).")
+    members: list[ModelConfig] = Field(
+        default_factory=list,
+        description="`type: ensemble`: two or more ordinary model sections (not ensembles, prompt or image "
+        "models), each trained in the same run (member i with seed train.seed + i) and averaged with weights "
+        "fitted on the validation split; empty for other types.",
+    )
+    ensemble: EnsembleConfig = Field(
+        default_factory=EnsembleConfig, description="Settings of `type: ensemble` (selection_rounds)."
+    )
 
     @model_validator(mode="after")
     def _finetune_mode(self) -> ModelConfig:
@@ -326,12 +346,42 @@ class ModelConfig(_Stage):
         return self
 
     @model_validator(mode="after")
+    def _ensemble_members(self) -> ModelConfig:
+        if self.type != "ensemble":
+            if self.members:
+                raise ValueError(
+                    f"model.members is only used with model.type 'ensemble' (model.type is '{self.type}'); "
+                    "set model.type: ensemble or remove model.members"
+                )
+            return self
+        if len(self.members) < 2:
+            raise ValueError(
+                f"model.type 'ensemble' needs at least 2 entries in model.members (got {len(self.members)}); "
+                "list two or more model sections, e.g. [{type: hf-encoder}, {type: tfidf-logreg}]"
+            )
+        for i, member in enumerate(self.members):
+            if member.type == "ensemble":
+                raise ValueError(
+                    f"model.members[{i}] is itself an ensemble; nested ensembles are not supported - "
+                    "list its members directly in model.members"
+                )
+            if member.type == "prompt" or member.type in IMAGE_MODEL_TYPES:
+                raise ValueError(
+                    f"model.members[{i}] has type '{member.type}'; ensemble members must be trained text models "
+                    "(hf-encoder, textcnn, bilstm, transformer-encoder, tfidf-logreg), not prompt or image models"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _prompt_section(self) -> ModelConfig:
         if self.type == "prompt" and self.prompt is None:
             self.prompt = PromptConfig()
         if self.type != "prompt" and self.prompt is not None:
             raise ValueError(f"model.prompt is only used with model.type 'prompt' (model.type is '{self.type}')")
         return self
+
+
+ModelConfig.model_rebuild()
 
 
 class DistillConfig(_Stage):

@@ -153,4 +153,8 @@ def load(path: str | Path, *, device: str = "auto", batch_size: int = 64) -> Cla
         from modelyard.training.classical import TfidfClassifier
 
         return TfidfClassifier(model_dir)  # type: ignore[return-value]
+    if model_type == "ensemble":
+        from modelyard.training.ensemble import EnsembleClassifier
+
+        return EnsembleClassifier(model_dir, device=device, batch_size=batch_size)  # type: ignore[return-value]
     return Classifier(model_dir, device=device, batch_size=batch_size)

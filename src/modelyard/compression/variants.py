@@ -51,7 +51,13 @@ def source_model_dir(run_dir: Path) -> Path:
     from modelyard._internal.rundir import find_run
 
     model_dir = find_run(Path(run_dir)) / "model"
-    if not (model_dir / "modelyard.json").is_file() or not (model_dir / "model.safetensors").is_file():
+    meta_path = model_dir / "modelyard.json"
+    if meta_path.is_file() and read_json(meta_path).get("model_type") == "ensemble":
+        raise ModelError(
+            f"{run_dir} is a model.type ensemble run; compression works on one network at a time: "
+            f"compress a member instead ({model_dir}/members/<i>, e.g. copy it into a run of its own)"
+        )
+    if not meta_path.is_file() or not (model_dir / "model.safetensors").is_file():
         raise ModelError(
             f"{run_dir} has no trained model (expected model/modelyard.json and model/model.safetensors); "
             "pass a finished run directory from `modelyard train`"

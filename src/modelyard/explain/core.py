@@ -99,6 +99,12 @@ class Explanation:
 
 
 def _require_internals(classifier: Any) -> tuple[Any, Any]:
+    if (getattr(classifier, "meta", None) or {}).get("model_type") == "ensemble":
+        raise ExplainUnsupportedError(
+            f"{getattr(classifier, 'model_dir', 'this model')} is a model.type ensemble (a weighted average of "
+            "several models), which has no single network to attribute; explain a member instead: "
+            "RUN/model/members/<i>"
+        )
     model = getattr(classifier, "model", None)
     tokenizer = getattr(classifier, "tokenizer", None)
     if model is None or tokenizer is None or not hasattr(model, "get_input_embeddings"):

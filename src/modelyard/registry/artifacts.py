@@ -130,9 +130,32 @@ def validate_model_dir(model_dir: Path) -> list[Path]:
                 except (UnicodeDecodeError, json.JSONDecodeError) as err:
                     raise RegistryError(f"{path}: invalid JSON ({err})") from None
             files.append(rel)
-    if not (model_dir / "modelyard.json").is_file():
-        raise RegistryError(f"{model_dir}: no modelyard.json; not a modelyard model directory")
-    meta = json.loads((model_dir / "modelyard.json").read_text(encoding="utf-8"))
-    if meta.get("model_type") != "prompt" and not any(p.suffix == ".safetensors" for p in files):
-        raise RegistryError(f"{model_dir}: no *.safetensors weights; only safetensors models can be registered")
+    _check_weights(model_dir, files, Path())
     return sorted(files)
+
+
+def _check_weights(model_dir: Path, files: list[Path], sub: Path) -> None:
+    """``model_dir / sub`` has a ``modelyard.json`` and safetensors weights (prompt models excepted).
+
+    An ensemble (``model_type: ensemble``) is checked member by member: each ``members[i].path`` must be a
+    folder inside the model directory that passes the same check on its own.
+    """
+    where = model_dir / sub
+    if not (where / "modelyard.json").is_file():
+        raise RegistryError(f"{where}: no modelyard.json; not a modelyard model directory")
+    meta = json.loads((where / "modelyard.json").read_text(encoding="utf-8"))
+    if meta.get("model_type") == "ensemble":
+        members = meta.get("members")
+        if not isinstance(members, list) or not members:
+            raise RegistryError(f"{where}/modelyard.json: an ensemble without a `members` list")
+        for i, member in enumerate(members):
+            rel = Path(str(member.get("path", ""))) if isinstance(member, dict) else Path()
+            if not rel.parts or rel.is_absolute() or ".." in rel.parts or not (where / rel).is_dir():
+                raise RegistryError(
+                    f"{where}/modelyard.json: ensemble member {i} path {member!r} is not a folder inside the model"
+                )
+            _check_weights(model_dir, files, sub / rel)
+        return
+    own = [p for p in files if p.is_relative_to(sub)] if sub.parts else files
+    if meta.get("model_type") != "prompt" and not any(p.suffix == ".safetensors" for p in own):
+        raise RegistryError(f"{where}: no *.safetensors weights; only safetensors models can be registered")

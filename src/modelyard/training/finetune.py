@@ -663,6 +663,10 @@ def train(
             data = prepare_data(recipe.data, recipe.base_dir)
         if recipe.model.type == "hf-encoder":
             resolve_backbone(recipe.model.backbone, recipe.base_dir)
+        elif recipe.model.type == "ensemble":
+            for member in recipe.model.members:  # every member's backbone before a directory exists
+                if member.type == "hf-encoder":
+                    resolve_backbone(member.backbone, recipe.base_dir)
         elif recipe.model.type == "prompt":
             from modelyard.llm.cache import resolve_lm
             from modelyard.training.prompt import prompt_settings
@@ -684,6 +688,12 @@ def train(
         if resume is not None:
             raise ModelyardError("tfidf-logreg runs have no training steps to resume; start a new run")
         return _prompt_run(recipe, data, run_id, run_dir, console, t0, fit=fit_tfidf_run)
+    if recipe.model.type == "ensemble":
+        from modelyard.training.ensemble import fit_ensemble_run
+
+        if resume is not None:
+            raise ModelyardError("ensemble runs cannot be resumed (each member is its own run); start a new run")
+        return _prompt_run(recipe, data, run_id, run_dir, console, t0, fit=fit_ensemble_run)
 
     ft = FineTuneRecipe(recipe, run_dir, data, console)
     try:
