@@ -26,7 +26,7 @@ import numpy as np
 from rich.console import Console
 
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.rundir import run_manifest, text_model_metadata
+from modelyard._internal.rundir import text_model_metadata
 from modelyard.config import Recipe, TfidfConfig
 from modelyard.errors import ModelError
 
@@ -281,11 +281,8 @@ def save_tfidf_model(path: Path, recipe: Recipe, labels: list[str], spec: dict[s
 
 def fit_tfidf_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> dict:
     """Fit, save ``model/``, evaluate valid and test, and write metrics, predictions, report and manifest."""
-    import pandas as pd
-
     from modelyard.evaluation.metrics import compute_metrics
-    from modelyard.evaluation.report import write_report
-    from modelyard.training.finetune import prediction_frame
+    from modelyard.training.finetune import prediction_frame, write_oneshot_outputs
 
     labels = list(data.labels)
     index = {label: i for i, label in enumerate(labels)}
@@ -313,10 +310,6 @@ def fit_tfidf_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console
         loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)))) if len(y) else None
         metrics[split] = compute_metrics(y, probs, labels, loss=loss)
         frames.append(prediction_frame(split, texts, y, probs, labels))
-    write_json(run_dir / "metrics.json", metrics)
-    predictions = pd.concat(frames, ignore_index=True)
-    predictions.to_parquet(run_dir / "predictions.parquet", index=False)
-    write_json(run_dir / "history.json", [])
     info = {
         "run": run_id,
         "recipe name": recipe.name,
@@ -327,27 +320,19 @@ def fit_tfidf_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console
         "data": recipe.data.path,
         "train / valid / test": " / ".join(str(len(getattr(data, s))) for s in ("train", "valid", "test")),
     }
-    write_report(
-        run_dir / "report.html",
-        title=f"{recipe.name} · {run_id}",
-        metrics=metrics,
-        labels=labels,
-        history=[],
-        steps=[],
-        predictions=predictions,
-        info=info,
-    )
-    manifest = run_manifest(
+    write_oneshot_outputs(
+        run_dir,
         recipe,
         run_id,
         t0,
+        data,
+        metrics=metrics,
+        frames=frames,
+        info=info,
         seed={"train": recipe.train.seed, "data": recipe.data.seed},
         train_seconds=train_seconds,
         device="cpu",
         precision="fp64",
-        data_fingerprints=data.fingerprints,
-        data_sizes={s: len(getattr(data, s)) for s in ("train", "valid", "test")},
         model={"type": "tfidf-logreg", "backbone": "tfidf-logreg", "parameters": n_params},
     )
-    write_json(run_dir / "manifest.json", manifest)
     return metrics

@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.rundir import run_manifest, text_model_metadata
+from modelyard._internal.rundir import text_model_metadata
 from modelyard.config import Recipe
 from modelyard.errors import ModelError
 
@@ -178,8 +178,7 @@ def fit_ensemble_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, cons
     from rich.table import Table
 
     from modelyard.evaluation.metrics import compute_metrics
-    from modelyard.evaluation.report import write_report
-    from modelyard.training.finetune import prediction_frame, train
+    from modelyard.training.finetune import prediction_frame, train, write_oneshot_outputs
 
     labels = list(data.labels)
     index = {label: i for i, label in enumerate(labels)}
@@ -263,10 +262,6 @@ def fit_ensemble_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, cons
     table.add_row("ensemble", "", "1.000", f"{metrics['valid']['accuracy']:.4f}", f"{metrics['test']['accuracy']:.4f}")
     console.print(table)
 
-    write_json(run_dir / "metrics.json", metrics)
-    predictions = pd.concat(frames, ignore_index=True)
-    predictions.to_parquet(run_dir / "predictions.parquet", index=False)
-    write_json(run_dir / "history.json", [])
     info: dict[str, Any] = {
         "run": run_id,
         "recipe name": recipe.name,
@@ -283,31 +278,23 @@ def fit_ensemble_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, cons
         "data": recipe.data.path,
         "train / valid / test": " / ".join(str(len(getattr(data, s))) for s in ("train", "valid", "test")),
     }
-    write_report(
-        run_dir / "report.html",
-        title=f"{recipe.name} · {run_id}",
-        metrics=metrics,
-        labels=labels,
-        history=[],
-        steps=[],
-        predictions=predictions,
-        info=info,
-    )
-    manifest = run_manifest(
+    write_oneshot_outputs(
+        run_dir,
         recipe,
         run_id,
         t0,
+        data,
+        metrics=metrics,
+        frames=frames,
+        info=info,
         seed={"train": recipe.train.seed, "data": recipe.data.seed},
         train_seconds=train_seconds,
         device="cpu",
         precision="fp64",
-        data_fingerprints=data.fingerprints,
-        data_sizes={s: len(getattr(data, s)) for s in ("train", "valid", "test")},
         model={"type": "ensemble", "backbone": backbone, "parameters": n_params},
         members=[
             {"type": r["type"], "run": r["run"], "seed": recipe.train.seed + r["index"], "weight": float(w)}
             for r, w in zip(member_rows, weights, strict=True)
         ],
     )
-    write_json(run_dir / "manifest.json", manifest)
     return metrics

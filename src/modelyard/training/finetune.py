@@ -741,6 +741,53 @@ def _prompt_run(
     return final
 
 
+def write_oneshot_outputs(
+    run_dir: Path,
+    recipe: Recipe,
+    run_id: str,
+    t0: float,
+    data: Any,
+    *,
+    metrics: dict[str, Any],
+    frames: list[Any],
+    info: dict[str, Any],
+    **manifest_fields: Any,
+) -> None:
+    """The outputs of a run without a training loop (tfidf-logreg, prompt, ensemble).
+
+    Writes ``metrics.json``, ``predictions.parquet`` (the concatenated ``frames``), an empty ``history.json``,
+    ``report.html`` and ``manifest.json`` (``manifest_fields`` go to :func:`run_manifest` next to the data
+    fingerprints and split sizes).
+    """
+    import pandas as pd
+
+    from modelyard.evaluation.report import write_report
+
+    write_json(run_dir / "metrics.json", metrics)
+    predictions = pd.concat(frames, ignore_index=True)
+    predictions.to_parquet(run_dir / "predictions.parquet", index=False)
+    write_json(run_dir / "history.json", [])
+    write_report(
+        run_dir / "report.html",
+        title=f"{recipe.name} · {run_id}",
+        metrics=metrics,
+        labels=list(data.labels),
+        history=[],
+        steps=[],
+        predictions=predictions,
+        info=info,
+    )
+    manifest = run_manifest(
+        recipe,
+        run_id,
+        t0,
+        data_fingerprints=data.fingerprints,
+        data_sizes={s: len(getattr(data, s)) for s in ("train", "valid", "test")},
+        **manifest_fields,
+    )
+    write_json(run_dir / "manifest.json", manifest)
+
+
 def _write_inputs(run_dir: Path, recipe: Recipe, data: Any) -> None:
     atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     write_json(run_dir / "data_report.json", data.report)

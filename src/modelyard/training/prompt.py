@@ -16,8 +16,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from modelyard._internal.io import read_json, write_json
-from modelyard._internal.rundir import run_manifest
+from modelyard._internal.io import read_json
 from modelyard.config import Recipe
 from modelyard.errors import ConfigError
 
@@ -115,12 +114,9 @@ def predict_with_progress(clf: Any, texts: list[str], console: Console, what: st
 
 def fit_prompt_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> dict:
     """Write ``model/`` for a prompt recipe, score valid and test, write metrics, predictions, report, manifest."""
-    import pandas as pd
-
     from modelyard.evaluation.metrics import compute_metrics
-    from modelyard.evaluation.report import write_report
     from modelyard.llm.classifier import load_prompt_model
-    from modelyard.training.finetune import prediction_frame
+    from modelyard.training.finetune import prediction_frame, write_oneshot_outputs
 
     p = recipe.model.prompt
     assert p is not None
@@ -147,10 +143,6 @@ def fit_prompt_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, consol
         loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)))) if len(y) else None
         metrics[split] = compute_metrics(y, probs, labels, loss=loss)
         frames.append(prediction_frame(split, texts, y, probs, labels))
-    write_json(run_dir / "metrics.json", metrics)
-    predictions = pd.concat(frames, ignore_index=True)
-    predictions.to_parquet(run_dir / "predictions.parquet", index=False)
-    write_json(run_dir / "history.json", [])
     n_scored = sum(len(getattr(data, s)) for s in ("valid", "test"))
     per_example_ms = 1000.0 * sum(seconds.values()) / max(n_scored, 1)
     info = {
@@ -163,26 +155,19 @@ def fit_prompt_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, consol
         "data": recipe.data.path,
         "train (shot pool) / valid / test": " / ".join(str(len(getattr(data, s))) for s in ("train", "valid", "test")),
     }
-    write_report(
-        run_dir / "report.html",
-        title=f"{recipe.name} · {run_id}",
-        metrics=metrics,
-        labels=labels,
-        history=[],
-        steps=[],
-        predictions=predictions,
-        info=info,
-    )
-    manifest = run_manifest(
+    write_oneshot_outputs(
+        run_dir,
         recipe,
         run_id,
         t0,
+        data,
+        metrics=metrics,
+        frames=frames,
+        info=info,
         seed={"shots": p.shot_seed, "data": recipe.data.seed},
         train_seconds=0.0,
         device=clf.device if hasattr(clf, "device") else "cpu",
         precision="fp32",
-        data_fingerprints=data.fingerprints,
-        data_sizes={s: len(getattr(data, s)) for s in ("train", "valid", "test")},
         model={
             "type": "prompt",
             "backbone": recipe.model.backbone,
@@ -191,7 +176,6 @@ def fit_prompt_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, consol
         scoring_seconds={k: round(v, 2) for k, v in seconds.items()},
         scoring_ms_per_example=round(per_example_ms, 2),
     )
-    write_json(run_dir / "manifest.json", manifest)
     return metrics
 
 
