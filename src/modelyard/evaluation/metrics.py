@@ -34,6 +34,13 @@ __all__ = ["compute_metrics", "expected_calibration_error", "reliability_bins"]
 _ROW_SUM_TOLERANCE = 1e-3
 
 
+def mean_nll(probs: np.ndarray, y: np.ndarray) -> float | None:
+    """Mean negative log-likelihood of the gold classes (probabilities clipped at 1e-12); None for no rows."""
+    if not len(y):
+        return None
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))))
+
+
 def _validate(y_true: Sequence[int] | np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(y, p)`` as int64 / float64 arrays after checking shapes and ranges.
 

@@ -281,7 +281,7 @@ def save_tfidf_model(path: Path, recipe: Recipe, labels: list[str], spec: dict[s
 
 def fit_tfidf_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> dict:
     """Fit, save ``model/``, evaluate valid and test, and write metrics, predictions, report and manifest."""
-    from modelyard.evaluation.metrics import compute_metrics
+    from modelyard.evaluation.metrics import compute_metrics, mean_nll
     from modelyard.training.finetune import prediction_frame, write_oneshot_outputs
 
     labels = list(data.labels)
@@ -307,8 +307,7 @@ def fit_tfidf_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console
         texts = frame["text"].tolist()
         y = np.array([index[x] for x in frame["label"]], dtype=np.int64)
         probs = clf.predict_proba(texts)
-        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)))) if len(y) else None
-        metrics[split] = compute_metrics(y, probs, labels, loss=loss)
+        metrics[split] = compute_metrics(y, probs, labels, loss=mean_nll(probs, y))
         frames.append(prediction_frame(split, texts, y, probs, labels))
     info = {
         "run": run_id,

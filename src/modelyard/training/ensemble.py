@@ -177,7 +177,7 @@ def fit_ensemble_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, cons
     import pandas as pd
     from rich.table import Table
 
-    from modelyard.evaluation.metrics import compute_metrics
+    from modelyard.evaluation.metrics import compute_metrics, mean_nll
     from modelyard.training.finetune import prediction_frame, train, write_oneshot_outputs
 
     labels = list(data.labels)
@@ -233,8 +233,7 @@ def fit_ensemble_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, cons
     for split in ("valid", "test"):
         blend = sum(w * p for w, p in zip(weights, probs[split], strict=True))
         y = ys[split]
-        loss = float(-np.mean(np.log(np.clip(blend[np.arange(len(y)), y], 1e-12, 1.0)))) if len(y) else None
-        metrics[split] = compute_metrics(y, blend, labels, loss=loss)
+        metrics[split] = compute_metrics(y, blend, labels, loss=mean_nll(blend, y))
         frames.append(prediction_frame(split, texts[split], y, blend, labels))
 
     backbone = "ensemble: " + " + ".join(

@@ -114,7 +114,7 @@ def predict_with_progress(clf: Any, texts: list[str], console: Console, what: st
 
 def fit_prompt_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> dict:
     """Write ``model/`` for a prompt recipe, score valid and test, write metrics, predictions, report, manifest."""
-    from modelyard.evaluation.metrics import compute_metrics
+    from modelyard.evaluation.metrics import compute_metrics, mean_nll
     from modelyard.llm.classifier import load_prompt_model
     from modelyard.training.finetune import prediction_frame, write_oneshot_outputs
 
@@ -140,8 +140,7 @@ def fit_prompt_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, consol
         s0 = time.perf_counter()
         probs = predict_with_progress(clf, texts, console, f"score {split}")
         seconds[split] = time.perf_counter() - s0
-        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)))) if len(y) else None
-        metrics[split] = compute_metrics(y, probs, labels, loss=loss)
+        metrics[split] = compute_metrics(y, probs, labels, loss=mean_nll(probs, y))
         frames.append(prediction_frame(split, texts, y, probs, labels))
     n_scored = sum(len(getattr(data, s)) for s in ("valid", "test"))
     per_example_ms = 1000.0 * sum(seconds.values()) / max(n_scored, 1)
