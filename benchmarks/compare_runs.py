@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from modelyard.data.sources import read_table
     from modelyard.evaluation.compare import latency_p50_ms, model_size_mb
     from modelyard.evaluation.metrics import compute_metrics
-    from modelyard.inference import load
+    from modelyard.models.loading import load
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR")

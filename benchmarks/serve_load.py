@@ -27,7 +27,7 @@ import numpy as np
 _SERVER = """
 import sys
 from modelyard.config import ServeConfig
-from modelyard.inference import load
+from modelyard.models.loading import load
 from modelyard.serving import serve
 run, port, batch, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 cfg = ServeConfig(max_batch_size=batch, max_wait_ms=wait, max_queue=100000, max_texts_per_request=64)

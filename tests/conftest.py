@@ -121,7 +121,7 @@ def write_tiny_recipe(tmp_path: Path, data: Path, backbone: Path, **train: objec
 def tiny_trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
     """A finished run of the tiny backbone on synthetic sentiment (shared by registry/production tests)."""
     from modelyard.config import load_recipe
-    from modelyard.training.finetune import train
+    from modelyard.training.run import train
 
     tmp = tmp_path_factory.mktemp("tiny_trained_run")
     data = tmp / "reviews.csv"

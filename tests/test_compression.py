@@ -12,7 +12,7 @@ import pytest
 from modelyard.compression import METHODS, ROW_KEYS, RUNTIMES, SOURCE, TOLERANCES, compress, load_variant
 from modelyard.config import load_recipe
 from modelyard.errors import ModelyardError
-from modelyard.training.finetune import train
+from modelyard.training.run import train
 from tests.conftest import synthetic_sentiment, write_tiny_recipe
 
 SPARSITY = 0.3

@@ -159,7 +159,7 @@ def test_recent_predictions_endpoint(tmp_path: Path, tiny_trained_run: Path) -> 
 
 
 def test_drift_endpoint(tmp_path: Path, tiny_trained_run: Path) -> None:
-    from modelyard.inference import load
+    from modelyard.models.loading import load
 
     reg = make_registry(tmp_path, tiny_trained_run)
     admin = reg.create_key(["admin"])

@@ -14,8 +14,8 @@ import yaml
 
 from modelyard.config import load_recipe
 from modelyard.errors import ConfigError, ModelyardError
-from modelyard.training.ensemble import select_weights
-from modelyard.training.finetune import train
+from modelyard.models.ensemble import select_weights
+from modelyard.training.run import train
 
 from .conftest import synthetic_sentiment
 
@@ -167,7 +167,7 @@ print(json.dumps({"type": type(clf).__name__, "probs": clf.predict_proba(texts).
 
 def test_ensemble_load_is_the_weighted_sum_of_its_members(ensemble_run: Path) -> None:
     import modelyard
-    from modelyard.inference import load
+    from modelyard.models.loading import load
 
     run = ensemble_run
     texts = pd.read_parquet(run / "predictions.parquet").query("split == 'test'")["text"].tolist()
@@ -197,7 +197,7 @@ def test_ensemble_member_with_other_labels_is_refused(ensemble_run: Path, tmp_pa
     import shutil
 
     from modelyard.errors import ModelError
-    from modelyard.inference import load
+    from modelyard.models.loading import load
 
     model = tmp_path / "model"
     shutil.copytree(ensemble_run / "model", model)
@@ -218,7 +218,7 @@ def test_ensemble_evaluate_predict_and_unsupported_stages(ensemble_run: Path, tm
     from modelyard.evaluation.evaluate import evaluate
     from modelyard.explain import explain
     from modelyard.explain.core import ExplainUnsupportedError
-    from modelyard.inference import load
+    from modelyard.models.loading import load
 
     before = json.loads((ensemble_run / "metrics.json").read_text())
     _, metrics = evaluate(ensemble_run)

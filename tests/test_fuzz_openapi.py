@@ -88,7 +88,7 @@ def fuzz(schema: Any, headers: dict[str, str], checks: list[Callable[..., Any]])
 
 @pytest.fixture(scope="module")
 def plain_app(tiny_trained_run: Path) -> Any:
-    from modelyard.inference import load
+    from modelyard.models.loading import load
     from modelyard.serving import create_app
 
     app = create_app(lambda: load(tiny_trained_run), ServeConfig(max_wait_ms=1.0, max_chars_per_text=2000))

@@ -18,7 +18,7 @@ import yaml
 from modelyard._internal.packages import package_dir
 from modelyard.config import load_recipe
 from modelyard.errors import ModelError
-from modelyard.training.finetune import train
+from modelyard.training.run import train
 
 from .conftest import synthetic_sentiment
 
@@ -154,7 +154,7 @@ def test_lora_run_saves_merged_weights_that_plain_transformers_reproduces(gemma_
 def test_lora_merge_gives_the_same_logits(tmp_path: Path, tiny_gemma: Path) -> None:
     """Adapters with non-zero weights, merged and saved, reload with plain transformers to the same logits."""
     from modelyard.models import build_model
-    from modelyard.training.finetune import save_model_dir
+    from modelyard.models.text_classifier import save_text_model as save_model_dir
 
     recipe = load_recipe(gemma_recipe(tmp_path, tiny_gemma, "lora", **LORA))
     model, tokenizer = build_model(recipe.model, ["neg", "pos"], tmp_path)

@@ -246,7 +246,7 @@ def _digits_recipe(tmp_path: Path, **train: Any) -> Path:
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from modelyard.training.finetune import train
+    from modelyard.training.run import train
 
     tmp = tmp_path_factory.mktemp("digits")
     return train(load_recipe(_digits_recipe(tmp)))
@@ -329,7 +329,9 @@ def test_predict_cli_on_a_folder_reports_unreadable_files(digits_run: Path, tmp_
 def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     from safetensors.numpy import load_file
 
-    from modelyard.training.finetune import TrainingInterrupted, train
+    from modelyard.training.loop import TrainingInterrupted
+
+    from modelyard.training.run import train
 
     recipe_path = _digits_recipe(tmp_path, epochs=2, checkpoint_every_steps=4, ema_decay=0.9)
     full = train(load_recipe(recipe_path, ["output_dir=full"]))
@@ -356,7 +358,7 @@ def _encode_png(array: np.ndarray) -> bytes:
 
 
 async def _serve(digits_run: Path, cfg: ServeConfig, requests: list[dict[str, Any]]) -> list[httpx.Response]:
-    from modelyard.image_classifier import ImageClassifier
+    from modelyard.models.image_classifier import ImageClassifier
     from modelyard.serving import create_app
 
     app = create_app(lambda: ImageClassifier(digits_run / "model", device="cpu"), cfg)
@@ -371,7 +373,7 @@ async def _serve(digits_run: Path, cfg: ServeConfig, requests: list[dict[str, An
 
 
 def test_image_upload_http(digits_run: Path) -> None:
-    from modelyard.image_classifier import ImageClassifier
+    from modelyard.models.image_classifier import ImageClassifier
 
     with np.load(digits_run / "splits" / "test.npz") as z:
         images = z["images"][:2, 0]

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modelyard.cli import app as cli_app
-from modelyard.registry.monitor import categorical_psi, psi
+from modelyard.ops.monitor import categorical_psi, psi
 from tests.conftest import synthetic_sentiment
 from tests.production_helpers import make_registry
 
@@ -48,7 +48,7 @@ def _log(reg, texts: list[str], probs: np.ndarray) -> None:
 
 @pytest.fixture()
 def reg_and_model(tmp_path: Path, tiny_trained_run: Path):
-    from modelyard.inference import load
+    from modelyard.models.loading import load
 
     reg = make_registry(tmp_path, tiny_trained_run)
     yield reg, load(reg.resolve("demo", "production").path)
@@ -82,7 +82,8 @@ def test_monitor_cli_ok_then_drift(reg_and_model, tmp_path: Path) -> None:
         "embedding_cosine_distance",
     }
     page = out.read_text()
-    assert "data:image/png;base64," in page and "confidence_psi" in page
+    # three inline SVG charts (the report's figure helpers), no raster images, nothing external
+    assert page.count("<svg") == 3 and "data:image/png" not in page and "confidence_psi" in page
 
     # shifted traffic: long texts of unseen words, all scored with one class
     shifted = [" ".join(["zebra quantum invoice"] * 12) + f" {i}" for i in range(600)]

@@ -123,7 +123,7 @@ def write_pretrain_recipe(tmp_path: Path, **pretrain_cfg: object) -> Path:
 
 
 def test_pretrain_writes_a_backbone_that_fine_tunes(tmp_path: Path) -> None:
-    from modelyard.training.finetune import train
+    from modelyard.training.run import train
 
     recipe = load_recipe(write_pretrain_recipe(tmp_path, whole_word_masking=True))
     backbone = pretrain(recipe)

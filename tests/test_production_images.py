@@ -21,7 +21,7 @@ from tests.test_images import _digits_recipe
 
 @pytest.fixture(scope="module")
 def image_reg(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from modelyard.training.finetune import train
+    from modelyard.training.run import train
 
     threads = torch.get_num_threads()  # the recipe trains with num_threads: 1, which torch applies process-wide
     tmp = tmp_path_factory.mktemp("image_reg")

@@ -13,8 +13,8 @@ import yaml
 
 from modelyard.config import load_recipe
 from modelyard.errors import ConfigError
-from modelyard.inference import load
-from modelyard.training.finetune import train
+from modelyard.models.loading import load
+from modelyard.training.run import train
 from tests.test_llm import tiny_llama  # noqa: F401 - the shared module-scoped fixture
 from tests.test_training import EXPECTED_RUN_FILES
 

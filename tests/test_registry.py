@@ -266,7 +266,7 @@ def test_migrations_match_models_and_reopen_is_idempotent(tmp_path: Path) -> Non
 
     reg = open_registry(tmp_path / "s")
     assert reg.schema_revision() == "0001"
-    with reg._reader.connect() as conn:
+    with reg.engine.reader.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], diff
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

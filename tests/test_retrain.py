@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from modelyard.data import PreparedData
-from modelyard.registry.retrain import build_training_data
+from modelyard.ops.retrain import build_training_data
 from tests.conftest import synthetic_sentiment
 from tests.production_helpers import bearer, make_registry, production_app, run, running
 from tests.test_registry import POSTGRES_URL, _fresh_postgres_db
@@ -94,7 +94,7 @@ def _loop(reg, tmp_path: Path) -> None:
             assert reg.count("predictions") == 200 and len(reg.feedback("demo")) == 20
             stop = asyncio.Event()
             tasks = [asyncio.create_task(client_loop(c, stop)) for _ in range(3)]
-            from modelyard.registry.retrain import retrain
+            from modelyard.ops.retrain import retrain
 
             decision = await asyncio.to_thread(
                 retrain, reg, "demo", margin=1.0, output_dir=tmp_path / "retrain", overrides=["train.epochs=1"]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from modelyard.config import load_recipe
-from modelyard.training.finetune import train
+from modelyard.training.run import train
 
 from .test_chinese import synthetic_zh
 
@@ -52,7 +52,10 @@ def zh_recipe(tmp_path: Path, model_type: str, **model: object) -> Path:
     recipe = {
         "name": f"zh-{model_type}",
         "data": {"path": str(data), "valid_size": 0.2, "test_size": 0.2, "seed": 3, "clean": {"chinese": {}}},
-        "model": {
+        # Each kind takes only its own keys: tfidf-logreg has no tokenizer, arch or max_length.
+        "model": {"type": model_type, **model}
+        if model_type == "tfidf-logreg"
+        else {
             "type": model_type,
             "max_length": 32,
             "tokenizer": {"type": "char", "vocab_size": 200, "min_frequency": 1},
@@ -187,7 +190,7 @@ def test_tfidf_matches_scikit_learn_probabilities(tmp_path: Path) -> None:
     from sklearn.linear_model import SGDClassifier
 
     from modelyard.config import TfidfConfig
-    from modelyard.training.classical import TfidfClassifier, fit_tfidf, save_tfidf_model
+    from modelyard.models.tfidf import TfidfClassifier, fit_tfidf, save_tfidf_model
 
     frame = synthetic_zh(120, seed=5)
     texts, y = frame["text"].tolist(), (frame["label"] == "pos").to_numpy().astype(int)
@@ -250,7 +253,7 @@ def test_scratch_run_resumes_with_the_same_tokenizer(tmp_path: Path) -> None:
     """An interrupted textcnn run resumes to the same weights: the retrained tokenizer comes from the cache."""
     from safetensors.numpy import load_file
 
-    from modelyard.training.finetune import TrainingInterrupted
+    from modelyard.training.loop import TrainingInterrupted
 
     recipe = load_recipe(zh_recipe(tmp_path, "textcnn"), ["train.epochs=2", "train.checkpoint_every_steps=4"])
     reference = train(recipe)
@@ -300,7 +303,7 @@ def test_tfidf_word_union_and_nb_weighting_match_a_reference(tmp_path: Path) -> 
     """char + jieba-word blocks with NB weighting: the saved (folded) model reproduces an independent reference."""
     from modelyard.config import TfidfConfig
     from modelyard.data.cleaning import clean_text
-    from modelyard.training.classical import TfidfClassifier, fit_tfidf, save_tfidf_model
+    from modelyard.models.tfidf import TfidfClassifier, fit_tfidf, save_tfidf_model
 
     frame = synthetic_zh(120, seed=5)
     recipe = load_recipe(zh_recipe(tmp_path, "tfidf-logreg"))

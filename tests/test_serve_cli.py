@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from modelyard.config import load_recipe
-from modelyard.training.finetune import train
+from modelyard.training.run import train
 from tests.conftest import synthetic_sentiment, write_tiny_recipe
 
 

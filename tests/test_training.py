@@ -12,7 +12,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from modelyard.config import load_recipe
-from modelyard.training.finetune import TrainingInterrupted, train
+from modelyard.training.loop import TrainingInterrupted
+from modelyard.training.run import train
 from tests.conftest import write_tiny_recipe
 
 EXPECTED_RUN_FILES = {
@@ -158,7 +159,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(
 def test_layer_lr_decay_scales_learning_rate_by_depth(tiny_backbone: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from modelyard.training.finetune import param_groups
+    from modelyard.training.loop import param_groups
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=2)
     n_layers = model.config.num_hidden_layers  # 2
@@ -210,7 +211,7 @@ def test_distillation_without_gold_labels_learns_from_the_teacher(
     tmp_path: Path, trained_run: Path, tiny_backbone: Path
 ) -> None:
     from modelyard.data import PreparedData
-    from modelyard.training.finetune import load_splits
+    from modelyard.training.run import load_splits
 
     # Gold labels of the training split flipped: with alpha=0 they are never used, so a student that
     # still learns the task can only have learned it from the teacher's probabilities.
@@ -257,7 +258,7 @@ def test_rdrop_loss_is_mean_ce_plus_alpha_symmetric_kl() -> None:
 
     import torch
 
-    from modelyard.training.finetune import FineTuneRecipe
+    from modelyard.training.loop import FineTuneRecipe
 
     labels = np.array([0, 1, 1])
     obj = types.SimpleNamespace(
@@ -304,7 +305,7 @@ def test_rdrop_without_dropout_trains_exactly_like_plain(
 def test_rdrop_trains_with_dropout(
     tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from modelyard.training.finetune import FineTuneRecipe
+    from modelyard.training.loop import FineTuneRecipe
 
     seen: list[tuple[int, int]] = []
     original = FineTuneRecipe.loss

@@ -175,7 +175,7 @@ def test_pruning_hook_reports_every_epoch_and_discards_pruned_runs(
 def test_train_hook_exception_propagates_and_discards_the_run(
     tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path
 ) -> None:
-    from modelyard.training.finetune import train
+    from modelyard.training.run import train
 
     recipe = load_recipe(write_tiny_recipe(tmp_path, sentiment_csv, tiny_backbone, epochs=3))
     seen: list[tuple[int, float]] = []

@@ -8,12 +8,12 @@ __version__ = "0.1.0"
 __all__ = ["load", "train", "evaluate", "load_recipe", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from modelyard.inference import Classifier
+    from modelyard.models.text_classifier import Classifier
 
 
 def load(run_dir: Any) -> Classifier:
-    """Load a finished run (or its ``model/`` directory) for prediction. See :func:`modelyard.inference.load`."""
-    from modelyard.inference import load as _load
+    """Load a finished run (or its ``model/`` directory) for prediction. See :func:`modelyard.models.loading.load`."""
+    from modelyard.models.loading import load as _load
 
     return _load(run_dir)
 
@@ -21,7 +21,7 @@ def load(run_dir: Any) -> Classifier:
 def __getattr__(name: str) -> Any:
     # Lazy imports keep `import modelyard` (and the CLI's --help) fast: torch loads only when needed.
     if name == "train":
-        from modelyard.training.finetune import train
+        from modelyard.training.run import train
 
         return train
     if name == "evaluate":

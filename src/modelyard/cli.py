@@ -6,16 +6,15 @@ output path) as the last line of stdout, so ``RUN=$(modelyard train r.yaml | tai
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from modelyard._internal.cli_errors import err_console, friendly_errors
 from modelyard.errors import ModelyardError
+from modelyard.ops.cli import keys_app, monitor_command, registry_app, retrain_command
 
 app = typer.Typer(
     name="modelyard",
@@ -24,25 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn user-fixable errors into one line on stderr and exit status 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ModelyardError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
+# err_console and friendly_errors live in _internal.cli_errors, shared with the ops sub-apps (ops.cli).
 
 
 @app.command()
@@ -65,7 +46,7 @@ def init(
     if output.exists() and not force:
         raise ModelyardError(f"{output} exists; pass --force to overwrite it")
     if task == "image-classification":  # --data: an image folder, IDX files or bundled:NAME
-        from modelyard.training.image_run import image_starter_recipe
+        from modelyard.starter import image_starter_recipe
 
         atomic_write_text(output, image_starter_recipe(str(data), output))
         print(output)
@@ -123,7 +104,7 @@ def train(
 ) -> None:
     """Train a model from a recipe; prints the run directory on the last stdout line."""
     from modelyard.config import load_recipe
-    from modelyard.training.finetune import train as run_train
+    from modelyard.training.run import train as run_train
 
     cfg = load_recipe(recipe, overrides or [])
     _sigterm_as_interrupt()
@@ -201,11 +182,11 @@ def predict(
     """Batch prediction: the input rows plus predicted_label, confidence and prob_<label> columns."""
     from modelyard.data import read_table, write_table
     from modelyard.errors import DataError
-    from modelyard.inference import load
+    from modelyard.models.loading import load
 
     clf = load(run_dir, batch_size=batch_size)
     if getattr(clf, "task", None) == "image-classification":  # --input is an image file or a folder of images
-        from modelyard.image_classifier import predict_files
+        from modelyard.models.image_classifier import predict_files
 
         frame = predict_files(clf, input)  # type: ignore[arg-type]
         write_table(frame, output)
@@ -244,7 +225,7 @@ def serve(
     db: Annotated[str | None, typer.Option("--db", help="Registry database URL (default: SQLite in store).")] = None,
 ) -> None:
     """Serve a run directory or NAME@ALIAS from the registry (POST /v1/predict, /healthz, /readyz, /docs, /metrics)."""
-    from modelyard.inference import model_dir_of
+    from modelyard.models.loading import model_dir_of
     from modelyard.serving import serve as run_serve
 
     if "@" in str(run_dir) and not run_dir.exists():  # NAME@production: registry, API keys, log, hot swap
@@ -255,7 +236,7 @@ def serve(
     cfg = _serve_config(run_dir)
     model_dir_of(run_dir)  # fail fast on a bad path, before the server starts
     if runtime == "torch":
-        from modelyard.inference import load
+        from modelyard.models.loading import load
 
         loader = lambda: load(run_dir)  # noqa: E731
     else:
@@ -348,7 +329,7 @@ def explain(
 ) -> None:
     """Token/word attributions (Chinese aware) rendered as an HTML heat map, plus JSON beside it."""
     from modelyard.explain import METHODS, explain_run
-    from modelyard.inference import load
+    from modelyard.models.loading import load
 
     if method not in METHODS:
         raise ModelyardError(f"--method '{method}' is not one of {', '.join(METHODS)}")
@@ -483,9 +464,7 @@ def version() -> None:
     print(__version__)
 
 
-# Registry and API keys live in their own module (imported last: it uses friendly_errors above).
-from modelyard.registry.cli import keys_app, monitor_command, registry_app, retrain_command  # noqa: E402
-
+# Registry, API keys, retraining and drift monitoring: the operations sub-apps (modelyard.ops.cli).
 app.add_typer(registry_app, name="registry")
 app.add_typer(keys_app, name="keys")
 app.command("retrain")(retrain_command)

@@ -13,9 +13,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelyard.errors import ConfigError
+from modelyard.kinds import get_kind, kinds_for
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
@@ -29,7 +39,7 @@ class ChineseCleaningConfig(_Stage):
 
     halfwidth: bool = Field(True, description="Full-width letters/digits/punctuation → half-width.")
     punctuation: bool = Field(True, description="Chinese punctuation (。，！？“”【】《》) → ASCII equivalents.")
-    traditional_to_simplified: bool = Field(False, description="Convert Traditional to Simplified (zhconv).")
+    traditional_to_simplified: bool = Field(False, description="Convert Traditional to Simplified (OpenCC t2s).")
     max_repeat: int | None = Field(
         3, ge=1, description="Cap runs of one repeated character (好好好好好 → 好好好); null keeps them."
     )
@@ -286,102 +296,40 @@ class EnsembleConfig(_Stage):
     )
 
 
-class ModelConfig(_Stage):
-    """Which model is trained."""
+class ModelSettings(_Stage):
+    """The recipe's ``model`` section: one settings model per model kind, chosen by ``type``.
+
+    Each kind (``modelyard.kinds``) declares a subclass with ``type: Literal["<name>"]`` and only the
+    keys it uses, so a key that belongs to another kind is an error naming the kind. The recipe validates
+    the section with the class of the kind its ``type`` names (a discriminated union whose members are
+    registered at run time, plugins included).
+    """
 
     type: str = Field(
         "hf-encoder",
-        description="Model builder name: `hf-encoder` (fine-tuned encoder), `prompt` (zero/few-shot generative LM, "
-        "see `prompt`), from scratch `textcnn`, `bilstm`, `transformer-encoder`, or `tfidf-logreg`; "
-        "`ensemble` (a weighted average of `members`); for images `cnn-small`, `resnet-mini` or `vit-tiny`.",
-    )
-    backbone: str = Field(
-        "bundled:minilm-l6",
-        description="Pretrained encoder: `bundled:NAME` (bundled:minilm-l6), a local Hugging Face model "
-        "directory (relative to the recipe's folder), or a hub id already in the local cache.",
-    )
-    max_length: int = Field(128, ge=8, le=8192, description="Tokens kept per text (longer texts are truncated).")
-    dropout: float | None = Field(
-        None, ge=0, lt=1, description="Classifier-head dropout; null keeps the backbone's setting."
-    )
-    prompt: PromptConfig | None = Field(None, description="Settings of `type: prompt` models.")
-    width: int | None = Field(
-        None, ge=4, le=1024, description="Image models: base width (channels, or embedding size); null = default."
-    )
-    depth: int | None = Field(
-        None, ge=1, le=32, description="Image models: blocks (conv blocks, residual stages, layers); null = default."
-    )
-    tokenizer: TokenizerConfig = Field(
-        default_factory=TokenizerConfig,
-        description="Tokenizer trained on the training texts (textcnn, bilstm, transformer-encoder).",
-    )
-    arch: ArchConfig = Field(
-        default_factory=ArchConfig, description="Size of from-scratch models (textcnn, bilstm, transformer-encoder)."
-    )
-    tfidf: TfidfConfig = Field(default_factory=TfidfConfig, description="Settings of `type: tfidf-logreg`.")
-    finetune: Literal["full", "lora", "frozen"] = Field(
-        "full",
-        description="`hf-encoder`: which weights train — `full` (all), `lora` (LoRA adapters + head, merged into "
-        "the weights when saved) or `frozen` (only the classification head; the backbone is a fixed feature "
-        "extractor). `lora`/`frozen` make large backbones such as bundled:gemma3-270m usable on CPU.",
-    )
-    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (`finetune: lora`).")
-    members: list[ModelConfig] = Field(
-        default_factory=list,
-        description="`type: ensemble`: two or more ordinary model sections (not ensembles, prompt or image "
-        "models), each trained in the same run (member i with seed train.seed + i) and averaged with weights "
-        "fitted on the validation split; empty for other types.",
-    )
-    ensemble: EnsembleConfig = Field(
-        default_factory=EnsembleConfig, description="Settings of `type: ensemble` (selection_rounds)."
+        description="Model kind: `hf-encoder` (fine-tuned encoder), `prompt` (zero/few-shot generative LM), "
+        "from scratch `textcnn`, `bilstm`, `transformer-encoder`, or `tfidf-logreg`; `ensemble` (a weighted "
+        "average of `members`); for images `cnn-small`, `resnet-mini` or `vit-tiny`; or a plugin's kind.",
     )
 
-    @model_validator(mode="after")
-    def _finetune_mode(self) -> ModelConfig:
-        if self.finetune != "full" and self.type != "hf-encoder":
-            raise ValueError(
-                f"model.finetune '{self.finetune}' is for pretrained backbones (model.type hf-encoder), "
-                f"not model.type '{self.type}'"
-            )
-        return self
 
-    @model_validator(mode="after")
-    def _ensemble_members(self) -> ModelConfig:
-        if self.type != "ensemble":
-            if self.members:
-                raise ValueError(
-                    f"model.members is only used with model.type 'ensemble' (model.type is '{self.type}'); "
-                    "set model.type: ensemble or remove model.members"
-                )
-            return self
-        if len(self.members) < 2:
-            raise ValueError(
-                f"model.type 'ensemble' needs at least 2 entries in model.members (got {len(self.members)}); "
-                "list two or more model sections, e.g. [{type: hf-encoder}, {type: tfidf-logreg}]"
-            )
-        for i, member in enumerate(self.members):
-            if member.type == "ensemble":
-                raise ValueError(
-                    f"model.members[{i}] is itself an ensemble; nested ensembles are not supported - "
-                    "list its members directly in model.members"
-                )
-            if member.type == "prompt" or member.type in IMAGE_MODEL_TYPES:
-                raise ValueError(
-                    f"model.members[{i}] has type '{member.type}'; ensemble members must be trained text models "
-                    "(hf-encoder, textcnn, bilstm, transformer-encoder, tfidf-logreg), not prompt or image models"
-                )
-        return self
-
-    @model_validator(mode="after")
-    def _prompt_section(self) -> ModelConfig:
-        if self.type == "prompt" and self.prompt is None:
-            self.prompt = PromptConfig()
-        if self.type != "prompt" and self.prompt is not None:
-            raise ValueError(f"model.prompt is only used with model.type 'prompt' (model.type is '{self.type}')")
-        return self
+def validate_model_settings(value: Any, where: str = "model") -> ModelSettings:
+    """Validate one ``model`` section (a mapping or settings object) with the settings of its kind."""
+    if isinstance(value, ModelSettings):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"`{where}` must be a mapping with a `type` key (e.g. {{type: hf-encoder}})")
+    name = value.get("type", "hf-encoder")
+    try:
+        kind = get_kind(str(name))
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
+    return kind.settings.model_validate({**value, "type": name})
 
 
-ModelConfig.model_rebuild()
+def default_model_settings() -> ModelSettings:
+    """The ``model`` section of a recipe that has none: a fine-tuned ``hf-encoder`` with its defaults."""
+    return validate_model_settings({"type": "hf-encoder"})
 
 
 class DistillConfig(_Stage):
@@ -555,9 +503,6 @@ class ServeConfig(_Stage):
     )
 
 
-IMAGE_MODEL_TYPES = ("cnn-small", "resnet-mini", "vit-tiny")
-
-
 class AugmentConfig(_Stage):
     """Training-time image augmentation (kornia; deterministic given train.seed). Ignored for text."""
 
@@ -653,7 +598,8 @@ class TuneConfig(_Stage):
     @classmethod
     def _space(cls, space: dict[str, Any]) -> dict[str, Any]:
         for key, spec in space.items():
-            _check_tunable_key(key)
+            if not key.startswith("model."):  # model keys depend on the kind: checked by the recipe
+                _check_tunable_key(key)
             if isinstance(spec, ChoiceParam):
                 continue
             if not spec.low < spec.high:
@@ -685,14 +631,21 @@ class TuneConfig(_Stage):
         return f"valid.{name}"
 
 
-def _check_tunable_key(key: str) -> None:
-    """Raise ``ValueError`` unless ``key`` is a dotted path to a leaf field of :class:`Recipe`."""
+def _check_tunable_key(key: str, model_section: type[BaseModel] | None = None) -> None:
+    """Raise ``ValueError`` unless ``key`` is a dotted path to a leaf field of :class:`Recipe`.
+
+    ``model_section`` is the settings class of the recipe's model kind (``model.*`` keys are checked
+    against it).
+    """
     parts = key.split(".")
     if parts[0] in _UNTUNABLE:
         raise ValueError(f"`tune.space.{key}`: `{parts[0]}` cannot be tuned; tune keys of data, model or train")
     model: type[BaseModel] = Recipe
     for i, part in enumerate(parts):
         field = model.model_fields.get(part)
+        if i == 0 and part == "model" and model_section is not None:
+            model = model_section
+            continue
         if field is None:
             close = difflib.get_close_matches(part, list(model.model_fields), n=1, cutoff=0.6)
             where = ".".join(parts[:i])
@@ -724,7 +677,9 @@ class Recipe(_Stage):
         "text-classification", description="What is being learned: text-classification or image-classification."
     )
     data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Model section.")
+    model: SerializeAsAny[ModelSettings] = Field(
+        default_factory=default_model_settings, description="Model section (its keys depend on `model.type`)."
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training section.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving section.")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyper-parameter search section.")
@@ -736,13 +691,21 @@ class Recipe(_Stage):
         "runs", description="Folder (relative to the recipe's folder) holding one directory per run."
     )
 
+    @field_validator("model", mode="wrap")
+    @classmethod
+    def _model_kind(cls, value: Any, handler: Any) -> ModelSettings:
+        return validate_model_settings(value)
+
     @model_validator(mode="after")
     def _task_model(self) -> Recipe:
-        image_model = self.model.type in IMAGE_MODEL_TYPES
+        for key in self.tune.space:
+            if key.startswith("model."):
+                _check_tunable_key(key, type(self.model))
+        image_model = get_kind(self.model.type).modality == "image"
         if self.task == "image-classification" and not image_model:
             raise ValueError(
                 f"task image-classification needs an image model; set model.type to one of "
-                f"{', '.join(IMAGE_MODEL_TYPES)} (model.type is '{self.model.type}')"
+                f"{', '.join(kinds_for('image'))} (model.type is '{self.model.type}')"
             )
         if self.task == "text-classification" and image_model:
             raise ValueError(
@@ -773,12 +736,12 @@ class Recipe(_Stage):
 # ---------------------------------------------------------------- loading
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _format_validation_error(err: ValidationError, source: str, raw: Any = None) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(recipe)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key `{key}`{_suggest(key)}")
+            lines.append(f"{source}: unknown key `{key}`{_suggest(key, raw)}")
         elif e["type"] == "missing":
             lines.append(f"{source}: missing required key `{key}`; add it to the recipe")
         else:
@@ -789,12 +752,34 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "; ".join(lines)
 
 
-def _suggest(dotted: str) -> str:
+def _model_section_class(section: Any) -> type[BaseModel] | None:
+    """The settings class of a raw ``model`` section's kind (None when the kind is unknown)."""
+    name = section.get("type", "hf-encoder") if isinstance(section, dict) else "hf-encoder"
+    try:
+        return get_kind(str(name)).settings
+    except ConfigError:
+        return None
+
+
+def _suggest(dotted: str, raw: Any = None) -> str:
     *parents, leaf = dotted.split(".")
     model: type[BaseModel] = Recipe
+    node = raw
+    kind_note = ""
     for p in parents:
+        node = node.get(p) if isinstance(node, dict) else (node[int(p)] if isinstance(node, list) else None)
+        if p == "model" or (p.isdigit() and model is ModelSettings):  # a model section (or an ensemble member)
+            cls = _model_section_class(node)
+            if cls is None:
+                return ""
+            kind_name = node.get("type", "hf-encoder") if isinstance(node, dict) else ""
+            model, kind_note = cls, f" of model.type '{kind_name}'"
+            continue
         field = model.model_fields.get(p)
         ann = getattr(field, "annotation", None) if field else None
+        if p == "members":
+            model = ModelSettings
+            continue
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return ""
         model = ann
@@ -802,7 +787,7 @@ def _suggest(dotted: str) -> str:
     valid = ", ".join(model.model_fields)
     if close:
         return f"; did you mean `{'.'.join([*parents, close[0]])}`?"
-    return f"; valid keys here: {valid}"
+    return f"; valid keys{kind_note}: {valid}"
 
 
 _OVERRIDE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(.*)$", re.S)
@@ -835,7 +820,7 @@ def recipe_from_dict(raw: dict[str, Any], *, base_dir: Path | None = None, sourc
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source, raw)) from None
     recipe._base_dir = (base_dir or Path.cwd()).resolve()
     return recipe
 

@@ -26,7 +26,7 @@ def quickstart_recipe(output_dir: Path, overrides: list[str]):  # noqa: ANN201 -
 
 def run_quickstart(output_dir: Path, overrides: list[str], *, smoke_serve: bool, console: Console) -> Path:
     """Train + evaluate the quickstart recipe, then (optionally) serve it on loopback and call it once."""
-    from modelyard.training.finetune import train
+    from modelyard.training.run import train
 
     recipe = quickstart_recipe(output_dir, overrides)
     run_dir = train(recipe, console=console)
@@ -49,7 +49,7 @@ def smoke_test_server(run_dir: Path, console: Console, timeout_s: float = 120.0)
     import uvicorn
 
     from modelyard.config import load_recipe
-    from modelyard.inference import load
+    from modelyard.models.loading import load
     from modelyard.serving import create_app
 
     cfg = load_recipe(run_dir / "recipe.yaml").serve

@@ -1,4 +1,5 @@
-"""Run directories: written under a temporary name, renamed into place only when complete."""
+"""Creating and finishing run directories (written under a temporary name, renamed into place only when
+complete) and the run manifest. :class:`modelyard.rundir.RunDir` reads a finished run."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from modelyard._internal.layout import INCOMPLETE, MANIFEST, MODEL_DIR
 from modelyard.errors import ModelyardError
 
-INCOMPLETE = ".incomplete"
+__all__ = ["INCOMPLETE", "discard_run", "find_run", "finish_run", "new_run_id", "run_manifest", "start_run"]
 _PACKAGES = (
     "modelyard",
     "torch",
@@ -66,7 +68,7 @@ def find_run(path: Path) -> Path:
         raise ModelyardError(f"run directory not found: {path}")
     if path.name.endswith(INCOMPLETE):
         raise ModelyardError(f"{path} is an unfinished run; resume it with `modelyard train RECIPE --resume {path}`")
-    if not (path / "manifest.json").is_file() or not (path / "model").is_dir():
+    if not (path / MANIFEST).is_file() or not (path / MODEL_DIR).is_dir():
         raise ModelyardError(f"{path} is not a modelyard run directory (no manifest.json / model/)")
     return path
 
@@ -158,19 +160,4 @@ def run_manifest(
         "best_epoch": best_epoch,
         "stopped_early": stopped_early,
         "total_steps": total_steps,
-    }
-
-
-def text_model_metadata(recipe: Any, labels: list[str], backbone: str, model_type: str) -> dict[str, Any]:
-    """The ``modelyard.json`` fields every saved text model shares (labels, max length, text column, cleaning)."""
-    return {
-        "format": 1,
-        "task": recipe.task,
-        "name": recipe.name,
-        "labels": labels,
-        "max_length": recipe.model.max_length,
-        "backbone": backbone,
-        "model_type": model_type,
-        "text_column": recipe.data.text_column,
-        "cleaning": recipe.data.clean.model_dump(mode="json"),
     }

@@ -64,3 +64,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's state dict with tied/shared storage broken (safetensors needs that)."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}

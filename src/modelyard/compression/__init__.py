@@ -5,7 +5,7 @@ Example::
     from modelyard.compression import compress, load_variant
 
     compress(run_dir, ["onnx-int8"])  # writes <run>/compressed/onnx-int8/, compression.json and .html
-    clf = load_variant(run_dir, "onnx-int8")  # same protocol as modelyard.inference.Classifier
+    clf = load_variant(run_dir, "onnx-int8")  # same protocol as modelyard.models.text_classifier.Classifier
 """
 
 from __future__ import annotations

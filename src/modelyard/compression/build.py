@@ -23,7 +23,11 @@ from modelyard._internal.io import read_json, sha256_file, write_json
 from modelyard.compression.variants import ONNX_FILE, ONNX_INPUTS, VARIANT_FILE
 from modelyard.errors import ModelyardError
 
-ONNX_OPSET = 17
+# The dynamo exporter's lowest opset (onnxruntime >= 1.14 runs it); the TorchScript fallback keeps 17.
+ONNX_OPSET = 18
+LEGACY_ONNX_OPSET = 17
+# config.model_type → why its models go straight to the TorchScript exporter (filled from measurements).
+_LEGACY_EXPORT: dict[str, str] = {}
 # Files of the source model directory copied next to an ONNX model (the text front end + labels).
 _FRONT_END_FILES = ("modelyard.json", "config.json")
 
@@ -152,8 +156,16 @@ class _LogitsOnly:
         return Wrapper(model).eval()
 
 
-def export_onnx(source: Path, path: Path) -> None:
-    """Export ``source`` to ONNX (opset 17, dynamic batch and sequence axes) and check the graph."""
+def export_onnx(source: Path, path: Path, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Export ``source`` to ONNX (dynamic batch and sequence axes) and check the graph.
+
+    The ``torch.export``-based exporter (``dynamo=True``, opset 18) is used; a model it cannot export
+    falls back to the deprecated TorchScript exporter (opset 17) and the reason is returned, logged and
+    recorded in ``variant.json``, so a fallback is never silent.
+
+    Returns:
+        ``{"exporter": "dynamo" | "torchscript", "opset": int, "fallback_reason": str | None}``.
+    """
     import onnx
     import torch
 
@@ -161,21 +173,105 @@ def export_onnx(source: Path, path: Path) -> None:
     model = _LogitsOnly.wrap(_load_fp32(source, attn_implementation="eager"))
     ids = torch.tensor([[2, 5, 6, 7, 8, 9, 10, 3], [2, 5, 6, 3, 0, 0, 0, 0]], dtype=torch.long)
     mask = (torch.arange(8)[None, :] < torch.tensor([[8], [4]])).long()
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TracerWarnings about Python control flow on shapes
-        kwargs: dict[str, Any] = {
-            "input_names": list(ONNX_INPUTS),
-            "output_names": ["logits"],
-            "dynamic_axes": axes | {"logits": {0: "batch"}},
-            "opset_version": ONNX_OPSET,
-        }
+    reason = _LEGACY_EXPORT.get(getattr(model.inner.config, "model_type", ""))
+    if reason is None:
         try:
-            # The TorchScript exporter is robust for encoder classifiers at opset 17.
-            torch.onnx.export(model, (ids, mask), str(path), dynamo=False, **kwargs)
-        except TypeError:  # torch without the dynamo switch (< 2.5): the legacy exporter is the default
-            torch.onnx.export(model, (ids, mask), str(path), **kwargs)
+            _export_dynamo(model, (ids, mask), path)
+            onnx.checker.check_model(str(path))
+            return {"exporter": "dynamo", "opset": ONNX_OPSET, "fallback_reason": None}
+        except Exception as err:  # noqa: BLE001 - any exporter failure: the legacy exporter is the fallback
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            reason = f"dynamo exporter failed: {type(err).__name__}: {first}"
+            for leftover in (path, path.with_name(path.name + ".data")):
+                leftover.unlink(missing_ok=True)
+    if log is not None:
+        log(f"onnx: TorchScript exporter (opset {LEGACY_ONNX_OPSET}) because {reason}")
+    _export_torchscript(model, (ids, mask), path)
     onnx.checker.check_model(str(path))
+    return {"exporter": "torchscript", "opset": LEGACY_ONNX_OPSET, "fallback_reason": reason}
+
+
+def _export_dynamo(model: Any, args: tuple[Any, ...], path: Path) -> None:
+    """``torch.onnx.export(..., dynamo=True)`` with symbolic batch/sequence axes and module-path node names."""
+    import logging
+
+    import torch
+
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dims = {0: batch, 1: sequence}
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    try:
+        # "torchvision is not installed. Skipping torchvision::…" and similar registration chatter.
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                args,
+                dynamo=True,
+                input_names=list(ONNX_INPUTS),
+                output_names=["logits"],
+                dynamic_shapes={name: dims for name in ONNX_INPUTS},
+                opset_version=ONNX_OPSET,
+                verbose=False,
+            )
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+    graph = program.model.graph
+    for value in graph.inputs:
+        shape = value.shape
+        # A specialised (constant) axis would make the model reject other batch sizes or lengths at run time.
+        if shape is None or any(isinstance(shape[axis], int) for axis in (0, 1)):
+            raise ModelyardError(f"the export fixed the shape of {value.name!r} to {shape}")
+    _name_nodes_by_module(graph)
+    program.save(str(path))
+
+
+def _name_nodes_by_module(graph: Any) -> None:
+    """Name nodes after the module that produced them (``/inner/bert/encoder/layer.0/output/dense/MatMul``).
+
+    The dynamo exporter names nodes ``node_MatMul_94`` and keeps the module path in the node metadata;
+    the onnx-int8 fallback ladder (:data:`INT8_LADDER`) selects MatMuls by module path, so they get the
+    names the TorchScript exporter gives (which the ladder's patterns were written for).
+    """
+    import ast
+
+    seen: dict[str, int] = {}
+    for node in graph:
+        raw = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+        if not raw:
+            continue
+        try:
+            scopes = [str(x) for x in ast.literal_eval(raw)]
+        except (ValueError, SyntaxError):
+            continue
+        parts = [b[len(a) + 1 :] if a else b for a, b in zip(["", *scopes], scopes, strict=False) if b]
+        name = "/" + "/".join(parts) + "/" + node.op_type
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        node.name = name if count == 0 else f"{name}_{count}"
+
+
+def _export_torchscript(model: Any, args: tuple[Any, ...], path: Path) -> None:
+    """The deprecated TorchScript exporter (``dynamo=False``), for the models in :data:`_LEGACY_EXPORT`."""
+    import torch
+
+    axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python control flow on shapes; the deprecation
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=False,
+            input_names=list(ONNX_INPUTS),
+            output_names=["logits"],
+            dynamic_axes=axes | {"logits": {0: "batch"}},
+            opset_version=LEGACY_ONNX_OPSET,
+        )
 
 
 def build_onnx(source: Path, out: Path, *, tokenizer: Any, **_: Any) -> dict[str, Any]:
@@ -255,7 +351,8 @@ def build_onnx_int8(
     *validation* split reaches ``min_agreement`` is kept (the test split stays an honest hold-out for
     the report). Every level's agreement is recorded in ``variant.json``. If none reaches it, the most
     conservative level is kept and the parity check in ``compression.json`` reports the miss.
-    ``frontend`` (a :class:`~modelyard.inference.Classifier` of the source) supplies cleaning + tokenization.
+    ``frontend`` (a :class:`~modelyard.models.text_classifier.Classifier` of the source) supplies cleaning and
+    tokenization.
     """
     import onnx
     import onnxruntime
@@ -271,7 +368,7 @@ def build_onnx_int8(
     ids = None
     if run_dir is not None and min_agreement:
         if frontend is None:  # called outside `compress`: the source model's own Classifier front end
-            from modelyard.inference import Classifier
+            from modelyard.models.text_classifier import Classifier
 
             frontend = Classifier(source, device="cpu")
         ids = _calibration_ids(run_dir, frontend)
@@ -382,7 +479,7 @@ def build_prune(
 
     from modelyard._internal.batching import length_grouped_batches, pad_batch
     from modelyard.config import load_recipe
-    from modelyard.training.finetune import encode
+    from modelyard.training.batch_sources import encode
 
     if not 0.0 <= sparsity < 1.0:
         raise ModelyardError(f"sparsity must be in [0, 1), got {sparsity}")
@@ -496,7 +593,7 @@ def build_distill(
     from rich.console import Console
 
     from modelyard.config import load_recipe, recipe_from_dict
-    from modelyard.training.finetune import load_splits, train
+    from modelyard.training.run import load_splits, train
 
     recipe = load_recipe(run_dir / "recipe.yaml")
     model = _load_fp32(source)

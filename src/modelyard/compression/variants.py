@@ -1,4 +1,4 @@
-"""Compressed variants as classifiers with the same protocol as :class:`modelyard.inference.Classifier`.
+"""Compressed variants as classifiers with the same protocol as :class:`modelyard.models.text_classifier.Classifier`.
 
 Every variant *is* a ``Classifier`` subclass: ``predict_proba``/``predict`` are inherited unchanged, so
 input normalisation (``modelyard.data.cleaning.clean_text`` with the run's cleaning config),
@@ -24,7 +24,8 @@ import numpy as np
 
 from modelyard._internal.io import read_json, sha256_file
 from modelyard.errors import ModelError, ModelyardError
-from modelyard.inference import Classifier
+from modelyard.kinds import kind_of_meta
+from modelyard.models.text_classifier import Classifier
 
 METHODS = ("dynamic-int8", "onnx", "onnx-int8", "prune", "distill")
 RUNTIMES = ("torch", *METHODS)
@@ -52,11 +53,8 @@ def source_model_dir(run_dir: Path) -> Path:
 
     model_dir = find_run(Path(run_dir)) / "model"
     meta_path = model_dir / "modelyard.json"
-    if meta_path.is_file() and read_json(meta_path).get("model_type") == "ensemble":
-        raise ModelError(
-            f"{run_dir} is a model.type ensemble run; compression works on one network at a time: "
-            f"compress a member instead ({model_dir}/members/<i>, e.g. copy it into a run of its own)"
-        )
+    if meta_path.is_file() and not (kind := kind_of_meta(read_json(meta_path), meta_path)).can("compress"):
+        raise ModelError(f"{run_dir}: " + kind.unsupported("compression (it works on one torch network at a time)"))
     if not meta_path.is_file() or not (model_dir / "model.safetensors").is_file():
         raise ModelError(
             f"{run_dir} has no trained model (expected model/modelyard.json and model/model.safetensors); "
@@ -236,7 +234,7 @@ def load_variant(run_dir: Path, runtime: str = "torch", *, batch_size: int = 64)
         runtime: one of ``torch``, ``dynamic-int8``, ``onnx``, ``onnx-int8``, ``prune``, ``distill``.
 
     Returns:
-        A :class:`~modelyard.inference.Classifier` (subclass) whose ``info()["runtime"]`` names the runtime.
+        A :class:`~modelyard.models.text_classifier.Classifier` (subclass); ``info()["runtime"]`` names the runtime.
 
     Raises:
         ModelyardError: unknown runtime, no trained model, or the variant has not been created.

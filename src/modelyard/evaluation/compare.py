@@ -19,6 +19,7 @@ from rich.console import Console
 
 from modelyard._internal.io import atomic_write_text, read_json, write_json
 from modelyard.errors import ConfigError
+from modelyard.kinds import kind_of_meta
 
 COLUMNS = (
     ("model", "model"),
@@ -33,14 +34,12 @@ COLUMNS = (
 
 
 def model_size_mb(clf: Any, run_dir: Path) -> float:
-    """Megabytes of the files a model needs: ``model/`` plus, for a prompt model, its language model cache."""
+    """Megabytes of the files a model needs: ``model/`` plus what its kind keeps outside (a prompt model's LM)."""
     files = [p for p in (Path(run_dir) / "model").rglob("*") if p.is_file()]
     meta = getattr(clf, "meta", {}) or {}
-    if meta.get("model_type") == "prompt":
-        from modelyard.llm.cache import resolve_lm
-
-        lm = resolve_lm(str(meta["backbone"]), Path(run_dir))
-        files += list(Path(lm).rglob("*.safetensors"))
+    kind = kind_of_meta(meta) if meta else None
+    if kind is not None and kind.external_files is not None:
+        files += kind.external_files(Path(run_dir) / "model", meta)
     return sum(p.stat().st_size for p in files) / 1e6
 
 
@@ -107,8 +106,8 @@ def compare(
     """
     from modelyard.config import load_recipe
     from modelyard.data import prepare_data
-    from modelyard.inference import load
-    from modelyard.training.finetune import train
+    from modelyard.models.loading import load
+    from modelyard.training.run import train
 
     console = console or Console(stderr=True)
     if not recipe_paths:

@@ -7,11 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 
-from modelyard._internal.io import read_json, write_json
-from modelyard._internal.rundir import find_run
+from modelyard._internal.layout import REPORT
+from modelyard.data import read_table
 from modelyard.errors import DataError
+from modelyard.evaluation.image_eval import evaluate_image_run
+from modelyard.evaluation.predictions import print_metrics
+from modelyard.evaluation.scoring import score_and_write
+from modelyard.kinds import get_kind
+from modelyard.models.loading import load
+from modelyard.rundir import RunDir
 
 
 def evaluate(
@@ -31,29 +38,21 @@ def evaluate(
     Raises:
         ModelyardError: the run or file is unusable (missing columns, labels the model doesn't know …).
     """
-    import pandas as pd
-
-    from modelyard.config import load_recipe
-    from modelyard.inference import load
-    from modelyard.training.finetune import print_metrics
-
     console = console or Console(stderr=True)
-    run = find_run(Path(run_dir))
-    recipe = load_recipe(run / "recipe.yaml")
-    if recipe.task == "image-classification":
-        from modelyard.training.image_run import evaluate_image_run
-
+    rd = RunDir.finished(run_dir)
+    run = rd.path
+    recipe = rd.recipe()
+    if get_kind(recipe.model.type).modality == "image":
         return evaluate_image_run(run, recipe, data, console)
     clf = load(run)
     index = {lab: i for i, lab in enumerate(clf.labels)}
 
     if data is None:
-        splits = {s: pd.read_parquet(run / "splits" / f"{s}.parquet") for s in ("valid", "test")}
+        saved = rd.splits()
+        splits = {s: getattr(saved, s) for s in ("valid", "test")}
         out_dir = run
-        history = read_json(run / "history.json") if (run / "history.json").is_file() else []
+        history = rd.history()
     else:
-        from modelyard.data import read_table
-
         path = Path(data)
         frame = read_table(path, "auto", recipe.data.encoding)
         tcol, lcol = text_column or recipe.data.text_column, label_column or recipe.data.label_column
@@ -74,7 +73,7 @@ def evaluate(
         if frame.empty:
             raise DataError(f"{path}: no rows with text to evaluate")
         splits = {"eval": frame.reset_index(drop=True)}
-        out_dir = run / "evaluations" / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out_dir = rd.evaluations_dir / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         out_dir.mkdir(parents=True, exist_ok=True)
         history = []
 
@@ -82,11 +81,7 @@ def evaluate(
         name: (frame["text"].tolist(), np.array([index[x] for x in frame["label"]], dtype=np.int64), None)
         for name, frame in splits.items()
     }
-    steps = []
-    if data is None:
-        from modelyard.training.finetune import read_jsonl
-
-        steps = [r for r in read_jsonl(run / "progress.jsonl") if "event" not in r]
+    steps = rd.steps() if data is None else []
     info = {
         "run": run.name,
         "backbone": clf.meta.get("backbone"),
@@ -94,50 +89,5 @@ def evaluate(
     }
     metrics, _ = score_and_write(out_dir, f"{recipe.name} · {run.name} · evaluation", clf, scored, history, steps, info)
     print_metrics(console, metrics)
-    console.print(f"report: {out_dir / 'report.html'}")
+    console.print(f"report: {out_dir / REPORT}")
     return out_dir, metrics
-
-
-def score_and_write(
-    out_dir: Path,
-    title: str,
-    clf: Any,
-    splits: dict[str, tuple[list[Any], np.ndarray, list[str] | None]],
-    history: list[dict[str, Any]],
-    steps: list[dict[str, Any]],
-    info: dict[str, Any],
-) -> tuple[dict[str, Any], Any]:
-    """Score ``splits`` (``name → (inputs, gold ids, row names or None = the inputs)``) with ``clf`` and write
-    ``metrics.json``, ``predictions.parquet`` (atomically) and ``report.html`` to ``out_dir``.
-
-    Returns ``(metrics, predictions frame)``; shared by text and image evaluation.
-    """
-    import pandas as pd
-
-    from modelyard.evaluation.metrics import compute_metrics
-    from modelyard.evaluation.report import write_report
-    from modelyard.training.finetune import prediction_frame
-
-    metrics: dict[str, Any] = {}
-    frames = []
-    for name, (inputs, y, refs) in splits.items():
-        probs = clf.predict_proba(list(inputs))
-        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))))
-        metrics[name] = compute_metrics(y, probs, clf.labels, loss=loss)
-        frames.append(prediction_frame(name, list(inputs if refs is None else refs), y, probs, clf.labels))
-    predictions = pd.concat(frames, ignore_index=True)
-    write_json(out_dir / "metrics.json", metrics)
-    tmp = out_dir / ".predictions.parquet.tmp"
-    predictions.to_parquet(tmp, index=False)
-    tmp.replace(out_dir / "predictions.parquet")
-    write_report(
-        out_dir / "report.html",
-        title=title,
-        metrics=metrics,
-        labels=clf.labels,
-        history=history,
-        steps=steps,
-        predictions=predictions,
-        info=info,
-    )
-    return metrics, predictions

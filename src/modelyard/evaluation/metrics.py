@@ -33,6 +33,9 @@ __all__ = ["compute_metrics", "expected_calibration_error", "reliability_bins"]
 # which would give meaningless log loss / ECE; smaller drift is float32 softmax rounding.
 _ROW_SUM_TOLERANCE = 1e-3
 
+#: The metrics shown per split in logs, reports and the history (in this order).
+HEADLINE = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "roc_auc", "log_loss", "ece")
+
 
 def mean_nll(probs: np.ndarray, y: np.ndarray) -> float | None:
     """Mean negative log-likelihood of the gold classes (probabilities clipped at 1e-12); None for no rows."""

@@ -39,6 +39,7 @@ import numpy as np
 
 from modelyard.errors import ModelyardError
 from modelyard.explain.units import UnitMap, map_tokens
+from modelyard.kinds import kind_of_meta
 
 METHODS = ("ig", "attention", "occlusion")
 
@@ -99,11 +100,10 @@ class Explanation:
 
 
 def _require_internals(classifier: Any) -> tuple[Any, Any]:
-    if (getattr(classifier, "meta", None) or {}).get("model_type") == "ensemble":
+    meta = getattr(classifier, "meta", None) or {}
+    if meta and not kind_of_meta(meta).can("explain"):
         raise ExplainUnsupportedError(
-            f"{getattr(classifier, 'model_dir', 'this model')} is a model.type ensemble (a weighted average of "
-            "several models), which has no single network to attribute; explain a member instead: "
-            "RUN/model/members/<i>"
+            f"{getattr(classifier, 'model_dir', 'this model')}: " + kind_of_meta(meta).unsupported("explanations")
         )
     model = getattr(classifier, "model", None)
     tokenizer = getattr(classifier, "tokenizer", None)
@@ -359,7 +359,7 @@ def explain(
     """Explain the classifier's decision on each text.
 
     Args:
-        classifier: A :class:`modelyard.inference.Classifier` (anything with ``model``, a fast
+        classifier: A :class:`modelyard.models.text_classifier.Classifier` (anything with ``model``, a fast
             ``tokenizer``, ``labels``, ``max_length`` and ``device``).
         texts: The texts (a list, not a single string).
         method: One of :data:`METHODS`.

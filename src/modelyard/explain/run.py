@@ -50,7 +50,7 @@ def explain_run(
         ModelError: ``run_dir`` holds no usable model.
         ValueError: Unknown method or target, or no texts.
     """
-    from modelyard.inference import load, model_dir_of
+    from modelyard.models.loading import load, model_dir_of
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 
 from modelyard._internal.io import atomic_write_bytes, read_json, write_json
+from modelyard._internal.labels import label_predictions
+from modelyard.config import CleaningConfig
+from modelyard.data.cleaning import clean_text
 from modelyard.errors import ConfigError, ModelError
 from modelyard.llm.prompting import DEFAULT_TEMPLATE, PromptTemplate, has_chat_template, select_shots, wrap_chat
 from modelyard.llm.scoring import check_verbalizers, score_labels, special_prefix
@@ -53,8 +56,6 @@ class PromptClassifier:
 
     def __init__(self, model_dir: Path, *, device: str = "auto", batch_size: int | None = None) -> None:
         from modelyard._internal.runtime import pick_device
-        from modelyard.config import CleaningConfig
-        from modelyard.data.cleaning import clean_text
         from modelyard.llm.cache import load_lm, resolve_lm
 
         model_dir = Path(model_dir)
@@ -64,8 +65,8 @@ class PromptClassifier:
         self.model_dir = model_dir
         self.meta: dict[str, Any] = read_json(meta_path)
         meta = self.meta
-        if meta.get("model_type") != "prompt":
-            raise ModelError(f"{meta_path}: model_type is {meta.get('model_type')!r}, not 'prompt'")
+        if "template" not in meta or "verbalizers" not in meta:
+            raise ModelError(f"{meta_path}: not a prompt model (no template/verbalizers)")
         if meta.get("format") != FORMAT:
             raise ModelError(f"{meta_path}: unsupported format {meta.get('format')!r}; upgrade modelyard")
         backend = meta.get("backend", "local")
@@ -305,8 +306,6 @@ class PromptClassifier:
             >>> clf.predict(["great film"])
             [{'label': 'fresh', 'scores': {'fresh': 0.81, 'rotten': 0.19}}]
         """
-        from modelyard.inference import label_predictions
-
         return label_predictions(self.labels, self.predict_proba(texts))
 
 
@@ -378,7 +377,6 @@ def save_prompt_model(
     """
     from pydantic import ValidationError
 
-    from modelyard.config import CleaningConfig
     from modelyard.llm.cache import BUNDLED_LMS
 
     path = Path(path)

@@ -1,22 +1,30 @@
-"""Model builders, looked up by name (``model.type``) in a registry; one model family per file."""
+"""The model kinds (one file each, registered in :mod:`modelyard.kinds`) and loading a trained model.
 
+Importing this package stays light: a kind's module (and torch/transformers) is imported when the kind
+is first looked up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from modelyard.errors import ModelError
+from modelyard.kinds import get_kind
 from modelyard.models.bundled import BUNDLED_BACKBONES, resolve_backbone
-from modelyard.models.registry import ModelBuilder, build_model, get_builder, register_model
+from modelyard.models.loading import load, model_dir_of, read_model_meta
 
-# Importing the family modules registers their builders.
-from modelyard.models import hf_encoder as _hf_encoder  # noqa: E402,F401  isort: skip
-from modelyard.models import textcnn as _textcnn  # noqa: E402,F401  isort: skip
-from modelyard.models import bilstm as _bilstm  # noqa: E402,F401  isort: skip
-from modelyard.models import transformer_encoder as _transformer_encoder  # noqa: E402,F401  isort: skip
-from modelyard.models import cnn_small as _cnn_small  # noqa: E402,F401  isort: skip
-from modelyard.models import resnet_mini as _resnet_mini  # noqa: E402,F401  isort: skip
-from modelyard.models import vit_tiny as _vit_tiny  # noqa: E402,F401  isort: skip
 
-__all__ = [
-    "BUNDLED_BACKBONES",
-    "ModelBuilder",
-    "build_model",
-    "get_builder",
-    "register_model",
-    "resolve_backbone",
-]
+def build_model(cfg: Any, labels: list[str], base_dir: Path, **facts: Any) -> tuple[Any, Any]:
+    """Build ``(torch module, tokenizer)`` for a model section of a kind that trains in the shared loop.
+
+    ``facts`` reach builders that need facts about the data (``texts`` for kinds that learn a tokenizer;
+    ``image_shape`` and ``normalization`` for image kinds, whose second element is ``None``).
+    """
+    kind = get_kind(cfg.type)
+    if kind.build is None:
+        raise ModelError(f"model.type '{cfg.type}' is a one-shot fit; it has no network to build")
+    return kind.build(cfg, labels, base_dir, **facts)
+
+
+__all__ = ["BUNDLED_BACKBONES", "build_model", "load", "model_dir_of", "read_model_meta", "resolve_backbone"]

@@ -7,18 +7,18 @@ texts; saved in Hugging Face layout and loaded through ``AutoModelForSequenceCla
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from modelyard.config import ModelConfig
-from modelyard.models.registry import register_model
 from modelyard.models.scratch import (
+    ScratchTextSettings,
     classification_output,
     label_kwargs,
     masked_mean_max,
     register_auto,
+    register_scratch_kind,
     scratch_tokenizer,
 )
 
@@ -104,8 +104,9 @@ class BiLSTMForSequenceClassification(PreTrainedModel):
 register_auto(BiLSTMConfig.model_type, BiLSTMConfig, BiLSTMForSequenceClassification)
 
 
-@register_model("bilstm")
-def bilstm(cfg: ModelConfig, labels: list[str], base_dir: Path, texts: list[str] | None = None) -> tuple[Any, Any]:
+def bilstm(
+    cfg: ScratchTextSettings, labels: list[str], base_dir: Path, texts: list[str] | None = None
+) -> tuple[Any, Any]:
     """A BiLSTM classifier and a tokenizer trained on ``texts`` (the training split)."""
     tokenizer = scratch_tokenizer(cfg, texts)
     a = cfg.arch
@@ -119,3 +120,12 @@ def bilstm(cfg: ModelConfig, labels: list[str], base_dir: Path, texts: list[str]
         **label_kwargs(labels),
     )
     return BiLSTMForSequenceClassification(config), tokenizer
+
+
+class BiLSTMSettings(ScratchTextSettings):
+    """`bilstm` (trained from scratch; see the module docstring)."""
+
+    type: Literal["bilstm"] = "bilstm"
+
+
+KIND = register_scratch_kind("bilstm", BiLSTMSettings, bilstm)

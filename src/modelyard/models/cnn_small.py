@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modelyard.models.image_base import ImageModel, ImageModelConfig, image_builder
-from modelyard.models.registry import register_model
+from modelyard.models.image_base import ImageModel, ImageModelConfig
+from modelyard.models.image_kind import register_image_kind
 
 
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:
@@ -49,4 +49,4 @@ class CnnSmall(ImageModel):
         return self.head(self.body(x))
 
 
-register_model("cnn-small")(image_builder(CnnSmall))
+KIND = register_image_kind(CnnSmall)

@@ -9,16 +9,48 @@ when the model is saved) or ``frozen`` (the head only).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from modelyard.config import ModelConfig
+from pydantic import Field
+
+from modelyard.config import ArchConfig, LoraSettings, ModelSettings, TokenizerConfig
 from modelyard.errors import ModelError
+from modelyard.kinds import ModelKind, register_kind
 from modelyard.models.bundled import resolve_backbone
-from modelyard.models.registry import register_model
+from modelyard.models.text_classifier import check_safetensors_weights, load_text_classifier, save_text_model
 
 
-@register_model("hf-encoder")
-def hf_encoder(cfg: ModelConfig, labels: list[str], base_dir: Path) -> tuple[Any, Any]:
+class HFEncoderSettings(ModelSettings):
+    """A pretrained Transformers encoder (or decoder) fine-tuned with a classification head (`hf-encoder`)."""
+
+    type: Literal["hf-encoder"] = "hf-encoder"
+    backbone: str = Field(
+        "bundled:minilm-l6",
+        description="Pretrained encoder: `bundled:NAME` (bundled:minilm-l6), a local Hugging Face model "
+        "directory (relative to the recipe's folder), or a hub id already in the local cache.",
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens kept per text (longer texts are truncated).")
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Classifier-head dropout; null keeps the backbone's setting."
+    )
+    finetune: Literal["full", "lora", "frozen"] = Field(
+        "full",
+        description="Which weights train — `full` (all), `lora` (LoRA adapters + head, merged into the weights "
+        "when saved) or `frozen` (only the classification head; the backbone is a fixed feature extractor). "
+        "`lora`/`frozen` make large backbones such as bundled:gemma3-270m usable on CPU.",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (`finetune: lora`).")
+    tokenizer: TokenizerConfig = Field(
+        default_factory=TokenizerConfig,
+        description="`modelyard pretrain` only: the tokenizer learned for a backbone pretrained from scratch.",
+    )
+    arch: ArchConfig = Field(
+        default_factory=ArchConfig,
+        description="`modelyard pretrain` only: the size of a backbone pretrained from scratch (small BERT).",
+    )
+
+
+def hf_encoder(cfg: HFEncoderSettings, labels: list[str], base_dir: Path) -> tuple[Any, Any]:
     """``AutoModelForSequenceClassification`` on ``cfg.backbone`` with a fresh head for ``labels``."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -59,7 +91,7 @@ def head_parameter_names(model: Any) -> list[str]:
     return [name for name, _ in model.named_parameters() if not name.startswith(prefix)]
 
 
-def apply_finetune_mode(model: Any, cfg: ModelConfig) -> Any:
+def apply_finetune_mode(model: Any, cfg: HFEncoderSettings) -> Any:
     """Make only the weights that ``cfg.finetune`` trains require gradients.
 
     Args:
@@ -100,3 +132,25 @@ def apply_finetune_mode(model: Any, cfg: ModelConfig) -> Any:
         return get_peft_model(model, peft_config)
     except (ValueError, KeyError) as err:
         raise ModelError(f"model.lora: {err}") from None
+
+
+def _prepare(cfg: HFEncoderSettings, recipe: Any, labels: list[str]) -> None:
+    resolve_backbone(cfg.backbone, recipe.base_dir)  # a missing backbone fails before a run directory exists
+
+
+KIND = register_kind(
+    ModelKind(
+        name="hf-encoder",
+        settings=HFEncoderSettings,
+        modality="text",
+        build=hf_encoder,
+        save=save_text_model,
+        load=load_text_classifier,
+        prepare=_prepare,
+        check_artifacts=check_safetensors_weights,
+        display_name=lambda cfg: cfg.backbone,
+        supports=frozenset(
+            {"resume", "explain", "compress", "distill_teacher", "ensemble_member", "pretrained_backbone"}
+        ),
+    )
+)

@@ -1,7 +1,7 @@
 """What the image models share: a JSON config, the Hugging Face-style output, save/load as safetensors.
 
 Each architecture (``cnn-small``, ``resnet-mini``, ``vit-tiny``) lives in its own file, subclasses
-:class:`ImageModel` and registers a builder with :func:`~modelyard.models.registry.register_model`.
+:class:`ImageModel` and registers its kind with :func:`modelyard.models.image_kind.register_image_kind`.
 A model takes float images in ``[0, 1]`` of shape ``(N, C, H, W)`` and normalises them itself with
 the training split's per-channel mean/std (stored as buffers), so inference needs no extra metadata.
 Weights are saved as ``model.safetensors`` next to ``config.json``: no pickle anywhere.
@@ -14,13 +14,27 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from modelyard._internal.io import read_json, write_json
-from modelyard.config import ModelConfig
+from modelyard._internal.runtime import model_state
+from modelyard.config import ModelSettings
 from modelyard.errors import ModelError
 
 ARCHITECTURES: dict[str, type[ImageModel]] = {}
+
+
+class ImageSettings(ModelSettings):
+    """An image classifier trained from scratch (`cnn-small`, `resnet-mini`, `vit-tiny`)."""
+
+    width: int | None = Field(
+        None, ge=4, le=1024, description="Base width (channels, or embedding size); null = the architecture's default."
+    )
+    depth: int | None = Field(
+        None, ge=1, le=32, description="Blocks (conv blocks, residual stages, layers); null = the default."
+    )
+    dropout: float | None = Field(None, ge=0, lt=1, description="Dropout before the classifier; null = 0.1.")
 
 
 @dataclass
@@ -82,8 +96,6 @@ class ImageModel(nn.Module):
         """Write ``config.json`` and ``model.safetensors`` into ``path``."""
         from safetensors.torch import save_file
 
-        from modelyard.training.checkpoint import model_state
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / "config.json", asdict(self.config))
@@ -107,7 +119,7 @@ class ImageModel(nn.Module):
 
 def image_config(
     cls: type[ImageModel],
-    cfg: ModelConfig,
+    cfg: ImageSettings,
     labels: list[str],
     *,
     image_shape: list[int],
@@ -134,7 +146,7 @@ def image_builder(cls: type[ImageModel]) -> Any:
     """A registry builder for ``cls``: ``(cfg, labels, base_dir, image_shape=…, normalization=…) → (model, None)``."""
 
     def build(
-        cfg: ModelConfig,
+        cfg: ImageSettings,
         labels: list[str],
         base_dir: Path,
         *,

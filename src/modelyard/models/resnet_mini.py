@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modelyard.models.image_base import ImageModel, ImageModelConfig, image_builder
-from modelyard.models.registry import register_model
+from modelyard.models.image_base import ImageModel, ImageModelConfig
+from modelyard.models.image_kind import register_image_kind
 
 
 class BasicBlock(nn.Module):
@@ -63,4 +63,4 @@ class ResNetMini(ImageModel):
         return self.head(self.dropout(x.mean(dim=(2, 3))))
 
 
-register_model("resnet-mini")(image_builder(ResNetMini))
+KIND = register_image_kind(ResNetMini)

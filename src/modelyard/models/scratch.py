@@ -9,8 +9,43 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from modelyard.config import ModelConfig
+from pydantic import Field
+
+from modelyard.config import ArchConfig, ModelSettings, TokenizerConfig
 from modelyard.errors import ConfigError
+from modelyard.kinds import ModelKind, register_kind
+from modelyard.models.text_classifier import check_safetensors_weights, load_text_classifier, save_text_model
+
+
+class ScratchTextSettings(ModelSettings):
+    """A text model trained from scratch with a tokenizer learned on the training texts."""
+
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens kept per text (longer texts are truncated).")
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Dropout before the classifier; null = model.arch.dropout."
+    )
+    tokenizer: TokenizerConfig = Field(
+        default_factory=TokenizerConfig, description="Tokenizer trained on the training texts."
+    )
+    arch: ArchConfig = Field(default_factory=ArchConfig, description="Size of the model.")
+
+
+def register_scratch_kind(name: str, settings: type[ScratchTextSettings], build: Any) -> ModelKind:
+    """Register a from-scratch text kind: trains in the shared loop, saves/loads in Hugging Face layout."""
+    return register_kind(
+        ModelKind(
+            name=name,
+            settings=settings,
+            modality="text",
+            build=build,
+            save=save_text_model,
+            load=load_text_classifier,
+            check_artifacts=check_safetensors_weights,
+            supports=frozenset(
+                {"resume", "explain", "compress", "distill_teacher", "ensemble_member", "learns_tokenizer"}
+            ),
+        )
+    )
 
 
 def tokenizer_cache_dir() -> Path:
@@ -19,7 +54,7 @@ def tokenizer_cache_dir() -> Path:
     return (Path(env).expanduser() if env else Path.home() / ".cache" / "modelyard") / "tokenizers"
 
 
-def scratch_tokenizer(cfg: ModelConfig, texts: list[str] | None) -> Any:
+def scratch_tokenizer(cfg: ScratchTextSettings, texts: list[str] | None) -> Any:
     """Train ``cfg.tokenizer`` on the training texts (the builders' ``texts=`` argument).
 
     The ``tokenizers`` trainers break frequency ties in hash order, which differs between processes, so

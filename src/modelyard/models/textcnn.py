@@ -7,14 +7,19 @@ Trained from scratch with a tokenizer learned on the training texts; saved in Hu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from modelyard.config import ModelConfig
-from modelyard.models.registry import register_model
-from modelyard.models.scratch import classification_output, label_kwargs, register_auto, scratch_tokenizer
+from modelyard.models.scratch import (
+    ScratchTextSettings,
+    classification_output,
+    label_kwargs,
+    register_auto,
+    register_scratch_kind,
+    scratch_tokenizer,
+)
 
 
 class TextCNNConfig(PretrainedConfig):
@@ -90,8 +95,9 @@ class TextCNNForSequenceClassification(PreTrainedModel):
 register_auto(TextCNNConfig.model_type, TextCNNConfig, TextCNNForSequenceClassification)
 
 
-@register_model("textcnn")
-def textcnn(cfg: ModelConfig, labels: list[str], base_dir: Path, texts: list[str] | None = None) -> tuple[Any, Any]:
+def textcnn(
+    cfg: ScratchTextSettings, labels: list[str], base_dir: Path, texts: list[str] | None = None
+) -> tuple[Any, Any]:
     """A TextCNN and a tokenizer trained on ``texts`` (the training split)."""
     tokenizer = scratch_tokenizer(cfg, texts)
     a = cfg.arch
@@ -105,3 +111,12 @@ def textcnn(cfg: ModelConfig, labels: list[str], base_dir: Path, texts: list[str
         **label_kwargs(labels),
     )
     return TextCNNForSequenceClassification(config), tokenizer
+
+
+class TextCNNSettings(ScratchTextSettings):
+    """`textcnn` (trained from scratch; see the module docstring)."""
+
+    type: Literal["textcnn"] = "textcnn"
+
+
+KIND = register_scratch_kind("textcnn", TextCNNSettings, textcnn)

@@ -8,11 +8,10 @@ The saved directory is a plain BERT: ``transformers`` loads it without modelyard
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from modelyard.config import ArchConfig, ModelConfig
-from modelyard.models.registry import register_model
-from modelyard.models.scratch import label_kwargs, scratch_tokenizer
+from modelyard.config import ArchConfig
+from modelyard.models.scratch import ScratchTextSettings, label_kwargs, register_scratch_kind, scratch_tokenizer
 
 
 def small_bert_config(arch: ArchConfig, vocab_size: int, max_length: int, pad_token_id: int, **kwargs: Any) -> Any:
@@ -34,9 +33,8 @@ def small_bert_config(arch: ArchConfig, vocab_size: int, max_length: int, pad_to
     )
 
 
-@register_model("transformer-encoder")
 def transformer_encoder(
-    cfg: ModelConfig, labels: list[str], base_dir: Path, texts: list[str] | None = None
+    cfg: ScratchTextSettings, labels: list[str], base_dir: Path, texts: list[str] | None = None
 ) -> tuple[Any, Any]:
     """A randomly initialised small BERT classifier and a tokenizer trained on ``texts``."""
     from transformers import BertForSequenceClassification
@@ -52,3 +50,12 @@ def transformer_encoder(
         **label_kwargs(labels),
     )
     return BertForSequenceClassification(config), tokenizer
+
+
+class TransformerEncoderSettings(ScratchTextSettings):
+    """`transformer-encoder`: a small BERT trained from scratch (see the module docstring)."""
+
+    type: Literal["transformer-encoder"] = "transformer-encoder"
+
+
+KIND = register_scratch_kind("transformer-encoder", TransformerEncoderSettings, transformer_encoder)

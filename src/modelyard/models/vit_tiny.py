@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modelyard.models.image_base import ImageModel, ImageModelConfig, image_builder
-from modelyard.models.registry import register_model
+from modelyard.models.image_base import ImageModel, ImageModelConfig
+from modelyard.models.image_kind import register_image_kind
 
 
 def patch_size(h: int, w: int) -> int:
@@ -55,4 +55,4 @@ class VitTiny(ImageModel):
         return self.head(self.norm(self.encoder(tokens))[:, 0])
 
 
-register_model("vit-tiny")(image_builder(VitTiny))
+KIND = register_image_kind(VitTiny)

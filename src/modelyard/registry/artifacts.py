@@ -14,6 +14,9 @@ import struct
 import zipfile
 from pathlib import Path
 
+from modelyard._internal.layout import MODEL_META
+from modelyard.errors import ModelError
+from modelyard.kinds import kind_of_meta
 from modelyard.registry.names import RegistryError
 
 # Formats that are pickles (or wrap one) in the PyTorch / scikit-learn world: refused by name.
@@ -89,7 +92,7 @@ def validate_model_dir(model_dir: Path) -> list[Path]:
 
     Refused: symlinks anywhere, special files, pickle-format suffixes (:data:`PICKLE_SUFFIXES`), any
     file whose content is a pickle whatever its name, malformed safetensors or JSON, and a directory
-    without ``modelyard.json`` or without any ``*.safetensors`` weights (unless it is a prompt model).
+    without ``modelyard.json`` or without the weights its model kind declares (``ModelKind.check_artifacts``).
 
     Args:
         model_dir: The run's ``model/`` directory.
@@ -135,27 +138,25 @@ def validate_model_dir(model_dir: Path) -> list[Path]:
 
 
 def _check_weights(model_dir: Path, files: list[Path], sub: Path) -> None:
-    """``model_dir / sub`` has a ``modelyard.json`` and safetensors weights (prompt models excepted).
+    """``model_dir`` has a ``modelyard.json`` and the safe weights its model kind declares.
 
-    An ensemble (``model_type: ensemble``) is checked member by member: each ``members[i].path`` must be a
-    folder inside the model directory that passes the same check on its own.
+    The kind recorded as ``model_type`` decides what its weights are (``ModelKind.check_artifacts``):
+    safetensors for torch kinds, JSON + ``.npz`` read with ``allow_pickle=False`` for tfidf-logreg, nothing
+    for a prompt model, each member's own check for an ensemble.
     """
     where = model_dir / sub
-    if not (where / "modelyard.json").is_file():
-        raise RegistryError(f"{where}: no modelyard.json; not a modelyard model directory")
-    meta = json.loads((where / "modelyard.json").read_text(encoding="utf-8"))
-    if meta.get("model_type") == "ensemble":
-        members = meta.get("members")
-        if not isinstance(members, list) or not members:
-            raise RegistryError(f"{where}/modelyard.json: an ensemble without a `members` list")
-        for i, member in enumerate(members):
-            rel = Path(str(member.get("path", ""))) if isinstance(member, dict) else Path()
-            if not rel.parts or rel.is_absolute() or ".." in rel.parts or not (where / rel).is_dir():
-                raise RegistryError(
-                    f"{where}/modelyard.json: ensemble member {i} path {member!r} is not a folder inside the model"
-                )
-            _check_weights(model_dir, files, sub / rel)
-        return
-    own = [p for p in files if p.is_relative_to(sub)] if sub.parts else files
-    if meta.get("model_type") != "prompt" and not any(p.suffix == ".safetensors" for p in own):
-        raise RegistryError(f"{where}: no *.safetensors weights; only safetensors models can be registered")
+    if not (where / MODEL_META).is_file():
+        raise RegistryError(f"{where}: no {MODEL_META}; not a modelyard model directory")
+    meta = json.loads((where / MODEL_META).read_text(encoding="utf-8"))
+    try:
+        kind = kind_of_meta(meta, where / MODEL_META)
+    except ModelError as err:
+        raise RegistryError(str(err)) from None
+    if kind.check_artifacts is None:
+        raise RegistryError(
+            f"{where}: model kind '{kind.name}' declares no safe artefact format; it cannot be registered"
+        )
+    try:
+        kind.check_artifacts(where, meta)
+    except ValueError as err:
+        raise RegistryError(f"{where}: {err}") from None

@@ -9,6 +9,11 @@ Request flow for ``POST /v1/predict``::
 own single worker thread. That thread and the batcher's model thread share
 :attr:`ModelRuntime.model_lock`, so the model never runs two forward passes at once (predictions wait
 while an explanation runs).
+
+:func:`create_app` is composable: a caller such as the production server
+(:mod:`modelyard.serving.production`) passes extra ``routers``, ``prediction_hooks`` (called with
+every answered prediction; they may return an id per prediction) and ``lifespans`` (entered around
+the server's own startup and shutdown) instead of modifying the app afterwards.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from modelyard import __version__
@@ -68,7 +73,7 @@ EXPLAIN_N_STEPS = 32
 
 @runtime_checkable
 class Classifier(Protocol):
-    """What the server needs from a model (see ``modelyard.inference``)."""
+    """What the server needs from a model (see ``modelyard.models.loading``)."""
 
     labels: list[str]
 
@@ -79,6 +84,49 @@ class Classifier(Protocol):
     def info(self) -> dict[str, Any]:
         """JSON-able description: name, run id, backbone, labels …"""
         ...
+
+
+class PredictionHook(Protocol):
+    """Called once per answered ``/v1/predict`` request (texts, or images via :mod:`.images`).
+
+    Args:
+        request: The HTTP request (``request.state.api_key`` holds the caller's key when auth is on).
+        texts: The request's texts, or one description per image.
+        probs: ``(len(texts), len(labels))`` probabilities returned to the caller.
+        loaded: The model that answered (``.labels``, ``.info``).
+        seconds: Time spent on the request so far.
+        mask: Whether ``texts`` may hold personal data worth masking (``False`` for image descriptions).
+
+    Returns:
+        One id per prediction (returned to the caller as ``predictions[i].id``), or ``None``.
+    """
+
+    def __call__(
+        self, request: Request, texts: list[str], probs: np.ndarray, loaded: Any, seconds: float, mask: bool = True
+    ) -> Sequence[str] | None: ...
+
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+"""An extra lifespan for :func:`create_app`: ``lifespan(app)`` is entered before the model starts
+loading and exited after the batcher drained at shutdown."""
+
+
+def _combine_hooks(hooks: Sequence[PredictionHook]) -> PredictionHook | None:
+    """One hook calling ``hooks`` in order; the ids are the first non-``None`` ids any of them returns."""
+    if not hooks:
+        return None
+
+    def combined(
+        request: Request, texts: list[str], probs: np.ndarray, loaded: Any, seconds: float, mask: bool = True
+    ) -> list[str] | None:
+        ids: list[str] | None = None
+        for hook in hooks:
+            out = hook(request, texts, probs, loaded, seconds, mask=mask)
+            if out is not None and ids is None:
+                ids = list(out)
+        return ids
+
+    return combined
 
 
 @dataclass(frozen=True)
@@ -287,15 +335,28 @@ _EXPLAIN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> FastAPI:
+def create_app(
+    load_classifier: Callable[[], Classifier],
+    cfg: ServeConfig,
+    *,
+    routers: Sequence[APIRouter] = (),
+    prediction_hooks: Sequence[PredictionHook] = (),
+    lifespans: Sequence[Lifespan] = (),
+) -> FastAPI:
     """Build the serving app. Nothing is loaded until the app's lifespan starts.
 
     Args:
         load_classifier: Returns the classifier; called once, in a background thread, at startup.
         cfg: Limits and batching settings.
+        routers: Extra routes (no prefix), added in order after the built-in ones.
+        prediction_hooks: Called in order with every answered prediction request (see
+            :class:`PredictionHook`); the first ids one returns become the predictions' ``id``.
+        lifespans: Extra lifespans, entered in order before the model starts loading and exited in
+            reverse order after the batcher drained (so work queued by hooks is complete by then).
 
     Returns:
-        The FastAPI app; ``app.state`` holds ``config``, ``metrics``, ``runtime`` and ``batcher``.
+        The FastAPI app; ``app.state`` holds ``config``, ``metrics``, ``runtime``, ``batcher`` and
+        ``prediction_hook`` (the combined hook, or ``None``; the image path reads it).
     """
     if cfg.max_texts_per_request > cfg.max_queue:
         logger.warning(
@@ -317,7 +378,7 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
     explainer: dict[str, Any] = {"executor": None, "pending": 0}
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def serving_lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.shutting_down = False
         await batcher.start()
         explainer["executor"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-explain")
@@ -334,6 +395,15 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
             stats = {k: v for k, v in batcher.stats().items() if k != "recent_sizes"}
             logger.info("batcher stopped: %s", stats)
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The extra lifespans wrap the serving one: started before the model loads, stopped after the drain.
+        async with AsyncExitStack() as extras:
+            for extra in lifespans:
+                await extras.enter_async_context(extra(app))
+            async with serving_lifespan(app):
+                yield
+
     app = FastAPI(
         title="modelyard",
         version=__version__,
@@ -345,6 +415,8 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
     app.state.metrics = metrics
     app.state.runtime = runtime
     app.state.batcher = batcher
+    prediction_hook = _combine_hooks(tuple(prediction_hooks))
+    app.state.prediction_hook = prediction_hook  # serving/images.py reads it for image predictions
     install_error_handlers(app)
     # CORS is deliberately off: browsers on other origins must not call the model; put a proxy in
     # front if a web page needs it. Middleware added last runs first, so metrics see every response.
@@ -426,10 +498,9 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
             for b, row in zip(best, probs, strict=True)
         ]
         # The production server logs every prediction and returns its id (serving/production.py).
-        hook = getattr(app.state, "prediction_hook", None)
-        if hook is not None:
-            ids = hook(http_request, texts, probs, loaded, time.perf_counter() - started)
-            for pred, pred_id in zip(predictions, ids, strict=True):
+        if prediction_hook is not None:
+            ids = prediction_hook(http_request, texts, probs, loaded, time.perf_counter() - started)
+            for pred, pred_id in zip(predictions, ids or [None] * len(predictions), strict=True):
                 pred.id = pred_id
         return PredictResponse(predictions=predictions, model=loaded.info)
 
@@ -498,6 +569,10 @@ def create_app(load_classifier: Callable[[], Classifier], cfg: ServeConfig) -> F
     async def prometheus_metrics() -> Response:
         return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    for router in routers:
+        # The routes themselves, not app.include_router(): recent FastAPI includes a router as one lazy
+        # route without a `.path`, and the metrics and body-guard middleware label requests by route path.
+        app.router.routes.extend(router.routes)
     return app
 
 

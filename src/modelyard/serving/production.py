@@ -12,6 +12,10 @@ What it adds to the plain server:
 * ``GET /admin/v1/versions`` and ``GET /admin/v1/predictions`` (admin scope);
 * the web console at ``GET /`` and its ``/admin/v1/traffic`` and ``/admin/v1/drift`` (:mod:`.console`);
 * Prometheus gauges for the served version, the log queue depth and log drops.
+
+All of it is passed to :func:`modelyard.serving.create_app` as routers (console, feedback, admin),
+one prediction hook (the log) and lifespans (the log writer, the hot-swap poller); the app is not
+modified after it is built (only the API-key middleware is inserted, see :func:`install_auth`).
 """
 
 from __future__ import annotations
@@ -20,14 +24,14 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,8 +39,9 @@ from modelyard.config import ServeConfig
 from modelyard.registry.artifacts import validate_model_dir
 from modelyard.registry.models import utcnow
 from modelyard.registry.names import RegistryError, validate_alias, validate_name
-from modelyard.registry.store import Registry, VersionInfo, _tree_sha256
-from modelyard.serving.app import create_app
+from modelyard.registry.store import Registry
+from modelyard.registry.versions import VersionInfo, tree_sha256
+from modelyard.serving.app import ModelRuntime, create_app
 from modelyard.serving.console import install_console
 from modelyard.serving.http_errors import ApiError
 from modelyard.serving.predlog import PredictionLog, mask_pii
@@ -54,7 +59,7 @@ class RegistryModel:
     """A loaded classifier plus its registry identity; everything else is delegated to the classifier.
 
     Args:
-        classifier: The loaded model (``modelyard.inference.Classifier``).
+        classifier: The loaded model (``modelyard.models.text_classifier.Classifier``).
         version: Its registry version.
         alias: The alias it was resolved from.
     """
@@ -99,12 +104,12 @@ def load_version(version: VersionInfo, alias: str) -> RegistryModel:
         ModelError: The model does not load.
         ValueError: The smoke prediction is malformed.
     """
-    from modelyard.inference import load
+    from modelyard.models.loading import load
 
     root = version.path
     validate_model_dir(root / "model")
     files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() or p.is_symlink())
-    if _tree_sha256(root, files) != version.sha256:
+    if tree_sha256(root, files) != version.sha256:
         raise RegistryError(f"{root}: files changed since registration (sha256 mismatch); re-register the run")
     classifier = load(root)
     if getattr(classifier, "task", None) == "image-classification":  # smoke-test with a blank image
@@ -174,53 +179,8 @@ class PredictionOut(BaseModel):
     scores: dict[str, float]
 
 
-def create_production_app(
-    registry: Registry,
-    app_name: str,
-    alias: str,
-    cfg: ServeConfig,
-    *,
-    auth: bool = True,
-    poll_s: float = DEFAULT_POLL_S,
-    log_capacity: int = DEFAULT_LOG_CAPACITY,
-) -> FastAPI:
-    """Build the production app serving ``app_name@alias`` from ``registry``.
-
-    Args:
-        registry: The registry (versions, keys, prediction log).
-        app_name: The app.
-        alias: ``production`` or ``staging``.
-        cfg: Serving limits and batching.
-        auth: Require API keys (on unless a test turns it off).
-        poll_s: Seconds between alias checks for hot swap (0 disables it).
-        log_capacity: Prediction-log queue size; beyond it rows are dropped and counted.
-
-    Returns:
-        The app; ``app.state`` additionally holds ``registry`` and ``predlog``.
-    """
-    validate_name(app_name)
-    validate_alias(alias)
-    app = create_app(lambda: load_version(registry.resolve(app_name, alias), alias), cfg)
-    runtime = app.state.runtime
-    if auth:
-        install_auth(app, registry.verify_key)
-    predlog = PredictionLog(registry, capacity=log_capacity)
-    app.state.registry = registry
-    app.state.predlog = predlog
-
-    reg = app.state.metrics.registry
-    version_gauge = Gauge("modelyard_model_version", "Registry version being served (0 until loaded).", registry=reg)
-    version_gauge.set_function(lambda: float((runtime.loaded.info.get("version") if runtime.loaded else 0) or 0))
-    Gauge("modelyard_predlog_queue_depth", "Prediction-log rows waiting to be written.", registry=reg).set_function(
-        lambda: predlog.depth
-    )
-    Gauge(
-        "modelyard_predlog_dropped", "Prediction-log rows dropped (queue full or write failed).", registry=reg
-    ).set_function(lambda: predlog.dropped)
-    Gauge("modelyard_predlog_written", "Prediction-log rows written.", registry=reg).set_function(
-        lambda: predlog.written
-    )
-    swaps = Counter("modelyard_model_swaps", "Hot swaps by result (ok/failed).", ["result"], registry=reg)
+def _prediction_logger(predlog: PredictionLog, app_name: str, cfg: ServeConfig) -> Callable[..., list[str]]:
+    """The prediction hook: queue one log row per prediction and return the new prediction ids."""
 
     def log_predictions(
         http_request: Request, texts: list[str], probs: np.ndarray, loaded: Any, seconds: float, mask: bool = True
@@ -251,10 +211,14 @@ def create_production_app(
             ids.append(pid)
         return ids
 
-    app.state.prediction_hook = log_predictions
-    install_console(app, registry, app_name, alias)  # GET / (public page) + /admin/v1/traffic, /admin/v1/drift
+    return log_predictions
 
-    @app.post(
+
+def feedback_router(registry: Registry, predlog: PredictionLog, app_name: str) -> APIRouter:
+    """``POST /v1/feedback``: the correct label for a prediction made with the caller's key (queued to the log)."""
+    router = APIRouter()
+
+    @router.post(
         "/v1/feedback",
         tags=["feedback"],
         summary="The correct label for a prediction made with this API key",
@@ -294,7 +258,14 @@ def create_production_app(
             raise ApiError(503, "overloaded", "the log queue is full; retry shortly", headers={"Retry-After": "1"})
         return FeedbackResponse(status="accepted", prediction_id=pid, label=body.label)
 
-    @app.get(
+    return router
+
+
+def admin_router(registry: Registry, app_name: str) -> APIRouter:
+    """``GET /admin/v1/versions`` and ``GET /admin/v1/predictions`` (the admin scope is enforced by the auth layer)."""
+    router = APIRouter()
+
+    @router.get(
         "/admin/v1/versions",
         tags=["admin"],
         summary="Registered versions of the served app and their aliases",
@@ -303,7 +274,7 @@ def create_production_app(
     async def admin_versions() -> list[dict[str, Any]]:
         return [v.to_dict() for v in await asyncio.to_thread(registry.list_versions, app_name)]
 
-    @app.get(
+    @router.get(
         "/admin/v1/predictions",
         tags=["admin"],
         summary="The most recent logged predictions (oldest of them first)",
@@ -316,10 +287,56 @@ def create_production_app(
             {**r, "at": (r["at"] if r["at"].tzinfo else r["at"].replace(tzinfo=timezone.utc)).isoformat()} for r in rows
         ]
 
-    async def poll_alias() -> None:
+    return router
+
+
+def _log_lifespan(predlog: PredictionLog) -> Callable[[FastAPI], Any]:
+    """Start the log writer before the server starts; drain it after the batcher drained."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        predlog.start()
+        try:
+            yield
+        finally:
+            # Exited after the serving lifespan (the batcher drained): every answered prediction is queued.
+            await asyncio.to_thread(predlog.close)
+            logger.info("prediction log closed: %d written, %d dropped", predlog.written, predlog.dropped)
+
+    return lifespan
+
+
+class _HotSwapper:
+    """Polls the alias every ``poll_s`` seconds and swaps in the version it points at (verified first).
+
+    A version that fails to load or verify is recorded (``swap_failed``) and never retried; the old
+    model keeps serving. Each swap is recorded (``swap``) and counted in ``swaps`` (by result).
+    """
+
+    def __init__(self, registry: Registry, app_name: str, alias: str, poll_s: float) -> None:
+        self.registry, self.app_name, self.alias, self.poll_s = registry, app_name, alias, poll_s
+        self.swaps: Counter | None = None  # set once the app (and its metrics registry) exists
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Run the poller while the server runs (``poll_s`` of 0: no poller)."""
+        poller = asyncio.create_task(self.poll(app.state.runtime)) if self.poll_s > 0 else None
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+
+    def _count(self, result: str) -> None:
+        if self.swaps is not None:
+            self.swaps.labels(result=result).inc()
+
+    async def poll(self, runtime: ModelRuntime) -> None:
+        """The polling loop over the server's ``runtime`` (runs until cancelled)."""
+        registry, app_name, alias = self.registry, self.app_name, self.alias
         failed: set[int] = set()
         while True:
-            await asyncio.sleep(poll_s)
+            await asyncio.sleep(self.poll_s)
             if runtime.status in ("loading", "shutting_down"):
                 continue
             try:
@@ -337,37 +354,83 @@ def create_production_app(
                 runtime.swap(model)
             except Exception as err:
                 failed.add(wanted)
-                swaps.labels(result="failed").inc()
+                self._count("failed")
                 logger.error("hot swap to %s version %s failed; still serving %s: %s", app_name, wanted, current, err)
                 detail = {"alias": alias, "serving": current, "error": str(err)[:500]}
                 await asyncio.to_thread(
                     registry.record, app_name, "swap_failed", wanted, detail, f"server:{os.getpid()}"
                 )
                 continue
-            swaps.labels(result="ok").inc()
+            self._count("ok")
             logger.info("hot swap: %s@%s now serves version %s (was %s)", app_name, alias, wanted, current)
             detail = {"alias": alias, "from": current, "to": wanted}
             await asyncio.to_thread(registry.record, app_name, "swap", wanted, detail, f"server:{os.getpid()}")
 
-    inner_lifespan = app.router.lifespan_context
 
-    @asynccontextmanager
-    async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
-        predlog.start()
-        poller = asyncio.create_task(poll_alias()) if poll_s > 0 else None
-        try:
-            async with inner_lifespan(app_):
-                yield
-                if poller is not None:
-                    poller.cancel()
-        finally:
-            if poller is not None:
-                poller.cancel()
-            # After the batcher drained (inner lifespan exit): every answered prediction is queued.
-            await asyncio.to_thread(predlog.close)
-            logger.info("prediction log closed: %d written, %d dropped", predlog.written, predlog.dropped)
+def create_production_app(
+    registry: Registry,
+    app_name: str,
+    alias: str,
+    cfg: ServeConfig,
+    *,
+    auth: bool = True,
+    poll_s: float = DEFAULT_POLL_S,
+    log_capacity: int = DEFAULT_LOG_CAPACITY,
+    key_cache_s: float | None = None,
+) -> FastAPI:
+    """Build the production app serving ``app_name@alias`` from ``registry``.
 
-    app.router.lifespan_context = lifespan
+    Args:
+        registry: The registry (versions, keys, prediction log).
+        app_name: The app.
+        alias: ``production`` or ``staging``.
+        cfg: Serving limits and batching.
+        auth: Require API keys (on unless a test turns it off).
+        poll_s: Seconds between alias checks for hot swap (0 disables it).
+        log_capacity: Prediction-log queue size; beyond it rows are dropped and counted.
+        key_cache_s: How long a verified API key is trusted before the registry is asked again, which
+            bounds how long a revoked key keeps working (``None``: ``$MODELYARD_KEY_CACHE_SECONDS``,
+            default 5 s; ``0``: every request is checked). See :mod:`modelyard.serving.security`.
+
+    Returns:
+        The app; ``app.state`` additionally holds ``registry`` and ``predlog``.
+
+    Raises:
+        RegistryError: Bad app name or alias, or a bad ``key_cache_s``.
+    """
+    validate_name(app_name)
+    validate_alias(alias)
+    predlog = PredictionLog(registry, capacity=log_capacity)
+    # The web console's routes: GET / (public page) + /admin/v1/traffic, /admin/v1/drift.
+    console = APIRouter()
+    install_console(console, registry, app_name, alias)  # type: ignore[arg-type]  # an APIRouter takes routes alike
+    swapper = _HotSwapper(registry, app_name, alias, poll_s)
+    app = create_app(
+        lambda: load_version(registry.resolve(app_name, alias), alias),
+        cfg,
+        routers=(console, feedback_router(registry, predlog, app_name), admin_router(registry, app_name)),
+        prediction_hooks=(_prediction_logger(predlog, app_name, cfg),),
+        lifespans=(_log_lifespan(predlog), swapper.lifespan),
+    )
+    runtime = app.state.runtime
+    if auth:
+        install_auth(app, registry.verify_key, cache_s=key_cache_s)
+    app.state.registry = registry
+    app.state.predlog = predlog
+
+    reg = app.state.metrics.registry
+    version_gauge = Gauge("modelyard_model_version", "Registry version being served (0 until loaded).", registry=reg)
+    version_gauge.set_function(lambda: float((runtime.loaded.info.get("version") if runtime.loaded else 0) or 0))
+    Gauge("modelyard_predlog_queue_depth", "Prediction-log rows waiting to be written.", registry=reg).set_function(
+        lambda: predlog.depth
+    )
+    Gauge(
+        "modelyard_predlog_dropped", "Prediction-log rows dropped (queue full or write failed).", registry=reg
+    ).set_function(lambda: predlog.dropped)
+    Gauge("modelyard_predlog_written", "Prediction-log rows written.", registry=reg).set_function(
+        lambda: predlog.written
+    )
+    swapper.swaps = Counter("modelyard_model_swaps", "Hot swaps by result (ok/failed).", ["result"], registry=reg)
     return app
 
 
@@ -408,15 +471,28 @@ def serve_registry(
     host: str | None = None,
     port: int | None = None,
     poll_s: float = DEFAULT_POLL_S,
+    key_cache_s: float | None = None,
 ) -> None:
     """``modelyard serve NAME@ALIAS``: resolve, verify and serve with auth, logging and hot swap.
 
+    Args:
+        target: ``NAME@ALIAS``.
+        store: Registry store directory.
+        db: Registry database URL.
+        host: Interface (default loopback).
+        port: Port (default: the version's ``serve.port``).
+        poll_s: Seconds between hot-swap alias checks.
+        key_cache_s: API-key cache lifetime, i.e. the revocation window (``None``:
+            ``$MODELYARD_KEY_CACHE_SECONDS`` or 5 s).
+
     Raises:
-        RegistryError: Bad target, unknown app or unset alias (before the server starts).
+        RegistryError: Bad target, unknown app or unset alias, or a bad key-cache lifetime (before the
+            server starts).
     """
     from modelyard.registry import open_registry
 
     name, alias = parse_target(target)
     registry = open_registry(store, db)
     cfg = serve_config_of(registry.resolve(name, alias))
-    run_app(create_production_app(registry, name, alias, cfg, poll_s=poll_s), cfg, host, port)
+    app = create_production_app(registry, name, alias, cfg, poll_s=poll_s, key_cache_s=key_cache_s)
+    run_app(app, cfg, host, port)

@@ -6,6 +6,13 @@ which holds no data) needs a key; which scope it needs is
 decided by :func:`required_scope`. Failures are JSON errors like every other: 401 ``unauthorized``
 (no key, unknown or revoked key), 403 ``forbidden`` (key lacks the scope), 429 ``rate_limited``
 with ``Retry-After`` (the key's token bucket is empty).
+
+Revocation window: verified keys (and refusals) are cached per server process for
+``key_cache_s`` seconds, so a revoked key keeps working for at most that long after
+``modelyard keys revoke``, then answers 401. The lifetime is the ``key_cache_s`` argument of
+:func:`install_auth` / ``create_production_app``, else the environment variable
+``MODELYARD_KEY_CACHE_SECONDS``, else :data:`KEY_CACHE_TTL_S` (5 s); ``0`` looks every request up
+in the registry.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -21,13 +29,42 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelyard.registry.store import KeyInfo
+from modelyard.registry.keys import KeyInfo
+from modelyard.registry.names import RegistryError
 from modelyard.serving.http_errors import error_response
 
 # The console's page, script and style sheet are public: they hold no data (serving/console.py).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/console/console.js", "/console/console.css"})
-KEY_CACHE_TTL_S = 5.0  # a revoked key stops working within this many seconds
+KEY_CACHE_TTL_S = 5.0  # default lifetime of a cached key: a revoked key stops working within this many seconds
+KEY_CACHE_ENV = "MODELYARD_KEY_CACHE_SECONDS"
 KEY_CACHE_SIZE = 10_000
+
+
+def key_cache_seconds(value: float | None = None) -> float:
+    """The verified-key cache lifetime: ``value``, else ``$MODELYARD_KEY_CACHE_SECONDS``, else 5 s.
+
+    Args:
+        value: An explicit lifetime in seconds (``None``: from the environment or the default).
+
+    Returns:
+        Seconds, ``>= 0`` (``0``: no caching).
+
+    Raises:
+        RegistryError: A negative, non-finite or non-numeric value.
+    """
+    source = "key_cache_s"
+    if value is None:
+        raw = os.environ.get(KEY_CACHE_ENV, "").strip()
+        if not raw:
+            return KEY_CACHE_TTL_S
+        source = f"${KEY_CACHE_ENV}"
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise RegistryError(f"{source} must be a number of seconds >= 0 (the API-key cache lifetime)")
+    return float(value)
 
 
 def required_scope(path: str) -> str | None:
@@ -85,16 +122,19 @@ class TokenBuckets:
 
 
 class KeyCache:
-    """Verified keys by the sha256 of the presented string, for :data:`KEY_CACHE_TTL_S` seconds (LRU-bounded).
+    """Verified keys by the sha256 of the presented string, for ``ttl_s`` seconds (LRU-bounded).
 
     Negative answers are cached too, so a flood of bad keys costs one lookup per key per TTL.
 
     Args:
         verify: ``Registry.verify_key``.
+        ttl_s: Lifetime of an entry (see :func:`key_cache_seconds`); a key looked up at time ``t``
+            is answered from the cache until ``t + ttl_s`` and looked up again after that.
     """
 
-    def __init__(self, verify: Callable[[str], KeyInfo | None]) -> None:
+    def __init__(self, verify: Callable[[str], KeyInfo | None], ttl_s: float = KEY_CACHE_TTL_S) -> None:
         self._verify = verify
+        self.ttl_s = ttl_s
         self._cache: OrderedDict[str, tuple[KeyInfo | None, float]] = OrderedDict()
 
     async def get(self, key: str) -> KeyInfo | None:
@@ -106,7 +146,7 @@ class KeyCache:
             self._cache.move_to_end(digest)
             return hit[0]
         info = await asyncio.to_thread(self._verify, key)
-        self._cache[digest] = (info, now + KEY_CACHE_TTL_S)
+        self._cache[digest] = (info, now + self.ttl_s)
         self._cache.move_to_end(digest)
         while len(self._cache) > KEY_CACHE_SIZE:
             self._cache.popitem(last=False)
@@ -133,13 +173,18 @@ class ApiKeyMiddleware:
         app: The wrapped ASGI app.
         verify: ``Registry.verify_key`` (called off the event loop, results cached).
         buckets: Rate-limit state (default: a fresh one).
+        cache_s: Key-cache lifetime in seconds (``None``: :func:`key_cache_seconds`).
     """
 
     def __init__(
-        self, app: ASGIApp, verify: Callable[[str], KeyInfo | None], buckets: TokenBuckets | None = None
+        self,
+        app: ASGIApp,
+        verify: Callable[[str], KeyInfo | None],
+        buckets: TokenBuckets | None = None,
+        cache_s: float | None = None,
     ) -> None:
         self.app = app
-        self.keys = KeyCache(verify)
+        self.keys = KeyCache(verify, key_cache_seconds(cache_s))
         self.buckets = buckets or TokenBuckets()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -192,14 +237,20 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-def install_auth(app: object, verify: Callable[[str], KeyInfo | None]) -> None:
+def install_auth(app: object, verify: Callable[[str], KeyInfo | None], *, cache_s: float | None = None) -> None:
     """Add :class:`ApiKeyMiddleware` inside the metrics middleware (so 401/403/429 are counted) and
     before the body guard (so an unauthenticated body is never read).
 
     Args:
         app: A FastAPI app from :func:`modelyard.serving.create_app` (not yet started).
         verify: ``Registry.verify_key``.
+        cache_s: How long a verified key is trusted without asking the registry again, i.e. how long a
+            revoked key may keep working (``None``: ``$MODELYARD_KEY_CACHE_SECONDS`` or 5 s).
+
+    Raises:
+        RegistryError: A negative or malformed lifetime (checked now, not at the first request).
     """
+    cache_s = key_cache_seconds(cache_s)
     from starlette.middleware import Middleware
 
     from modelyard.serving.middleware import MetricsMiddleware
@@ -207,4 +258,4 @@ def install_auth(app: object, verify: Callable[[str], KeyInfo | None]) -> None:
     stack = app.user_middleware  # type: ignore[attr-defined]
     # user_middleware[0] is the outermost layer; put auth right after the metrics layer.
     at = next((i + 1 for i, m in enumerate(stack) if m.cls is MetricsMiddleware), 0)
-    stack.insert(at, Middleware(ApiKeyMiddleware, verify=verify))
+    stack.insert(at, Middleware(ApiKeyMiddleware, verify=verify, cache_s=cache_s))

@@ -1,6 +1,6 @@
 """Batch sources: what the one training loop asks of a modality (text or images).
 
-:class:`~modelyard.training.finetune.FineTuneRecipe` owns the loop (optimizer, scheduler, clipping,
+:class:`~modelyard.training.loop.FineTuneRecipe` owns the loop (optimizer, scheduler, clipping,
 EMA, early stopping, checkpoints, progress); a batch source only answers three questions:
 
 * ``order(epoch)`` — the epoch's batches as index arrays, a pure function of ``train.seed`` and the
@@ -23,8 +23,63 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelyard._internal.batching import length_grouped_batches, pad_batch
+from modelyard._internal.batching import length_grouped_batches, pad_batch, sorted_batches
 from modelyard.config import AugmentConfig, TrainConfig
+
+
+@dataclass
+class Encoded:
+    """A split as token ids (unpadded) and integer labels."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    labels: np.ndarray
+    soft: np.ndarray | None = None  # teacher probabilities at the distillation temperature (train split)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+
+def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    """Tokenize without padding (padding happens per batch)."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+@torch.no_grad()
+def predict_probs(
+    model: torch.nn.Module,
+    ids: list[list[int]],
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    labels: np.ndarray | None = None,
+) -> tuple[np.ndarray, float | None]:
+    """Class probabilities for token id lists (length-sorted batches), plus mean loss if labels given."""
+    model.eval()
+    n = len(ids)
+    probs = np.zeros((n, model.config.num_labels), dtype=np.float64)
+    loss_sum = 0.0
+    for idx in sorted_batches([len(x) for x in ids], batch_size):
+        batch = {k: v.to(device) for k, v in pad_batch([ids[i] for i in idx], pad_id).items()}
+        with autocast(device, dtype):
+            logits = model(**batch).logits.float()
+        probs[idx] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+        if labels is not None:
+            y = torch.as_tensor(labels[idx], device=device)
+            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+    return probs, (loss_sum / n if labels is not None and n else None)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for bf16/fp16, a no-op for fp32 (``dtype`` None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 
 
 class TextBatches:
@@ -47,8 +102,6 @@ class TextBatches:
 
     def predict(self, model: torch.nn.Module, split: str, dtype: torch.dtype | None) -> tuple[np.ndarray, float | None]:
         """Probabilities and mean loss on one split."""
-        from modelyard.training.finetune import predict_probs
-
         enc = self.splits[split]
         return predict_probs(
             model,

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modelyard._internal.io import read_json, write_json
+from modelyard._internal.runtime import model_state
 from modelyard.errors import ModelyardError
 
 
@@ -42,11 +43,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], skeleton: dict[str, A
             k: (tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v) for k, v in entry.items()
         }
     return {"state": state, "param_groups": skeleton["param_groups"]}
-
-
-def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of the model's state dict with tied/shared storage broken (safetensors needs that)."""
-    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
 
 def save_checkpoint(

@@ -1,9 +1,6 @@
-"""``model.type: prompt`` runs: no gradient steps — the "training" is writing the prompt model and measuring it.
+"""The prompt loop around ``model.type: prompt``: ``modelyard prompt try`` and ``modelyard label``.
 
-A prompt model is a template, verbalizers, an LM backbone and (for k-shot) a pool of labelled
-examples drawn from the training split. The run directory has the same files as a fine-tuned run
-(``metrics.json``, ``predictions.parquet``, ``report.html``, ``manifest.json``, ``model/``), so
-``modelyard evaluate|predict|serve`` and ``modelyard.load`` work on it unchanged.
+The prompt kind itself (settings, one-shot fit, loading) is :mod:`modelyard.models.prompt`.
 """
 
 from __future__ import annotations
@@ -14,168 +11,13 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from modelyard._internal.io import read_json
 from modelyard.config import Recipe
 from modelyard.errors import ConfigError
+from modelyard.models.prompt import PromptSettings, predict_with_progress, prompt_settings, write_prompt_model
 
 # Texts scored between two progress updates (the LM is slow on CPU: show an ETA, not a frozen screen).
 _CHUNK = 32
-
-
-def prompt_settings(recipe: Recipe, labels: list[str]) -> dict[str, Any]:
-    """Template source and verbalizers of a prompt recipe, checked against the data's labels."""
-    p = recipe.model.prompt
-    assert p is not None
-    template = p.template
-    if p.template_file is not None:
-        path = recipe.resolve(p.template_file)
-        if not path.is_file():
-            raise ConfigError(f"model.prompt.template_file: {path} not found")
-        template = path.read_text(encoding="utf-8")
-    verbalizers = p.verbalizers or {label: [label] for label in labels}
-    missing = [label for label in labels if label not in verbalizers]
-    unknown = [label for label in verbalizers if label not in labels]
-    if missing or unknown:
-        raise ConfigError(
-            "model.prompt.verbalizers must name every label of the data exactly once: "
-            + (f"missing {missing}" if missing else "")
-            + ("; " if missing and unknown else "")
-            + (f"not in the data {unknown} (labels are {labels})" if unknown else "")
-        )
-    return {"template": template, "verbalizers": {label: list(verbalizers[label]) for label in labels}}
-
-
-def backbone_spec(recipe: Recipe) -> str:
-    """``bundled:NAME`` as is; a local directory made absolute so the saved model does not depend on the cwd."""
-    spec = recipe.model.backbone
-    if spec.startswith("bundled:"):
-        return spec
-    path = recipe.resolve(spec)
-    return str(path.resolve()) if path.exists() else spec
-
-
-def write_prompt_model(recipe: Recipe, labels: list[str], pool: Any, model_dir: Path) -> Path:
-    """Save the prompt model a recipe describes (``pool``: labelled shot candidates, or None) to ``model_dir``."""
-    from modelyard.llm.classifier import save_prompt_model
-
-    p = recipe.model.prompt
-    assert p is not None
-    settings = prompt_settings(recipe, labels)
-    save_prompt_model(
-        model_dir,
-        labels=labels,
-        backbone=backbone_spec(recipe),
-        template=settings["template"],
-        verbalizers=settings["verbalizers"],
-        shots_cfg={"k": p.shots, "method": p.shot_selection, "seed": p.shot_seed},
-        pool=pool,
-        cleaning=recipe.data.clean.model_dump(mode="json"),
-        name=recipe.name,
-        max_length=recipe.model.max_length,
-        chat=p.chat,
-        calibrate=p.calibrate,
-        batch_size=p.batch_size,
-        backend=p.backend,
-        openai=p.openai.model_dump(mode="json") if p.openai else None,
-    )
-    return model_dir
-
-
-def predict_with_progress(clf: Any, texts: list[str], console: Console, what: str) -> np.ndarray:
-    """``clf.predict_proba`` in chunks behind a progress bar with ETA."""
-    out = np.zeros((len(texts), len(clf.labels)), dtype=np.float64)
-    columns = (
-        TextColumn(f"[bold]{what}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(what, total=len(texts))
-        t0, tenth = time.perf_counter(), 0
-        for start in range(0, len(texts), _CHUNK):
-            chunk = texts[start : start + _CHUNK]
-            out[start : start + len(chunk)] = clf.predict_proba(chunk)
-            bar.update(task, advance=len(chunk))
-            done = start + len(chunk)
-            if not console.is_terminal and done * 10 // len(texts) > tenth:
-                # no live bar in logs/CI: a plain line every ~10% keeps progress (and the ETA) visible
-                tenth = done * 10 // len(texts)
-                rate = done / max(time.perf_counter() - t0, 1e-9)
-                bar.console.print(
-                    f"{what}: {done}/{len(texts)} · {rate:.1f} texts/s · ETA {(len(texts) - done) / rate:.0f}s"
-                )
-    return out
-
-
-def fit_prompt_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> dict:
-    """Write ``model/`` for a prompt recipe, score valid and test, write metrics, predictions, report, manifest."""
-    from modelyard.evaluation.metrics import compute_metrics, mean_nll
-    from modelyard.llm.classifier import load_prompt_model
-    from modelyard.training.finetune import prediction_frame, write_oneshot_outputs
-
-    p = recipe.model.prompt
-    assert p is not None
-    labels = list(data.labels)
-    settings = prompt_settings(recipe, labels)
-    pool = data.train[["text", "label"]].reset_index(drop=True) if p.shots else None
-    write_prompt_model(recipe, labels, pool, run_dir / "model")
-    clf = load_prompt_model(run_dir / "model")
-    console.print(
-        f"[bold]prompt model[/] {recipe.model.backbone} · {p.shots}-shot ({p.shot_selection}) · "
-        f"verbalizers {settings['verbalizers']}"
-    )
-    index = {label: i for i, label in enumerate(labels)}
-    metrics: dict[str, Any] = {}
-    frames = []
-    seconds: dict[str, float] = {}
-    for split in ("valid", "test"):
-        frame = getattr(data, split)
-        texts = frame["text"].tolist()
-        y = np.array([index[x] for x in frame["label"]], dtype=np.int64)
-        s0 = time.perf_counter()
-        probs = predict_with_progress(clf, texts, console, f"score {split}")
-        seconds[split] = time.perf_counter() - s0
-        metrics[split] = compute_metrics(y, probs, labels, loss=mean_nll(probs, y))
-        frames.append(prediction_frame(split, texts, y, probs, labels))
-    n_scored = sum(len(getattr(data, s)) for s in ("valid", "test"))
-    per_example_ms = 1000.0 * sum(seconds.values()) / max(n_scored, 1)
-    info = {
-        "run": run_id,
-        "recipe name": recipe.name,
-        "model": f"prompt · {recipe.model.backbone}",
-        "shots": f"{p.shots} ({p.shot_selection})",
-        "verbalizers": settings["verbalizers"],
-        "scoring time per example (ms)": round(per_example_ms, 1),
-        "data": recipe.data.path,
-        "train (shot pool) / valid / test": " / ".join(str(len(getattr(data, s))) for s in ("train", "valid", "test")),
-    }
-    write_oneshot_outputs(
-        run_dir,
-        recipe,
-        run_id,
-        t0,
-        data,
-        metrics=metrics,
-        frames=frames,
-        info=info,
-        seed={"shots": p.shot_seed, "data": recipe.data.seed},
-        train_seconds=0.0,
-        device=clf.device if hasattr(clf, "device") else "cpu",
-        precision="fp32",
-        model={
-            "type": "prompt",
-            "backbone": recipe.model.backbone,
-            "meta": read_json(run_dir / "model" / "modelyard.json"),
-        },
-        scoring_seconds={k: round(v, 2) for k, v in seconds.items()},
-        scoring_ms_per_example=round(per_example_ms, 2),
-    )
-    return metrics
 
 
 # ---------------------------------------------------------------------- modelyard prompt try
@@ -198,7 +40,7 @@ def prompt_try(recipe: Recipe, *, sample: int, console: Console, show: int = 10)
     from modelyard.evaluation.metrics import compute_metrics
     from modelyard.llm.classifier import load_prompt_model
 
-    if recipe.model.type != "prompt":
+    if not isinstance(recipe.model, PromptSettings):
         raise ConfigError(f"`modelyard prompt try` needs model.type 'prompt' (the recipe has '{recipe.model.type}')")
     if sample < 1:
         raise ConfigError(f"--sample must be >= 1, got {sample}")
@@ -257,7 +99,7 @@ def prompt_try(recipe: Recipe, *, sample: int, console: Console, show: int = 10)
     history_path.parent.mkdir(parents=True, exist_ok=True)
     with history_path.open("a", encoding="utf-8") as fh:  # append-only log; one line per try
         fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    from modelyard.training.finetune import read_jsonl
+    from modelyard._internal.io import read_jsonl
 
     past = [r for r in read_jsonl(history_path) if r.get("recipe") == recipe.name][-8:]
     versions = Table(title=f"prompt versions of {recipe.name} ({history_path})")
@@ -303,7 +145,7 @@ def label_file(
 
     from modelyard.data.sources import read_table, write_table
     from modelyard.errors import DataError
-    from modelyard.inference import load
+    from modelyard.models.loading import load
 
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
@@ -313,7 +155,7 @@ def label_file(
             from modelyard.config import load_recipe
 
             recipe = load_recipe(source)
-            if recipe.model.type != "prompt":
+            if not isinstance(recipe.model, PromptSettings):
                 raise ConfigError(
                     f"{source}: `modelyard label RECIPE` needs a prompt recipe; to label with a trained model pass "
                     "its run directory"

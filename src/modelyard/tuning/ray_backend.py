@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from modelyard.errors import ModelyardError
-from modelyard.tuning.search import TuneSettings, _trial_line, distributions, run_trial
+from modelyard.tuning.trials import TuneSettings, _trial_line, distributions, run_trial
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna

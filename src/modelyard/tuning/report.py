@@ -20,7 +20,7 @@ from modelyard.evaluation.report import _fig_text, _figure_env, _new_figure, _sv
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from modelyard.tuning.search import TuneSettings
+    from modelyard.tuning.trials import TuneSettings
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en">

@@ -7,7 +7,7 @@
 3. Training data = the champion's train split with feedback applied: a text the user labelled
    takes the feedback label (conflicts resolved in favour of feedback), new texts are added,
    duplicates dropped; texts of the original test split or the feedback hold-out never enter it.
-4. The challenger is trained with the champion's recipe (``modelyard.training.finetune.train`` on
+4. The challenger is trained with the champion's recipe (``modelyard.training.run.train`` on
    these exact splits), registered, and both models are scored on the original test split and on
    the feedback hold-out. It is promoted only if on both it is not worse than the champion by more
    than ``margin`` on ``metric``. The decision and every number go to the registry's audit trail.
@@ -152,8 +152,8 @@ def retrain(
     import yaml
 
     from modelyard.config import apply_overrides, recipe_from_dict
-    from modelyard.inference import load
-    from modelyard.training.finetune import load_splits, train
+    from modelyard.models.loading import load
+    from modelyard.training.run import load_splits, train
 
     if metric not in ("macro_f1", "accuracy"):
         raise RegistryError(f"--metric {metric!r}: use macro_f1 or accuracy")

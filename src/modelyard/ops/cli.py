@@ -1,31 +1,22 @@
-"""``modelyard registry …`` and ``modelyard keys …`` (typer sub-apps wired into ``modelyard.cli``)."""
+"""``modelyard registry|keys|retrain|monitor …``: the operations sub-apps wired into ``modelyard.cli``.
+
+This module never imports :mod:`modelyard.cli` (that one imports this); the shared error handling
+comes from :mod:`modelyard._internal.cli_errors`.
+"""
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
+from modelyard._internal.cli_errors import err_console, friendly_errors
 
-
-def friendly_errors(fn: F) -> F:
-    """``modelyard.cli.friendly_errors``, looked up at call time (``modelyard.cli`` imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from modelyard.cli import friendly_errors as handle
-
-        return handle(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
+if TYPE_CHECKING:  # pragma: no cover
+    from modelyard.registry import Registry
 
 registry_app = typer.Typer(
     help="Model registry: register runs, list versions, promote, roll back.", no_args_is_help=True
@@ -42,7 +33,7 @@ DbOpt = Annotated[
 ]
 
 
-def _open(store: Path | None, db: str | None):  # noqa: ANN202 - Registry, imported lazily
+def _open(store: Path | None, db: str | None) -> Registry:
     from modelyard.registry import open_registry
 
     return open_registry(store, db)
@@ -186,7 +177,7 @@ def retrain_command(
     db: DbOpt = None,
 ) -> None:
     """Train a challenger on the original data + feedback; promote it only if not worse; record the decision."""
-    from modelyard.registry.retrain import retrain
+    from modelyard.ops.retrain import retrain
 
     decision = retrain(
         _open(store, db),
@@ -217,7 +208,7 @@ def monitor_command(
     db: DbOpt = None,
 ) -> None:
     """Drift of live traffic vs the training reference; HTML dashboard; exit 1 above thresholds (for cron)."""
-    from modelyard.registry.monitor import Thresholds, monitor
+    from modelyard.ops.monitor import Thresholds, monitor
 
     summary = monitor(
         _open(store, db),

@@ -12,15 +12,13 @@ version. Four signals:
 PSI uses quantile bins of the reference (about 20 reference rows per bin, 2-10 bins, so that
 sampling noise stays well below the threshold) (``sum((a - e) * ln(a / e))`` with a 1e-4 floor);
 rule of thumb: < 0.1 stable, 0.1-0.2 moderate, > 0.2 significant. A dashboard (self-contained HTML
-with inline PNG charts) and a JSON summary are written; the CLI exits 1 when any signal crosses its
-threshold, so it can run from cron.
+with inline SVG charts drawn by the evaluation report's figure helpers, rendered from
+``templates/drift.html.j2`` with autoescaping on, since labels are user data) and a JSON summary are
+written; the CLI exits 1 when any signal crosses its threshold, so it can run from cron.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,11 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 
+from modelyard.evaluation.report import _fig_text, _figure_env, _new_figure, _svg
 from modelyard.registry.names import RegistryError
 from modelyard.registry.store import Registry, parse_since
 
 _FLOOR = 1e-4
+_TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
 @dataclass(frozen=True)
@@ -89,29 +91,25 @@ def _cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(1.0 - np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def _chart(ref: np.ndarray, live: np.ndarray, title: str, categorical: list[str] | None = None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=90)
-    if categorical is not None:
-        x = np.arange(len(categorical))
-        ax.bar(x - 0.2, ref, 0.4, label="reference")
-        ax.bar(x + 0.2, live, 0.4, label="live")
-        ax.set_xticks(x, categorical)
-    else:
-        bins = np.histogram_bin_edges(np.concatenate([ref, live]), bins=20)
-        ax.hist(ref, bins=bins, alpha=0.6, density=True, label="reference")
-        ax.hist(live, bins=bins, alpha=0.6, density=True, label="live")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+def _chart(ref: np.ndarray, live: np.ndarray, title: str, categorical: list[str] | None = None) -> Markup:
+    """Reference vs live as an inline SVG: grouped bars for class shares, overlaid densities otherwise."""
+    with _figure_env(f"drift-{title}"):
+        fig = _new_figure(4.8, 3.0)
+        ax = fig.add_subplot()
+        if categorical is not None:
+            x = np.arange(len(categorical))
+            ax.bar(x - 0.2, ref, 0.4, label="reference", color="#4c78a8")
+            ax.bar(x + 0.2, live, 0.4, label="live", color="#f58518")
+            ax.set_xticks(x, [_fig_text(label) for label in categorical], rotation=45 if len(x) > 4 else 0)
+            ax.set_ylabel("share")
+        else:
+            bins = np.histogram_bin_edges(np.concatenate([ref, live]), bins=20)
+            ax.hist(ref, bins=bins, alpha=0.6, density=True, label="reference", color="#4c78a8")
+            ax.hist(live, bins=bins, alpha=0.6, density=True, label="live", color="#f58518")
+            ax.set_ylabel("density")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        return _svg(fig)
 
 
 def monitor(
@@ -139,8 +137,8 @@ def monitor(
     """
     from scipy.stats import ks_2samp
 
-    from modelyard.inference import load
-    from modelyard.training.finetune import load_splits
+    from modelyard.models.loading import load
+    from modelyard.training.run import load_splits
 
     th = thresholds or Thresholds()
     version = registry.resolve(app, alias)
@@ -202,32 +200,48 @@ def monitor(
     }
     summary["status"] = "drift" if any(s["drift"] for s in summary["signals"].values()) else "ok"
     charts = [
-        _chart(ref_conf, live_conf, "prediction confidence"),
-        _chart(ref_mix, live_mix, "predicted-class mix", categorical=labels),
-        _chart(ref_len, live_len, "text length (characters)"),
+        {"svg": _chart(ref_conf, live_conf, "prediction confidence"), "caption": "confidence_psi, confidence_ks"},
+        {"svg": _chart(ref_mix, live_mix, "predicted-class mix", categorical=labels), "caption": "class_mix_psi"},
+        {"svg": _chart(ref_len, live_len, "text length (characters)"), "caption": "text_length_psi, text_length_ks"},
     ]
     _write(output, summary, charts)
     return summary
 
 
-def _write(output: Path, summary: dict[str, Any], charts: list[str]) -> None:
+def render_dashboard(summary: dict[str, Any], charts: list[dict[str, Any]]) -> str:
+    """The drift dashboard page (self-contained HTML) for a :func:`monitor` summary.
+
+    Args:
+        summary: The summary (``app``, ``version``, ``status``, ``signals`` …; ``class_mix`` optional).
+        charts: ``{"svg": Markup, "caption": str}`` figures; only the SVG is inserted unescaped.
+
+    Returns:
+        The page; every other value (labels, messages, names) is HTML-escaped by the template.
+    """
+    # autoescape=True, not select_autoescape(): the template ends in .j2, which extension sniffing
+    # would not treat as HTML, and labels and messages here are user data.
+    env = Environment(
+        loader=FileSystemLoader(_TEMPLATE_DIR),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    mix = summary.get("class_mix") or {}
+    reference, live = mix.get("reference") or {}, mix.get("live") or {}
+    return env.get_template("drift.html.j2").render(
+        summary=summary,
+        signals=summary.get("signals") or {},
+        message=summary.get("message") or "",
+        class_mix=[{"label": label, "reference": share, "live": live.get(label)} for label, share in reference.items()],
+        charts=charts,
+    )
+
+
+def _write(output: Path, summary: dict[str, Any], charts: list[dict[str, Any]]) -> None:
     from modelyard._internal.io import atomic_write_text, write_json
 
     summary["dashboard"] = str(output)
-    rows = "".join(
-        f"<tr class={'bad' if s['drift'] else 'ok'}><td>{html.escape(name)}</td><td>{s['value']:.4f}</td>"
-        f"<td>{s['threshold']}</td><td>{'DRIFT' if s['drift'] else 'ok'}</td></tr>"
-        for name, s in summary["signals"].items()
-    )
-    images = "".join(f'<img alt="chart" src="{src}">' for src in charts)
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>drift: {html.escape(summary["app"])}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em}}td,th{{padding:.3em .8em;border-bottom:1px solid #ddd}}
-.bad td{{background:#fde2e2}} .status{{font-size:1.4em}} img{{margin:.5em}}</style></head><body>
-<h1>Drift report · {html.escape(summary["app"])} v{summary["version"]}</h1>
-<p class="status">status: <b>{html.escape(summary["status"])}</b> · live predictions: {summary["n_live"]}
-(since {html.escape(str(summary["since"]))}) · reference: {summary["n_reference"]} · {summary["at"]}</p>
-<p>{html.escape(summary.get("message", ""))}</p>
-<table><tr><th>signal</th><th>value</th><th>threshold</th><th>verdict</th></tr>{rows}</table>
-<div>{images}</div></body></html>"""
-    atomic_write_text(output, body)
+    atomic_write_text(output, render_dashboard(summary, charts))
     write_json(output.with_suffix(".json"), json.loads(json.dumps(summary, default=str)))

@@ -16,15 +16,21 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from rich.console import Console
+import pandas as pd
+from pydantic import Field, SerializeAsAny, field_validator
+from rich.table import Table
 
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.rundir import text_model_metadata
-from modelyard.config import Recipe
+from modelyard._internal.labels import label_predictions
+from modelyard._internal.layout import MANIFEST, METRICS, MODEL_DIR, MODEL_META, PREDICTIONS
+from modelyard.config import EnsembleConfig, ModelSettings, validate_model_settings
 from modelyard.errors import ModelError
+from modelyard.kinds import FitContext, FitResult, ModelKind, get_kind, register_kind
+from modelyard.models.loading import load
+from modelyard.models.text_classifier import text_model_metadata
 
 MEMBERS_DIR = "members"
 MOVED_NOTE = "MODEL_MOVED.txt"
@@ -85,11 +91,9 @@ class EnsembleClassifier:
     """A saved ensemble: the weighted average of its members' probabilities (same surface as the others)."""
 
     def __init__(self, model_dir: Path, *, device: str = "auto", batch_size: int = 64) -> None:
-        from modelyard.inference import load
-
         self.model_dir = Path(model_dir)
         try:
-            self.meta: dict[str, Any] = read_json(self.model_dir / "modelyard.json")
+            self.meta: dict[str, Any] = read_json(self.model_dir / MODEL_META)
             specs = list(self.meta["members"])
             self.labels: list[str] = list(self.meta["labels"])
             weights = np.array([float(m["weight"]) for m in specs], dtype=np.float64)
@@ -113,7 +117,7 @@ class EnsembleClassifier:
                 )
             self.members.append(member)
         self.member_types = [str(spec.get("type")) for spec in specs]
-        self.max_length = int(self.meta.get("max_length", 0))
+        self.max_length = int(self.meta.get("max_length") or 0)
         self.device = "cpu"
 
     def info(self) -> dict[str, Any]:
@@ -121,7 +125,7 @@ class EnsembleClassifier:
         run_dir = self.model_dir.parent
         return {
             "name": self.meta.get("name"),
-            "run_id": run_dir.name if (run_dir / "manifest.json").is_file() else None,
+            "run_id": run_dir.name if (run_dir / MANIFEST).is_file() else None,
             "backbone": self.meta.get("backbone", "ensemble"),
             "labels": self.labels,
             "max_length": self.max_length,
@@ -146,12 +150,10 @@ class EnsembleClassifier:
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Predicted label and per-class scores for each text."""
-        from modelyard.inference import label_predictions
-
         return label_predictions(self.labels, self.predict_proba(texts))
 
 
-def _member_recipe(recipe: Recipe, i: int, members_dir: Path) -> Recipe:
+def _member_recipe(recipe: Any, i: int, members_dir: Path) -> Any:
     member = recipe.model.members[i]
     sub = recipe.model_copy(
         update={
@@ -172,19 +174,14 @@ def _split_probs(frame: Any, split: str, expected_texts: list[str], labels: list
     return rows[[f"prob_{lab}" for lab in labels]].to_numpy(dtype=np.float64)
 
 
-def fit_ensemble_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> dict:
-    """Train every member as its own run, fit the weights on valid, save ``model/`` and the run's files."""
-    import pandas as pd
-    from rich.table import Table
-
-    from modelyard.evaluation.metrics import compute_metrics, mean_nll
-    from modelyard.training.finetune import prediction_frame, train, write_oneshot_outputs
-
+def fit_ensemble_run(ctx: FitContext) -> FitResult:
+    """Train every member as its own run, fit the weights on valid, save ``model/``; return the blend."""
+    recipe, data, run_dir, console = ctx.recipe, ctx.data, ctx.run_dir, ctx.console
     labels = list(data.labels)
     index = {label: i for i, label in enumerate(labels)}
     members_dir = run_dir / MEMBERS_DIR
     members_dir.mkdir()
-    model_dir = run_dir / "model"
+    model_dir = ctx.model_dir
     (model_dir / MEMBERS_DIR).mkdir(parents=True)
     splits = {s: getattr(data, s) for s in ("valid", "test")}
     texts = {s: f["text"].tolist() for s, f in splits.items()}
@@ -196,23 +193,23 @@ def fit_ensemble_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, cons
     for i, member in enumerate(recipe.model.members):
         console.rule(f"ensemble member {i}: {member.type}")
         sub = _member_recipe(recipe, i, members_dir)
-        finished = train(sub, data=data, console=console)
+        finished = ctx.train_member(sub, data)
         member_run = members_dir / f"{i}-{member.type}"
         finished.rename(member_run)
-        member_meta = read_json(member_run / "model" / "modelyard.json")
+        member_meta = read_json(member_run / MODEL_DIR / MODEL_META)
         if list(member_meta["labels"]) != labels:
             raise ModelError(f"ensemble member {i} saved labels {member_meta['labels']}, expected {labels}")
-        shutil.move(str(member_run / "model"), str(model_dir / MEMBERS_DIR / str(i)))
+        shutil.move(str(member_run / MODEL_DIR), str(model_dir / MEMBERS_DIR / str(i)))
         (member_run / MOVED_NOTE).write_text(
             f"This member's model/ directory was moved into the ensemble's model: ../../model/{MEMBERS_DIR}/{i}\n",
             encoding="utf-8",
         )
-        manifest = read_json(member_run / "manifest.json")
+        manifest = read_json(member_run / MANIFEST)
         manifest["model_moved_to"] = f"model/{MEMBERS_DIR}/{i}"
-        write_json(member_run / "manifest.json", manifest)
+        write_json(member_run / MANIFEST, manifest)
         train_seconds += float(manifest.get("train_time_s") or 0.0)
         n_params += int((manifest.get("model") or {}).get("parameters") or 0)
-        frame = pd.read_parquet(member_run / "predictions.parquet")
+        frame = pd.read_parquet(member_run / PREDICTIONS)
         for split in ("valid", "test"):
             probs[split].append(_split_probs(frame, split, texts[split], labels, member_run))
         member_rows.append(
@@ -220,35 +217,30 @@ def fit_ensemble_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, cons
                 "index": i,
                 "type": member.type,
                 "backbone": member_meta.get("backbone"),
-                "max_length": int(member_meta.get("max_length") or member.max_length),
+                "max_length": member_meta.get("max_length"),
                 "run": f"{MEMBERS_DIR}/{member_run.name}",
-                "metrics": read_json(member_run / "metrics.json"),
+                "metrics": read_json(member_run / METRICS),
             }
         )
 
     rounds = recipe.model.ensemble.selection_rounds
     weights = select_weights(probs["valid"], ys["valid"], rounds)
-    metrics: dict[str, Any] = {}
-    frames = []
-    for split in ("valid", "test"):
-        blend = sum(w * p for w, p in zip(weights, probs[split], strict=True))
-        y = ys[split]
-        metrics[split] = compute_metrics(y, blend, labels, loss=mean_nll(blend, y))
-        frames.append(prediction_frame(split, texts[split], y, blend, labels))
+    blends = {split: sum(w * p for w, p in zip(weights, probs[split], strict=True)) for split in ("valid", "test")}
+    accuracy = {split: float(np.mean(blends[split].argmax(axis=1) == ys[split])) for split in blends}
 
     backbone = "ensemble: " + " + ".join(
         f"{r['type']} {r['backbone']}" if r["backbone"] not in (None, r["type"]) else r["type"] for r in member_rows
     )
     meta = text_model_metadata(recipe, labels, backbone=backbone, model_type="ensemble")
-    # The longest input a member reads (tfidf-logreg reads whole texts: its max_length is not a limit).
-    tokenized = [r["max_length"] for r in member_rows if r["type"] != "tfidf-logreg"]
-    meta["max_length"] = max(tokenized or [r["max_length"] for r in member_rows])
+    # The longest input a member reads (members without a max_length, e.g. tfidf-logreg, read whole texts).
+    tokenized = [int(r["max_length"]) for r in member_rows if r["max_length"]]
+    meta["max_length"] = max(tokenized) if tokenized else None
     meta["members"] = [
         {"path": f"{MEMBERS_DIR}/{r['index']}", "type": r["type"], "weight": float(w)}
         for r, w in zip(member_rows, weights, strict=True)
     ]
     meta["ensemble"] = recipe.model.ensemble.model_dump(mode="json")
-    write_json(model_dir / "modelyard.json", meta)
+    write_json(model_dir / MODEL_META, meta)
 
     table = Table(title="ensemble")
     for col in ("member", "type", "weight", "valid acc", "test acc"):
@@ -258,12 +250,10 @@ def fit_ensemble_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, cons
         table.add_row(
             str(r["index"]), r["type"], f"{w:.3f}", f"{m['valid']['accuracy']:.4f}", f"{m['test']['accuracy']:.4f}"
         )
-    table.add_row("ensemble", "", "1.000", f"{metrics['valid']['accuracy']:.4f}", f"{metrics['test']['accuracy']:.4f}")
+    table.add_row("ensemble", "", "1.000", f"{accuracy['valid']:.4f}", f"{accuracy['test']:.4f}")
     console.print(table)
 
     info: dict[str, Any] = {
-        "run": run_id,
-        "recipe name": recipe.name,
         "model": f"ensemble of {len(member_rows)} (weights: {rounds} selection rounds on valid)",
     }
     for r, w in zip(member_rows, weights, strict=True):
@@ -272,28 +262,103 @@ def fit_ensemble_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, cons
             f"{r['type']} ({r['backbone']}) · weight {w:.3f} · valid acc {m['valid']['accuracy']:.4f}"
             f" · test acc {m['test']['accuracy']:.4f} · {r['run']}"
         )
-    info |= {
-        "train time (s)": round(train_seconds, 2),
-        "data": recipe.data.path,
-        "train / valid / test": " / ".join(str(len(getattr(data, s))) for s in ("train", "valid", "test")),
-    }
-    write_oneshot_outputs(
-        run_dir,
-        recipe,
-        run_id,
-        t0,
-        data,
-        metrics=metrics,
-        frames=frames,
-        info=info,
-        seed={"train": recipe.train.seed, "data": recipe.data.seed},
-        train_seconds=train_seconds,
-        device="cpu",
-        precision="fp64",
-        model={"type": "ensemble", "backbone": backbone, "parameters": n_params},
-        members=[
+    info["train time (s)"] = round(train_seconds, 2)
+    manifest = {
+        "seed": {"train": recipe.train.seed, "data": recipe.data.seed},
+        "train_seconds": train_seconds,
+        "device": "cpu",
+        "precision": "fp64",
+        "model": {"type": "ensemble", "backbone": backbone, "parameters": n_params},
+        "members": [
             {"type": r["type"], "run": r["run"], "seed": recipe.train.seed + r["index"], "weight": float(w)}
             for r, w in zip(member_rows, weights, strict=True)
         ],
+    }
+    return FitResult(probs=blends, info=info, manifest=manifest)
+
+
+class EnsembleSettings(ModelSettings):
+    """A weighted average of several ordinary models trained in the same run (`ensemble`)."""
+
+    type: Literal["ensemble"] = "ensemble"
+    members: list[SerializeAsAny[ModelSettings]] = Field(
+        default_factory=list,
+        validate_default=True,
+        description="Two or more ordinary model sections (kinds that can be ensemble members: trained text "
+        "models, not ensembles, prompt or image models), each trained in the same run (member i with seed "
+        "train.seed + i) and averaged with weights fitted on the validation split.",
     )
-    return metrics
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig, description="Selection settings.")
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def _members(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        members = []
+        for i, raw in enumerate(value):
+            member = validate_model_settings(raw, where=f"model.members[{i}]")
+            if not get_kind(member.type).can("ensemble_member"):
+                raise ValueError(
+                    f"model.members[{i}] has type '{member.type}'; ensemble members must be trained text models "
+                    "(hf-encoder, textcnn, bilstm, transformer-encoder, tfidf-logreg), not ensembles, prompt or "
+                    "image models - list their members directly"
+                )
+            members.append(member)
+        if len(members) < 2:
+            raise ValueError(
+                f"model.type 'ensemble' needs at least 2 entries in model.members (got {len(members)}); "
+                "list two or more model sections, e.g. [{type: hf-encoder}, {type: tfidf-logreg}]"
+            )
+        return members
+
+
+def _prepare(cfg: EnsembleSettings, recipe: Any, labels: list[str]) -> None:
+    for member in cfg.members:  # every member's backbone/template before a run directory exists
+        kind = get_kind(member.type)
+        if kind.prepare is not None:
+            kind.prepare(member, recipe, labels)
+
+
+def _load(model_dir: Path, meta: dict[str, Any], *, device: str = "auto", batch_size: int = 64) -> EnsembleClassifier:
+    return EnsembleClassifier(model_dir, device=device, batch_size=batch_size)
+
+
+def _check_artifacts(model_dir: Path, meta: dict[str, Any]) -> None:
+    """Each ``members[i].path`` must be a folder inside the directory that passes its own kind's check."""
+    from modelyard.kinds import kind_of_meta
+
+    members = meta.get("members")
+    if not isinstance(members, list) or not members:
+        raise ValueError("an ensemble without a `members` list")
+    for i, member in enumerate(members):
+        rel = Path(str(member.get("path", ""))) if isinstance(member, dict) else Path()
+        if not rel.parts or rel.is_absolute() or ".." in rel.parts or not (model_dir / rel).is_dir():
+            raise ValueError(f"members[{i}].path must name a folder inside the model directory (got {rel})")
+        sub = model_dir / rel
+        if not (sub / MODEL_META).is_file():
+            raise ValueError(f"members[{i}] ({rel}): no {MODEL_META}")
+        sub_meta = read_json(sub / MODEL_META)
+        kind = kind_of_meta(sub_meta, sub)
+        if kind.check_artifacts is not None:
+            try:
+                kind.check_artifacts(sub, sub_meta)
+            except ValueError as err:
+                raise ValueError(f"members[{i}] ({rel}): {err}") from None
+
+
+KIND = register_kind(
+    ModelKind(
+        name="ensemble",
+        settings=EnsembleSettings,
+        modality="text",
+        fit=fit_ensemble_run,
+        prepare=_prepare,
+        load=_load,
+        check_artifacts=_check_artifacts,
+        display_name=lambda cfg: "ensemble: " + " + ".join(get_kind(m.type).name_of(m) for m in cfg.members),
+        supports=frozenset({"distill_teacher"}),
+        instead="an ensemble is a weighted average of several models with no single network: use a member "
+        "instead, RUN/model/members/<i>",
+    )
+)

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from modelyard._internal.io import read_json
+from modelyard._internal.labels import label_predictions
 from modelyard.data.images import IMAGE_EXTENSIONS
 from modelyard.errors import DataError, ModelError
+from modelyard.models.image_base import ImageModel
 
 ImageInput = Any  # a path (str / Path), encoded bytes, a PIL image, or an array (H, W), (H, W, C) or (C, H, W)
 
@@ -38,7 +40,6 @@ class ImageClassifier:
         import torch
 
         from modelyard._internal.runtime import pick_device
-        from modelyard.models.image_base import ImageModel
 
         self.model_dir = Path(model_dir)
         self.meta: dict[str, Any] = read_json(self.model_dir / "modelyard.json")
@@ -128,7 +129,6 @@ class ImageClassifier:
             >>> clf.predict(["boot.png"])
             [{'label': 'Ankle boot', 'scores': {'T-shirt/top': 0.001, …}}]
         """
-        from modelyard.inference import label_predictions
 
         return label_predictions(self.labels, self.predict_proba(images))
 

@@ -1,15 +1,17 @@
-"""Fine-tune a sequence classifier: the visible training recipe behind ``modelyard train``.
+"""The training loop shared by every model kind that trains with gradients: setup → train → finalize.
 
 The loop is written out (``for epoch … for batch …``) so a reader can see every step: AdamW with
 linear warm-up/decay, gradient accumulation and clipping, autocast for bf16/fp16, per-epoch
 validation, best-epoch selection, early stopping, periodic checkpoints and exact resume. Plain
 torch handles devices and mixed precision here; a hidden Trainer would make resume semantics and
-progress reporting hard to audit.
+progress reporting hard to audit. What differs between kinds comes from the registry
+(:mod:`modelyard.kinds`: build, save) and the batch source (text or images); the losses are the pure
+functions of :mod:`modelyard.training.losses`. Creating, resuming and finishing run directories is
+:mod:`modelyard.training.run`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -31,80 +33,29 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from modelyard._internal.batching import pad_batch, sorted_batches
-from modelyard._internal.io import atomic_write_text, read_json, write_json
-from modelyard._internal.rundir import (
-    INCOMPLETE,
-    discard_run,
-    finish_run,
-    run_manifest,
-    start_run,
-    text_model_metadata,
-)
-from modelyard._internal.runtime import pick_device, pick_dtype, rng_state, seed_everything, set_rng_state
-from modelyard.config import LOWER_IS_BETTER, Recipe, load_recipe
+import modelyard.training.losses as losses
+from modelyard._internal.io import write_json
+from modelyard._internal.layout import CHECKPOINTS_DIR, HISTORY, METRICS, MODEL_DIR, PREDICTIONS, PROGRESS
+from modelyard._internal.runtime import model_state, pick_device, pick_dtype, rng_state, seed_everything, set_rng_state
+from modelyard.config import LOWER_IS_BETTER, Recipe
 from modelyard.errors import ModelyardError
-from modelyard.training.batch_sources import ImageBatches, ImageEncoded, TextBatches
-from modelyard.training.checkpoint import load_checkpoint, model_state, save_checkpoint
-
-CHECKPOINT_DIR = "checkpoints"
-HEADLINE = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "roc_auc", "log_loss", "ece")
+from modelyard.evaluation.metrics import HEADLINE, compute_metrics
+from modelyard.evaluation.predictions import prediction_frame
+from modelyard.kinds import get_kind
+from modelyard.models.loading import load
+from modelyard.training.batch_sources import (
+    Encoded,
+    ImageBatches,
+    ImageEncoded,
+    TextBatches,
+    autocast,
+    encode,
+)
+from modelyard.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 class TrainingInterrupted(ModelyardError):
     """Training stopped before the end; the run directory keeps its last checkpoint for ``--resume``."""
-
-
-@dataclass
-class Encoded:
-    """A split as token ids (unpadded) and integer labels."""
-
-    texts: list[str]
-    ids: list[list[int]]
-    labels: np.ndarray
-    soft: np.ndarray | None = None  # teacher probabilities at the distillation temperature (train split)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(x) for x in self.ids]
-
-
-def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
-    """Tokenize without padding (padding happens per batch)."""
-    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-
-
-@torch.no_grad()
-def predict_probs(
-    model: torch.nn.Module,
-    ids: list[list[int]],
-    *,
-    batch_size: int,
-    pad_id: int,
-    device: torch.device,
-    dtype: torch.dtype | None = None,
-    labels: np.ndarray | None = None,
-) -> tuple[np.ndarray, float | None]:
-    """Class probabilities for token id lists (length-sorted batches), plus mean loss if labels given."""
-    model.eval()
-    n = len(ids)
-    probs = np.zeros((n, model.config.num_labels), dtype=np.float64)
-    loss_sum = 0.0
-    for idx in sorted_batches([len(x) for x in ids], batch_size):
-        batch = {k: v.to(device) for k, v in pad_batch([ids[i] for i in idx], pad_id).items()}
-        with _autocast(device, dtype):
-            logits = model(**batch).logits.float()
-        probs[idx] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
-        if labels is not None:
-            y = torch.as_tensor(labels[idx], device=device)
-            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-    return probs, (loss_sum / n if labels is not None and n else None)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -134,7 +85,8 @@ class FineTuneRecipe:
         self.console = console
         self.cfg = recipe.train
         self.state = TrainerState()
-        self.ckpt_dir = run_dir / CHECKPOINT_DIR
+        self.ckpt_dir = run_dir / CHECKPOINTS_DIR
+        self.kind = get_kind(recipe.model.type)
         self.stopped_by_hook = False  # an ``on_epoch_end`` hook raised: the run is abandoned, not resumable
 
     # ------------------------------------------------------------------ setup
@@ -142,22 +94,20 @@ class FineTuneRecipe:
         """Build model/tokenizer, tokenize the splits, create optimizer and scheduler."""
         from transformers import get_scheduler
 
-        from modelyard.models import build_model
-        from modelyard.models.registry import builder_takes
-
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
         seed_everything(self.cfg.seed)
         self.device = pick_device(self.cfg.device)
         self.dtype = pick_dtype(self.cfg.precision, self.device)
         self.labels: list[str] = list(self.data.labels)
-        if self.recipe.task == "image-classification":
-            model = self._setup_images(build_model)
+        kind = self.kind
+        assert kind.build is not None, f"model kind {kind.name} is a one-shot fit, not a loop kind"
+        if kind.modality == "image":
+            model = self._setup_images(kind.build)
         else:
             # Models trained from scratch learn their tokenizer from the training texts.
-            takes_texts = builder_takes(self.recipe.model.type, "texts")
-            texts = {"texts": self.data.train["text"].tolist()} if takes_texts else {}
-            model, tokenizer = build_model(self.recipe.model, self.labels, self.recipe.base_dir, **texts)
+            texts = {"texts": self.data.train["text"].tolist()} if kind.can("learns_tokenizer") else {}
+            model, tokenizer = kind.build(self.recipe.model, self.labels, self.recipe.base_dir, **texts)
             self.model = model.to(self.device)
             self.tokenizer = tokenizer
             self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -190,7 +140,7 @@ class FineTuneRecipe:
             self.ema = AveragedModel(
                 self.model,
                 multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay),
-                use_buffers=self.recipe.task == "image-classification",
+                use_buffers=kind.modality == "image",
             )
         n_batches = math.ceil(len(self.splits["train"].labels) / self.cfg.batch_size)
         self.steps_per_epoch = math.ceil(n_batches / self.cfg.gradient_accumulation_steps)
@@ -209,7 +159,8 @@ class FineTuneRecipe:
             self.console.print(f"[bold]trainable[/] {trainable:,} of {self.n_params:,} parameters")
         # Print derived values instead of silently deciding them (nanoGPT style).
         self.console.print(
-            f"[bold]model[/] {model_name(self.recipe)} ({self.n_params / 1e6:.1f}M params) · device {self.device}"
+            f"[bold]model[/] {kind.name_of(self.recipe.model)} ({self.n_params / 1e6:.1f}M params)"
+            f" · device {self.device}"
             f" · precision {self.dtype or 'fp32'} · {len(self.splits['train'].labels)} train examples"
             f" · {self.steps_per_epoch} steps/epoch × {self.cfg.epochs} epochs = {self.total_steps} steps"
             f" · warm-up {self.warmup_steps} steps · effective batch"
@@ -247,8 +198,6 @@ class FineTuneRecipe:
 
     def _teacher_targets(self) -> np.ndarray:
         """The teacher's class probabilities on the train split, re-ordered to our labels and tempered."""
-        from modelyard.inference import load
-
         spec = self.cfg.distill
         assert spec is not None
         teacher = load(self.recipe.resolve(spec.teacher), device=str(self.device))
@@ -270,32 +219,28 @@ class FineTuneRecipe:
         return tempered.astype(np.float32)
 
     def loss(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-        """Cross-entropy on gold labels, or the distillation mix (Hinton et al.: T² · KL + α · CE).
+        """The batch's loss from :mod:`modelyard.training.losses`, as the recipe asks.
 
-        With ``train.rdrop_alpha`` > 0 the logits are those of the batch seen twice (two dropout masks):
-        R-Drop (Liang et al., 2021) averages the two losses and adds α · the symmetric KL divergence between
-        the two predicted distributions. Written here because it is a few lines of the loss; no library has it.
+        Cross-entropy on gold labels (``train.label_smoothing``), or the distillation mix with a teacher
+        (``train.distill``); with ``train.rdrop_alpha`` > 0 the logits are those of the batch seen twice
+        (two dropout masks) and R-Drop wraps whichever of the two applies.
         """
         alpha = self.cfg.rdrop_alpha
         if alpha > 0 and len(logits) == 2 * len(idx):
             first, second = logits.chunk(2)
-            lp, lq = torch.log_softmax(first, dim=-1), torch.log_softmax(second, dim=-1)
-            kl = torch.nn.functional.kl_div(lp, lq, log_target=True, reduction="batchmean")
-            kl = kl + torch.nn.functional.kl_div(lq, lp, log_target=True, reduction="batchmean")
-            return 0.5 * (self._loss(first, idx) + self._loss(second, idx)) + alpha * 0.5 * kl
+            return losses.rdrop_loss(first, second, lambda z: self._loss(z, idx), alpha)
         return self._loss(logits, idx)
 
     def _loss(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         train = self.splits["train"]
         y = torch.as_tensor(train.labels[idx], device=logits.device)
-        ce = torch.nn.functional.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
         spec = self.cfg.distill
         if spec is None or train.soft is None:
-            return ce
-        t = spec.temperature
+            return losses.cross_entropy(logits, y, self.cfg.label_smoothing)
         target = torch.as_tensor(train.soft[idx], device=logits.device)
-        kl = torch.nn.functional.kl_div(torch.log_softmax(logits / t, dim=-1), target, reduction="batchmean") * (t * t)
-        return spec.alpha * ce + (1.0 - spec.alpha) * kl
+        return losses.distillation_loss(
+            logits, y, target, temperature=spec.temperature, alpha=spec.alpha, label_smoothing=self.cfg.label_smoothing
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
@@ -334,8 +279,6 @@ class FineTuneRecipe:
 
     def evaluate_split(self, name: str) -> tuple[dict[str, Any], np.ndarray]:
         """Metrics and probabilities for one split with the current weights."""
-        from modelyard.evaluation.metrics import compute_metrics
-
         enc = self.splits[name]
         probs, loss = self.batches.predict(self.eval_model, name, self.dtype)
         return compute_metrics(enc.labels, probs, self.labels, loss=loss), probs
@@ -354,7 +297,7 @@ class FineTuneRecipe:
         """
         cfg, st = self.cfg, self.state
         accum = cfg.gradient_accumulation_steps
-        progress_path = self.run_dir / "progress.jsonl"
+        progress_path = self.run_dir / PROGRESS
         log = progress_path.open("a", encoding="utf-8")
         window_start, window_samples, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
         session_start, session_steps0 = time.perf_counter(), st.global_step
@@ -384,7 +327,7 @@ class FineTuneRecipe:
                 for b in range(st.batch_in_epoch, len(batches)):
                     idx = batches[b]
                     inputs = self.batches.inputs(idx, epoch, b)
-                    with _autocast(self.device, self.dtype):
+                    with autocast(self.device, self.dtype):
                         if cfg.rdrop_alpha > 0:  # two dropout masks in one forward pass of the doubled batch
                             inputs = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in inputs.items()}
                         logits = self.train_model(**inputs).logits
@@ -517,7 +460,7 @@ class FineTuneRecipe:
 
     # ------------------------------------------------------------------ finalize
     def finalize(self) -> dict[str, Any]:
-        """Load the best epoch's weights, evaluate valid/test, write model/, metrics, predictions, report."""
+        """Load the best epoch's weights, evaluate valid/test, write model/, metrics, predictions, history."""
         import pandas as pd
         from safetensors.torch import load_file
 
@@ -534,11 +477,12 @@ class FineTuneRecipe:
             frames.append(
                 prediction_frame(split, self.splits[split].texts, self.splits[split].labels, probs, self.labels)
             )
-        write_json(self.run_dir / "metrics.json", metrics)
+        write_json(self.run_dir / METRICS, metrics)
         predictions = pd.concat(frames, ignore_index=True)
-        predictions.to_parquet(self.run_dir / "predictions.parquet", index=False)
-        save_model_dir(self.run_dir / "model", self.model, self.tokenizer, self.recipe, self.labels)
-        write_json(self.run_dir / "history.json", self.state.history)
+        predictions.to_parquet(self.run_dir / PREDICTIONS, index=False)
+        assert self.kind.save is not None
+        self.kind.save(self.run_dir / MODEL_DIR, self.model, self.tokenizer, self.recipe, self.labels)
+        write_json(self.run_dir / HISTORY, self.state.history)
         return metrics
 
 
@@ -581,359 +525,3 @@ def param_groups(
 def _crossed_tenth(step: int, every: int, total: int) -> bool:
     """Whether the last ``every`` steps crossed a 10% boundary of ``total``."""
     return step * 10 // total != max(step - every, 0) * 10 // total or step == total
-
-
-def prediction_frame(split: str, texts: list[str], y: np.ndarray | None, probs: np.ndarray, labels: list[str]) -> Any:
-    """The predictions table shared by train, evaluate and the report."""
-    import pandas as pd
-
-    pred = probs.argmax(axis=1)
-    frame = pd.DataFrame(
-        {
-            "split": split,
-            "text": texts,
-            "label": [labels[i] for i in y] if y is not None else None,
-            "pred": [labels[i] for i in pred],
-            "confidence": probs.max(axis=1),
-        }
-    )
-    for j, lab in enumerate(labels):
-        frame[f"prob_{lab}"] = probs[:, j]
-    return frame
-
-
-def save_model_dir(path: Path, model: Any, tokenizer: Any, recipe: Recipe, labels: list[str]) -> None:
-    """Save a Hugging Face layout directory that plain ``transformers`` loads, plus ``modelyard.json``."""
-    if recipe.task == "image-classification":
-        from modelyard.training.image_run import save_image_model_dir
-
-        save_image_model_dir(path, model, recipe, labels)
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "merge_and_unload"):  # peft LoRA: merge the adapters so plain transformers loads it
-        model = model.merge_and_unload()
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    meta = text_model_metadata(recipe, labels, backbone=recipe.model.backbone, model_type=recipe.model.type)
-    write_json(path / "modelyard.json", meta)
-
-
-# ---------------------------------------------------------------------- orchestration
-
-
-def train(
-    recipe: Recipe,
-    *,
-    resume: Path | None = None,
-    console: Console | None = None,
-    stop_after_step: int | None = None,
-    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-    data: Any = None,
-) -> Path:
-    """Train a recipe into a new run directory (or resume an unfinished one) and return its path.
-
-    ``data`` (a :class:`~modelyard.data.PreparedData`, e.g. :func:`load_splits` of another run) trains
-    on those exact splits instead of preparing ``recipe.data`` — how distillation and retraining
-    compare like with like.
-
-    The run lives in ``<output_dir>/<run-id>.incomplete`` until everything is written, then is
-    renamed to ``<output_dir>/<run-id>``. A failure before the first checkpoint removes it; a later
-    interruption keeps it (with ``checkpoints/last``) for ``--resume``. ``on_epoch_end(epoch, entry)``
-    is called after each epoch's validation; an exception it raises propagates and the run directory
-    is discarded (it was stopped on purpose, e.g. a pruned tuning trial, so there is nothing to resume).
-
-    Raises:
-        ModelyardError: bad data, recipe or backbone (nothing is left behind), or an interruption.
-    """
-    from modelyard.data import prepare_data
-    from modelyard.models import resolve_backbone
-
-    console = console or Console(stderr=True)
-    t0 = time.time()
-    if resume is not None:
-        run_dir, recipe, data = _reopen(Path(resume), recipe, console)
-        run_id = run_dir.name.removesuffix(INCOMPLETE)
-    else:
-        # Everything that can fail on user input fails here, before a directory exists.
-        if data is None and recipe.task == "image-classification":
-            from modelyard.data.images import prepare_images
-
-            data = prepare_images(recipe.data, recipe.base_dir)
-        elif data is None:
-            data = prepare_data(recipe.data, recipe.base_dir)
-        if recipe.model.type == "hf-encoder":
-            resolve_backbone(recipe.model.backbone, recipe.base_dir)
-        elif recipe.model.type == "ensemble":
-            for member in recipe.model.members:  # every member's backbone before a directory exists
-                if member.type == "hf-encoder":
-                    resolve_backbone(member.backbone, recipe.base_dir)
-        elif recipe.model.type == "prompt":
-            from modelyard.llm.cache import resolve_lm
-            from modelyard.training.prompt import prompt_settings
-
-            prompt_settings(recipe, list(data.labels))  # template/verbalizer errors before a directory exists
-            if recipe.model.prompt is not None and recipe.model.prompt.backend == "local":
-                resolve_lm(recipe.model.backbone, recipe.base_dir)  # builds the safetensors cache once
-        print_data_report(console, data.report)
-        run_id, run_dir = start_run(recipe.resolve(recipe.output_dir))
-        _write_inputs(run_dir, recipe, data)
-    console.print(f"run [bold]{run_id}[/] → {run_dir}")
-    if recipe.model.type == "prompt":
-        if resume is not None:
-            raise ModelyardError("prompt runs have no training steps to resume; start a new run")
-        return _prompt_run(recipe, data, run_id, run_dir, console, t0)
-    if recipe.model.type == "tfidf-logreg":
-        from modelyard.training.classical import fit_tfidf_run
-
-        if resume is not None:
-            raise ModelyardError("tfidf-logreg runs have no training steps to resume; start a new run")
-        return _prompt_run(recipe, data, run_id, run_dir, console, t0, fit=fit_tfidf_run)
-    if recipe.model.type == "ensemble":
-        from modelyard.training.ensemble import fit_ensemble_run
-
-        if resume is not None:
-            raise ModelyardError("ensemble runs cannot be resumed (each member is its own run); start a new run")
-        return _prompt_run(recipe, data, run_id, run_dir, console, t0, fit=fit_ensemble_run)
-
-    ft = FineTuneRecipe(recipe, run_dir, data, console)
-    try:
-        ft.setup()
-        if resume is not None:
-            ft.load_checkpoint()
-        ft.train(stop_after_step=stop_after_step, on_epoch_end=on_epoch_end)
-        metrics = ft.finalize()
-        _write_report_and_manifest(ft, run_id, t0, resumed_from=str(resume) if resume else None)
-        if not recipe.train.keep_checkpoints:
-            import shutil
-
-            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-        final = finish_run(run_dir)
-    except BaseException as err:
-        resumable = (run_dir / CHECKPOINT_DIR / "last" / "trainer_state.json").is_file()
-        if ft.stopped_by_hook:
-            discard_run(run_dir)
-        elif resumable:
-            console.print(f"[yellow]run interrupted; resume with: modelyard train RECIPE --resume {run_dir}[/]")
-            if isinstance(err, KeyboardInterrupt):
-                raise TrainingInterrupted(f"interrupted; resume with --resume {run_dir}") from None
-        elif resume is None:
-            discard_run(run_dir)
-        raise
-    print_metrics(console, metrics)
-    console.print(f"report: {final / 'report.html'}")
-    return final
-
-
-def _prompt_run(
-    recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float, fit: Callable | None = None
-) -> Path:
-    """A run without a training loop (prompt models; ``fit`` = another one-shot fit such as tfidf-logreg)."""
-    from modelyard.training.prompt import fit_prompt_run
-
-    try:
-        metrics = (fit or fit_prompt_run)(recipe, data, run_id, run_dir, console, t0)
-        final = finish_run(run_dir)
-    except BaseException:
-        discard_run(run_dir)  # nothing to resume: scoring starts over
-        raise
-    print_metrics(console, metrics)
-    console.print(f"report: {final / 'report.html'}")
-    return final
-
-
-def write_oneshot_outputs(
-    run_dir: Path,
-    recipe: Recipe,
-    run_id: str,
-    t0: float,
-    data: Any,
-    *,
-    metrics: dict[str, Any],
-    frames: list[Any],
-    info: dict[str, Any],
-    **manifest_fields: Any,
-) -> None:
-    """The outputs of a run without a training loop (tfidf-logreg, prompt, ensemble).
-
-    Writes ``metrics.json``, ``predictions.parquet`` (the concatenated ``frames``), an empty ``history.json``,
-    ``report.html`` and ``manifest.json`` (``manifest_fields`` go to :func:`run_manifest` next to the data
-    fingerprints and split sizes).
-    """
-    import pandas as pd
-
-    from modelyard.evaluation.report import write_report
-
-    write_json(run_dir / "metrics.json", metrics)
-    predictions = pd.concat(frames, ignore_index=True)
-    predictions.to_parquet(run_dir / "predictions.parquet", index=False)
-    write_json(run_dir / "history.json", [])
-    write_report(
-        run_dir / "report.html",
-        title=f"{recipe.name} · {run_id}",
-        metrics=metrics,
-        labels=list(data.labels),
-        history=[],
-        steps=[],
-        predictions=predictions,
-        info=info,
-    )
-    manifest = run_manifest(
-        recipe,
-        run_id,
-        t0,
-        data_fingerprints=data.fingerprints,
-        data_sizes={s: len(getattr(data, s)) for s in ("train", "valid", "test")},
-        **manifest_fields,
-    )
-    write_json(run_dir / "manifest.json", manifest)
-
-
-def _write_inputs(run_dir: Path, recipe: Recipe, data: Any) -> None:
-    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-    write_json(run_dir / "data_report.json", data.report)
-    split_dir = run_dir / "splits"
-    if recipe.task == "image-classification":
-        from modelyard.data.images import write_image_splits
-
-        write_image_splits(split_dir, data)
-        write_json(run_dir / "fingerprints.json", data.fingerprints)
-        return
-    split_dir.mkdir()
-    for name in ("train", "valid", "test"):
-        getattr(data, name).to_parquet(split_dir / f"{name}.parquet", index=False)
-    write_json(split_dir / "labels.json", list(data.labels))
-    write_json(run_dir / "fingerprints.json", data.fingerprints)
-
-
-def _reopen(run_dir: Path, recipe: Recipe, console: Console) -> tuple[Path, Recipe, Any]:
-    """Reload an unfinished run: its own resolved recipe and saved splits, so nothing can drift."""
-    if not run_dir.is_dir():
-        raise ModelyardError(f"--resume: run directory not found: {run_dir}")
-    if not run_dir.name.endswith(INCOMPLETE):
-        raise ModelyardError(f"--resume: {run_dir} is a finished run; start a new one instead")
-    if not (run_dir / CHECKPOINT_DIR / "last" / "trainer_state.json").is_file():
-        raise ModelyardError(f"--resume: {run_dir} has no checkpoint to resume from")
-    saved = load_recipe(run_dir / "recipe.yaml")
-    saved._base_dir = recipe.base_dir
-    if saved.model_dump() != recipe.model_dump():
-        console.print(
-            "[yellow]note: the recipe differs from the one this run started with; "
-            "resuming with the run's own recipe.yaml[/]"
-        )
-    data = load_splits(run_dir)
-    return run_dir, saved, data
-
-
-def load_splits(run_dir: Path) -> Any:
-    """The exact train/valid/test splits (and labels, data report, fingerprints) a run was trained on."""
-    import pandas as pd
-
-    from modelyard.data import PreparedData
-
-    split_dir = Path(run_dir) / "splits"
-    if (split_dir / "train.npz").is_file():
-        from modelyard.data.images import read_image_splits
-
-        return read_image_splits(run_dir)
-    if not (split_dir / "labels.json").is_file():
-        raise ModelyardError(f"{run_dir} has no splits/ (not a modelyard run directory?)")
-    frames = {n: pd.read_parquet(split_dir / f"{n}.parquet") for n in ("train", "valid", "test")}
-    return PreparedData(
-        **frames,
-        labels=read_json(split_dir / "labels.json"),
-        report=read_json(Path(run_dir) / "data_report.json"),
-        fingerprints=read_json(Path(run_dir) / "fingerprints.json"),
-    )
-
-
-def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resumed_from: str | None) -> None:
-    import pandas as pd
-
-    from modelyard.evaluation.report import write_report
-
-    run_dir, recipe = ft.run_dir, ft.recipe
-    steps = [r for r in read_jsonl(run_dir / "progress.jsonl") if "event" not in r]
-    manifest = run_manifest(
-        recipe,
-        run_id,
-        t0,
-        seed={"train": recipe.train.seed, "data": recipe.data.seed},
-        train_seconds=ft.state.train_seconds,
-        device=ft.device,
-        precision=str(ft.dtype or "fp32"),
-        data_fingerprints=ft.data.fingerprints,
-        data_sizes={k: len(v.labels) for k, v in ft.splits.items()},
-        model={"type": recipe.model.type, "backbone": recipe.model.backbone, "parameters": ft.n_params},
-        resumed_from=resumed_from,
-        epochs_completed=ft.state.epoch,
-        best_epoch=ft.state.best_epoch,
-        stopped_early=ft.state.stopped_early,
-        total_steps=ft.state.global_step,
-    )
-    info = {
-        "run": run_id,
-        "recipe name": recipe.name,
-        "backbone": model_name(recipe),
-        "parameters": f"{ft.n_params:,}",
-        "device": str(ft.device),
-        "precision": manifest["precision"],
-        "train time (s)": manifest["train_time_s"],
-        "best epoch": ft.state.best_epoch,
-        "data": recipe.data.path,
-        "train / valid / test": " / ".join(str(len(ft.splits[s].labels)) for s in ("train", "valid", "test")),
-    }
-    write_report(
-        run_dir / "report.html",
-        title=f"{recipe.name} · {run_id}",
-        metrics=read_json(run_dir / "metrics.json"),
-        labels=ft.labels,
-        history=ft.state.history,
-        steps=steps,
-        predictions=pd.read_parquet(run_dir / "predictions.parquet"),
-        info=info,
-    )
-    if recipe.task == "image-classification":
-        from modelyard.training.image_run import add_mistake_grid
-
-        add_mistake_grid(run_dir / "report.html", ft.splits["test"], ft.labels, run_dir / "predictions.parquet")
-    write_json(run_dir / "manifest.json", manifest)
-
-
-def model_name(recipe: Recipe) -> str:
-    """How a run's model is named in logs and reports: the backbone for text, the architecture for images."""
-    return recipe.model.type if recipe.task == "image-classification" else recipe.model.backbone
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file, skipping a torn last line (the writer may have been killed mid-line)."""
-    out = []
-    if not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
-    return out
-
-
-def print_data_report(console: Console, report: dict[str, Any]) -> None:
-    """One compact summary of what the data stage kept and dropped."""
-    dropped = {k: v for k, v in report.get("dropped", {}).items() if v}
-    sizes = report.get("split_sizes", {})
-    console.print(
-        f"[bold]data[/] {report.get('source')}: {report.get('rows_in')} rows in → {report.get('rows_out')} kept"
-        + (f" (dropped: {', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else "")
-        + f" · classes {report.get('class_balance')} · split {sizes}"
-    )
-
-
-def print_metrics(console: Console, metrics: dict[str, Any]) -> None:
-    """A table of the headline metrics per split."""
-    from rich.table import Table
-
-    table = Table(title="metrics")
-    table.add_column("split")
-    for k in HEADLINE:
-        table.add_column(k, justify="right")
-    for split, m in metrics.items():
-        table.add_row(split, *("-" if m.get(k) is None else f"{m[k]:.4f}" for k in HEADLINE))
-    console.print(table)

@@ -1,7 +1,9 @@
-"""Load a trained model for prediction: ``modelyard.load(RUN_DIR).predict([...])``.
+"""Text classifiers in Hugging Face layout — the shared save/load of the text kinds that train in the loop.
 
-Reads only the exported ``model/`` directory (Hugging Face layout + ``modelyard.json``), so the
-server and the Python API never depend on the training code or on pickled objects.
+``hf-encoder``, ``textcnn``, ``bilstm`` and ``transformer-encoder`` all save ``config.json``,
+``model.safetensors`` and the tokenizer into ``model/`` (plain ``transformers`` loads them; the from-scratch
+architectures register themselves with the Auto classes when their module is imported) plus
+``modelyard.json``. Loading reads only that directory, never the training code or a pickle.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from modelyard._internal.io import read_json
-from modelyard.config import IMAGE_MODEL_TYPES
+from modelyard._internal.io import read_json, write_json
+from modelyard._internal.labels import label_predictions
+from modelyard._internal.layout import MANIFEST, MODEL_META
 from modelyard.errors import ModelError
 
 
@@ -33,9 +36,8 @@ class Classifier:
         from modelyard._internal.runtime import pick_device
         from modelyard.config import CleaningConfig
         from modelyard.data.cleaning import clean_text as _normalize
-        from modelyard.models import BUNDLED_BACKBONES  # noqa: F401  registers from-scratch architectures
 
-        meta_path = model_dir / "modelyard.json"
+        meta_path = model_dir / MODEL_META
         if not meta_path.is_file():
             raise ModelError(f"{model_dir} has no modelyard.json; not a modelyard model directory")
         self.model_dir = model_dir
@@ -65,7 +67,7 @@ class Classifier:
         run_dir = self.model_dir.parent
         return {
             "name": self.meta.get("name"),
-            "run_id": run_dir.name if (run_dir / "manifest.json").is_file() else None,
+            "run_id": run_dir.name if (run_dir / MANIFEST).is_file() else None,
             "backbone": self.meta.get("backbone"),
             "labels": self.labels,
             "max_length": self.max_length,
@@ -106,55 +108,41 @@ class Classifier:
         return label_predictions(self.labels, self.predict_proba(texts))
 
 
-def label_predictions(labels: list[str], probs: np.ndarray) -> list[dict[str, Any]]:
-    """``[{"label": argmax label, "scores": {label: p}}]`` for each row of a probability matrix."""
-    return [
-        {
-            "label": labels[int(row.argmax())],
-            "scores": {lab: float(p) for lab, p in zip(labels, row, strict=True)},
-        }
-        for row in probs
-    ]
+def text_model_metadata(recipe: Any, labels: list[str], backbone: str, model_type: str) -> dict[str, Any]:
+    """The ``modelyard.json`` fields every saved text model shares (labels, max length, text column, cleaning)."""
+    return {
+        "format": 1,
+        "task": recipe.task,
+        "name": recipe.name,
+        "labels": labels,
+        "max_length": getattr(recipe.model, "max_length", None),
+        "backbone": backbone,
+        "model_type": model_type,
+        "text_column": recipe.data.text_column,
+        "cleaning": recipe.data.clean.model_dump(mode="json"),
+    }
 
 
-def model_dir_of(path: str | Path) -> Path:
-    """Accept a run directory or a model directory; return the model directory."""
-    from modelyard._internal.rundir import INCOMPLETE
+def save_text_model(path: Path, model: Any, tokenizer: Any, recipe: Any, labels: list[str]) -> None:
+    """Save a Hugging Face layout directory that plain ``transformers`` loads, plus ``modelyard.json``."""
+    from modelyard.kinds import get_kind
 
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(f"not found: {path}")
-    if path.name.endswith(INCOMPLETE):
-        raise ModelError(f"{path} is an unfinished run; resume it with `modelyard train RECIPE --resume {path}`")
-    if (path / "model" / "modelyard.json").is_file():
-        return path / "model"
-    if (path / "modelyard.json").is_file():
-        return path
-    raise ModelError(f"{path} is neither a run directory (with model/) nor a modelyard model directory")
+    path.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):  # peft LoRA: merge the adapters so plain transformers loads it
+        model = model.merge_and_unload()
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    kind = get_kind(recipe.model.type)
+    meta = text_model_metadata(recipe, labels, backbone=kind.name_of(recipe.model), model_type=recipe.model.type)
+    write_json(path / MODEL_META, meta)
 
 
-def load(path: str | Path, *, device: str = "auto", batch_size: int = 64) -> Classifier:
-    """Load a run directory (or its ``model/`` folder) as a :class:`Classifier`.
-
-    Prompt models (``model_type: prompt`` in ``modelyard.json``) load as a
-    :class:`~modelyard.llm.classifier.PromptClassifier` with the same ``predict``/``predict_proba``.
-    """
-    model_dir = model_dir_of(path)
-    model_type = read_json(model_dir / "modelyard.json").get("model_type")
-    if model_type in IMAGE_MODEL_TYPES:
-        from modelyard.image_classifier import ImageClassifier
-
-        return ImageClassifier(model_dir, device=device, batch_size=batch_size)  # type: ignore[return-value]
-    if model_type == "prompt":
-        from modelyard.llm.classifier import load_prompt_model
-
-        return load_prompt_model(model_dir)  # type: ignore[return-value]
-    if model_type == "tfidf-logreg":
-        from modelyard.training.classical import TfidfClassifier
-
-        return TfidfClassifier(model_dir)  # type: ignore[return-value]
-    if model_type == "ensemble":
-        from modelyard.training.ensemble import EnsembleClassifier
-
-        return EnsembleClassifier(model_dir, device=device, batch_size=batch_size)  # type: ignore[return-value]
+def load_text_classifier(model_dir: Path, meta: dict[str, Any], *, device: str = "auto", batch_size: int = 64) -> Any:
+    """A :class:`Classifier` over a Hugging Face layout ``model_dir``."""
     return Classifier(model_dir, device=device, batch_size=batch_size)
+
+
+def check_safetensors_weights(model_dir: Path, meta: dict[str, Any]) -> None:
+    """The registry's admission check for torch kinds: weights only as ``*.safetensors``."""
+    if not any(p.suffix == ".safetensors" for p in model_dir.iterdir() if p.is_file()):
+        raise ValueError("no *.safetensors weights; only safetensors models can be registered")

@@ -1,0 +1,49 @@
+"""Load a trained model for prediction: ``modelyard.load(RUN_DIR).predict([...])``.
+
+The kind recorded in ``model/modelyard.json`` decides how: the registry of model kinds
+(:mod:`modelyard.kinds`) hands the directory to that kind's loader. Only the exported ``model/``
+directory is read, so the server and the Python API never depend on the training code or on pickles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from modelyard._internal.io import read_json
+from modelyard._internal.layout import INCOMPLETE, MODEL_DIR, MODEL_META
+from modelyard.errors import ModelError
+from modelyard.kinds import kind_of_meta
+
+
+def model_dir_of(path: str | Path) -> Path:
+    """Accept a run directory or a model directory; return the model directory."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"not found: {path}")
+    if path.name.endswith(INCOMPLETE):
+        raise ModelError(f"{path} is an unfinished run; resume it with `modelyard train RECIPE --resume {path}`")
+    if (path / MODEL_DIR / MODEL_META).is_file():
+        return path / MODEL_DIR
+    if (path / MODEL_META).is_file():
+        return path
+    raise ModelError(f"{path} is neither a run directory (with model/) nor a modelyard model directory")
+
+
+def read_model_meta(model_dir: Path) -> dict[str, Any]:
+    """The parsed ``modelyard.json`` of a model directory."""
+    meta_path = Path(model_dir) / MODEL_META
+    if not meta_path.is_file():
+        raise ModelError(f"{model_dir} has no {MODEL_META}; not a modelyard model directory")
+    return read_json(meta_path)
+
+
+def load(path: str | Path, *, device: str = "auto", batch_size: int = 64) -> Any:
+    """Load a run directory (or its ``model/`` folder) with the loader of the kind that wrote it.
+
+    Every kind's classifier has ``labels``, ``predict(texts)``, ``predict_proba(texts)`` and ``info()``
+    (image kinds take images instead of texts).
+    """
+    model_dir = model_dir_of(path)
+    meta = read_model_meta(model_dir)
+    return kind_of_meta(meta, model_dir / MODEL_META).load(model_dir, meta, device=device, batch_size=batch_size)

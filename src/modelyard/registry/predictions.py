@@ -1,0 +1,194 @@
+"""The prediction-log store: logged predictions and feedback, and the queries monitoring needs.
+
+The production server writes rows through a bounded asynchronous writer
+(:class:`modelyard.serving.predlog.PredictionLog`); retraining reads the feedback, the drift monitor
+and the web console read predictions and per-bucket traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import func, insert, select
+
+from modelyard.registry.engine import RegistryEngine
+from modelyard.registry.models import FeedbackRecord, PredictionRecord
+from modelyard.registry.names import RegistryError
+
+
+def parse_since(since: str | None) -> datetime | None:
+    """``"7d"``, ``"12h"``, ``"30m"`` → the UTC time that long ago (``None`` → ``None``).
+
+    Raises:
+        RegistryError: Any other form.
+    """
+    if not since:
+        return None
+    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    try:
+        value = float(since[:-1])
+        unit = units[since[-1]]
+        return datetime.now(timezone.utc) - timedelta(**{unit: value})
+    except (ValueError, KeyError, IndexError):
+        raise RegistryError(f"invalid --since {since!r}; use e.g. 7d, 12h, 30m") from None
+    except OverflowError:  # found by fuzzing: 999999d is before year 1
+        raise RegistryError(f"--since {since!r} reaches back before year 1; use a shorter window") from None
+
+
+class PredictionStore:
+    """Predictions and feedback of a registry (one session per call; thread-safe).
+
+    Args:
+        engine: The registry's database.
+    """
+
+    def __init__(self, engine: RegistryEngine) -> None:
+        self._engine = engine
+
+    def log_predictions(self, rows: Sequence[dict[str, Any]], feedback: Sequence[dict[str, Any]] = ()) -> None:
+        """Insert prediction rows (and feedback rows) in one transaction (the log writer's batch)."""
+        if not rows and not feedback:
+            return
+
+        def do() -> None:
+            with self._engine.write() as session:
+                if rows:
+                    session.execute(insert(PredictionRecord), list(rows))
+                if feedback:
+                    session.execute(insert(FeedbackRecord), list(feedback))
+
+        self._engine.retry(do)
+
+    def prediction(self, prediction_id: str) -> dict[str, Any] | None:
+        """One logged prediction, or ``None``."""
+        with self._engine.read() as session:
+            p = session.get(PredictionRecord, prediction_id)
+            if p is None:
+                return None
+            return {
+                "id": p.id,
+                "at": p.at,
+                "app": p.app,
+                "version": p.version,
+                "key_id": p.key_id,
+                "text": p.text,
+                "label": p.label,
+                "scores": p.scores,
+                "latency_ms": p.latency_ms,
+            }
+
+    def predictions(self, app: str, since: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Logged predictions of an app (newest last), optionally since a time."""
+        with self._engine.read() as session:
+            query = select(PredictionRecord).where(PredictionRecord.app == app)
+            if since is not None:
+                query = query.where(PredictionRecord.at >= since)
+            query = query.order_by(PredictionRecord.at)
+            if limit is not None:
+                query = query.limit(limit)
+            return [
+                {"id": p.id, "at": p.at, "version": p.version, "text": p.text, "label": p.label, "scores": p.scores}
+                for p in session.scalars(query).all()
+            ]
+
+    def recent_predictions(self, app: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest ``limit`` logged predictions of an app (oldest of them first), read with a LIMIT query."""
+        with self._engine.read() as session:
+            query = (
+                select(PredictionRecord)
+                .where(PredictionRecord.app == app)
+                .order_by(PredictionRecord.at.desc(), PredictionRecord.id)
+                .limit(limit)
+            )
+            rows = [
+                {"id": p.id, "at": p.at, "version": p.version, "text": p.text, "label": p.label, "scores": p.scores}
+                for p in session.scalars(query).all()
+            ]
+        return rows[::-1]
+
+    def feedback(self, app: str) -> list[dict[str, Any]]:
+        """Feedback of an app joined with its predictions' texts; the latest label per prediction wins."""
+        with self._engine.read() as session:
+            rows = session.execute(
+                select(FeedbackRecord, PredictionRecord.text)
+                .join(PredictionRecord, PredictionRecord.id == FeedbackRecord.prediction_id)
+                .where(FeedbackRecord.app == app)
+                .order_by(FeedbackRecord.at, FeedbackRecord.id)
+            ).all()
+        latest: dict[str, dict[str, Any]] = {}
+        for fb, text_ in rows:
+            latest[fb.prediction_id] = {
+                "prediction_id": fb.prediction_id,
+                "text": text_,
+                "label": fb.label,
+                "at": fb.at,
+            }
+        return list(latest.values())
+
+    def traffic(
+        self, app: str, since: datetime, bucket_s: int, until: datetime | None = None, max_rows: int = 200_000
+    ) -> dict[str, Any]:
+        """Logged traffic of an app per time bucket: request count, mean confidence, and the class mix.
+
+        Counts, the class mix and the mean latency are aggregated by the database; the per-bucket mean
+        confidence (the top score of each prediction, kept in a JSON column) from the newest
+        ``max_rows`` rows of the window.
+
+        Args:
+            app: The app.
+            since: Start of the window (UTC).
+            bucket_s: Bucket width in seconds; buckets are aligned to multiples of it since the epoch.
+            until: End of the window (default: now).
+            max_rows: Most rows read for the confidence means.
+
+        Returns:
+            ``{"since", "until", "bucket_s", "total", "buckets": [{"start", "requests", "mean_confidence"}],
+            "class_mix": {label: count}, "mean_latency_ms"}``; every bucket of the window is present.
+        """
+        until = until or datetime.now(timezone.utc)
+        window = (PredictionRecord.app == app, PredictionRecord.at >= since, PredictionRecord.at <= until)
+        with self._engine.read() as session:
+            mix = session.execute(
+                select(PredictionRecord.label, func.count()).where(*window).group_by(PredictionRecord.label)
+            ).all()
+            total, latency = session.execute(
+                select(func.count(), func.avg(PredictionRecord.latency_ms)).where(*window)
+            ).one()
+            rows = session.execute(
+                select(PredictionRecord.at, PredictionRecord.scores)
+                .where(*window)
+                .order_by(PredictionRecord.at.desc())
+                .limit(max_rows)
+            ).all()
+        first = int(since.timestamp()) // bucket_s
+        last = int(until.timestamp()) // bucket_s
+        counts = [0] * (last - first + 1)
+        conf_sum = [0.0] * len(counts)
+        conf_n = [0] * len(counts)
+        for at, scores in rows:
+            if at.tzinfo is None:  # SQLite returns naive UTC datetimes
+                at = at.replace(tzinfo=timezone.utc)
+            i = min(max(int(at.timestamp()) // bucket_s - first, 0), len(counts) - 1)
+            counts[i] += 1
+            values = [float(v) for v in (scores or {}).values()]
+            if values:
+                conf_sum[i] += max(values)
+                conf_n[i] += 1
+        return {
+            "since": since,
+            "until": until,
+            "bucket_s": bucket_s,
+            "total": int(total or 0),
+            "buckets": [
+                {
+                    "start": datetime.fromtimestamp((first + i) * bucket_s, timezone.utc),
+                    "requests": counts[i],
+                    "mean_confidence": conf_sum[i] / conf_n[i] if conf_n[i] else None,
+                }
+                for i in range(len(counts))
+            ],
+            "class_mix": {str(label): int(n) for label, n in sorted(mix)},
+            "mean_latency_ms": None if latency is None else float(latency),
+        }

@@ -1,0 +1,1 @@
+"""Training: the shared loop (``loop``), the losses (``losses``), run orchestration (``run``), pretraining."""

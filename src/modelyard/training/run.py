@@ -1,0 +1,307 @@
+"""Run orchestration behind ``modelyard train``: a new run, a resumed run, a one-shot fit, an atomic finish.
+
+    train(recipe)
+      ├─ prepare data + the kind's own checks   (everything that can fail on user input, before a directory)
+      ├─ <output_dir>/<run-id>.incomplete        recipe.yaml, data_report.json, splits/, fingerprints.json
+      ├─ kind trains in the loop?  → loop.FineTuneRecipe: setup → train → finalize (checkpoints, --resume)
+      │  else one-shot fit         → kind.fit(ctx) → probabilities → the same metrics/predictions/report
+      └─ manifest.json, report.html, rename to <output_dir>/<run-id>
+
+The kind (``recipe.model.type``) is looked up in :mod:`modelyard.kinds`; nothing here names a kind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from modelyard._internal.io import atomic_write_text, write_json
+from modelyard._internal.layout import (
+    DATA_REPORT,
+    FINGERPRINTS,
+    HISTORY,
+    INCOMPLETE,
+    LABELS,
+    MANIFEST,
+    METRICS,
+    MODEL_DIR,
+    PREDICTIONS,
+    REPORT,
+)
+from modelyard._internal.rundir import discard_run, finish_run, run_manifest, start_run
+from modelyard.config import Recipe
+from modelyard.data import prepare_data
+from modelyard.data.images import prepare_images, write_image_splits
+from modelyard.errors import ModelyardError
+from modelyard.evaluation.metrics import compute_metrics, mean_nll
+from modelyard.evaluation.predictions import prediction_frame, print_metrics
+from modelyard.evaluation.image_report import add_mistake_grid
+from modelyard.evaluation.report import write_report
+from modelyard.kinds import FitContext, get_kind
+from modelyard.rundir import RunDir
+from modelyard.training.loop import FineTuneRecipe, TrainingInterrupted
+
+__all__ = ["TrainingInterrupted", "load_splits", "print_data_report", "train"]
+
+
+def train(
+    recipe: Recipe,
+    *,
+    resume: Path | None = None,
+    console: Console | None = None,
+    stop_after_step: int | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    data: Any = None,
+) -> Path:
+    """Train a recipe into a new run directory (or resume an unfinished one) and return its path.
+
+    ``data`` (a :class:`~modelyard.data.PreparedData`, e.g. :func:`load_splits` of another run) trains
+    on those exact splits instead of preparing ``recipe.data`` — how distillation and retraining
+    compare like with like.
+
+    The run lives in ``<output_dir>/<run-id>.incomplete`` until everything is written, then is
+    renamed to ``<output_dir>/<run-id>``. A failure before the first checkpoint removes it; a later
+    interruption keeps it (with ``checkpoints/last``) for ``--resume``. ``on_epoch_end(epoch, entry)``
+    is called after each epoch's validation; an exception it raises propagates and the run directory
+    is discarded (it was stopped on purpose, e.g. a pruned tuning trial, so there is nothing to resume).
+
+    Raises:
+        ModelyardError: bad data, recipe or backbone (nothing is left behind), or an interruption.
+    """
+    console = console or Console(stderr=True)
+    t0 = time.time()
+    if resume is not None:
+        run_dir, recipe, data = _reopen(Path(resume), recipe, console)
+        run_id = run_dir.name.removesuffix(INCOMPLETE)
+    else:
+        # Everything that can fail on user input fails here, before a directory exists.
+        kind = get_kind(recipe.model.type)
+        if data is None:
+            data = (
+                prepare_images(recipe.data, recipe.base_dir)
+                if kind.modality == "image"
+                else prepare_data(recipe.data, recipe.base_dir)
+            )
+        if kind.prepare is not None:
+            kind.prepare(recipe.model, recipe, list(data.labels))
+        print_data_report(console, data.report)
+        run_id, run_dir = start_run(recipe.resolve(recipe.output_dir))
+        _write_inputs(run_dir, recipe, data)
+    kind = get_kind(recipe.model.type)
+    console.print(f"run [bold]{run_id}[/] → {run_dir}")
+    if not kind.trains_in_loop:
+        if resume is not None:
+            raise ModelyardError(
+                f"{kind.name} runs have no training steps to resume (a one-shot fit); start a new run"
+            )
+        return _one_shot_run(recipe, data, run_id, run_dir, console, t0)
+
+    ft = FineTuneRecipe(recipe, run_dir, data, console)
+    try:
+        ft.setup()
+        if resume is not None:
+            ft.load_checkpoint()
+        ft.train(stop_after_step=stop_after_step, on_epoch_end=on_epoch_end)
+        metrics = ft.finalize()
+        _write_report_and_manifest(ft, run_id, t0, resumed_from=str(resume) if resume else None)
+        if not recipe.train.keep_checkpoints:
+            shutil.rmtree(RunDir(run_dir).checkpoints_dir, ignore_errors=True)
+        final = finish_run(run_dir)
+    except BaseException as err:
+        resumable = RunDir(run_dir).resumable
+        if ft.stopped_by_hook:
+            discard_run(run_dir)
+        elif resumable:
+            console.print(f"[yellow]run interrupted; resume with: modelyard train RECIPE --resume {run_dir}[/]")
+            if isinstance(err, KeyboardInterrupt):
+                raise TrainingInterrupted(f"interrupted; resume with --resume {run_dir}") from None
+        elif resume is None:
+            discard_run(run_dir)
+        raise
+    print_metrics(console, metrics)
+    console.print(f"report: {final / REPORT}")
+    return final
+
+
+def _one_shot_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> Path:
+    """A run whose kind fits in one call (tf-idf, prompt, ensemble): fit, then the same outputs as the loop."""
+    kind = get_kind(recipe.model.type)
+    assert kind.fit is not None
+    try:
+        ctx = FitContext(
+            recipe=recipe,
+            data=data,
+            run_dir=run_dir,
+            model_dir=run_dir / MODEL_DIR,
+            console=console,
+            train_member=lambda sub, sub_data: train(sub, data=sub_data, console=console),
+        )
+        result = kind.fit(ctx)
+        metrics = write_fit_outputs(run_dir, recipe, run_id, t0, data, result.probs, result.info, result.manifest)
+        final = finish_run(run_dir)
+    except BaseException:
+        discard_run(run_dir)  # nothing to resume: a one-shot fit starts over
+        raise
+    print_metrics(console, metrics)
+    console.print(f"report: {final / REPORT}")
+    return final
+
+
+def write_fit_outputs(
+    run_dir: Path,
+    recipe: Recipe,
+    run_id: str,
+    t0: float,
+    data: Any,
+    probs: dict[str, np.ndarray],
+    info: dict[str, Any],
+    manifest_fields: dict[str, Any],
+) -> dict[str, Any]:
+    """Metrics, predictions, an empty history, the report and the manifest of a one-shot fit.
+
+    The metrics of every one-shot kind are computed here, the same way (log-loss = mean NLL of the
+    predicted probabilities), from the valid/test probabilities the kind returned.
+    """
+    labels = list(data.labels)
+    index = {label: i for i, label in enumerate(labels)}
+    metrics: dict[str, Any] = {}
+    frames = []
+    for split in ("valid", "test"):
+        frame = getattr(data, split)
+        texts = frame["text"].tolist()
+        y = np.array([index[x] for x in frame["label"]], dtype=np.int64)
+        p = np.asarray(probs[split], dtype=np.float64)
+        metrics[split] = compute_metrics(y, p, labels, loss=mean_nll(p, y))
+        frames.append(prediction_frame(split, texts, y, p, labels))
+    write_json(run_dir / METRICS, metrics)
+    predictions = pd.concat(frames, ignore_index=True)
+    predictions.to_parquet(run_dir / PREDICTIONS, index=False)
+    write_json(run_dir / HISTORY, [])
+    sizes = " / ".join(str(len(getattr(data, s))) for s in ("train", "valid", "test"))
+    report_info = {"run": run_id, "recipe name": recipe.name, **info}
+    report_info.setdefault("data", recipe.data.path)
+    if not any(k.endswith("/ valid / test") for k in report_info):
+        report_info["train / valid / test"] = sizes
+    write_report(
+        run_dir / REPORT,
+        title=f"{recipe.name} · {run_id}",
+        metrics=metrics,
+        labels=labels,
+        history=[],
+        steps=[],
+        predictions=predictions,
+        info=report_info,
+    )
+    manifest = run_manifest(
+        recipe,
+        run_id,
+        t0,
+        data_fingerprints=data.fingerprints,
+        data_sizes={s: len(getattr(data, s)) for s in ("train", "valid", "test")},
+        **manifest_fields,
+    )
+    write_json(run_dir / MANIFEST, manifest)
+    return metrics
+
+
+def _write_inputs(run_dir: Path, recipe: Recipe, data: Any) -> None:
+    rd = RunDir(run_dir)
+    atomic_write_text(rd.recipe_path, recipe.to_yaml())
+    write_json(run_dir / DATA_REPORT, data.report)
+    if get_kind(recipe.model.type).modality == "image":
+        write_image_splits(rd.splits_dir, data)
+    else:
+        rd.splits_dir.mkdir()
+        for name in ("train", "valid", "test"):
+            getattr(data, name).to_parquet(rd.splits_dir / f"{name}.parquet", index=False)
+        write_json(rd.splits_dir / LABELS, list(data.labels))
+    write_json(run_dir / FINGERPRINTS, data.fingerprints)
+
+
+def _reopen(run_dir: Path, recipe: Recipe, console: Console) -> tuple[Path, Recipe, Any]:
+    """Reload an unfinished run: its own resolved recipe and saved splits, so nothing can drift."""
+    rd = RunDir(run_dir)
+    if not run_dir.is_dir():
+        raise ModelyardError(f"--resume: run directory not found: {run_dir}")
+    if not rd.is_incomplete:
+        raise ModelyardError(f"--resume: {run_dir} is a finished run; start a new one instead")
+    if not rd.resumable:
+        raise ModelyardError(f"--resume: {run_dir} has no checkpoint to resume from")
+    saved = rd.recipe()
+    saved._base_dir = recipe.base_dir
+    if saved.model_dump() != recipe.model_dump():
+        console.print(
+            "[yellow]note: the recipe differs from the one this run started with; "
+            "resuming with the run's own recipe.yaml[/]"
+        )
+    return run_dir, saved, rd.splits()
+
+
+def load_splits(run_dir: Path) -> Any:
+    """The exact train/valid/test splits a run was trained on (:meth:`RunDir.splits`)."""
+    return RunDir(run_dir).splits()
+
+
+def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resumed_from: str | None) -> None:
+    rd, recipe = RunDir(ft.run_dir), ft.recipe
+    kind = ft.kind
+    manifest = run_manifest(
+        recipe,
+        run_id,
+        t0,
+        seed={"train": recipe.train.seed, "data": recipe.data.seed},
+        train_seconds=ft.state.train_seconds,
+        device=ft.device,
+        precision=str(ft.dtype or "fp32"),
+        data_fingerprints=ft.data.fingerprints,
+        data_sizes={k: len(v.labels) for k, v in ft.splits.items()},
+        model={"type": recipe.model.type, "backbone": kind.name_of(recipe.model), "parameters": ft.n_params},
+        resumed_from=resumed_from,
+        epochs_completed=ft.state.epoch,
+        best_epoch=ft.state.best_epoch,
+        stopped_early=ft.state.stopped_early,
+        total_steps=ft.state.global_step,
+    )
+    info = {
+        "run": run_id,
+        "recipe name": recipe.name,
+        "backbone": kind.name_of(recipe.model),
+        "parameters": f"{ft.n_params:,}",
+        "device": str(ft.device),
+        "precision": manifest["precision"],
+        "train time (s)": manifest["train_time_s"],
+        "best epoch": ft.state.best_epoch,
+        "data": recipe.data.path,
+        "train / valid / test": " / ".join(str(len(ft.splits[s].labels)) for s in ("train", "valid", "test")),
+    }
+    write_report(
+        rd.report_path,
+        title=f"{recipe.name} · {run_id}",
+        metrics=rd.metrics(),
+        labels=ft.labels,
+        history=ft.state.history,
+        steps=rd.steps(),
+        predictions=rd.predictions(),
+        info=info,
+    )
+    if kind.modality == "image":
+        add_mistake_grid(rd.report_path, ft.splits["test"], ft.labels, rd.predictions_path)
+    write_json(rd.manifest_path, manifest)
+
+
+def print_data_report(console: Console, report: dict[str, Any]) -> None:
+    """One compact summary of what the data stage kept and dropped."""
+    dropped = {k: v for k, v in report.get("dropped", {}).items() if v}
+    sizes = report.get("split_sizes", {})
+    console.print(
+        f"[bold]data[/] {report.get('source')}: {report.get('rows_in')} rows in → {report.get('rows_out')} kept"
+        + (f" (dropped: {', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else "")
+        + f" · classes {report.get('class_balance')} · split {sizes}"
+    )
