@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from modelyard._internal.batching import length_grouped_batches, pad_batch
-from modelyard.config import DataConfig, ModelConfig
+from modelyard.config import DataConfig, validate_model_settings
 from modelyard.data import prepare_data
 from modelyard.models import build_model
 
@@ -31,7 +31,8 @@ def main() -> None:
     args = ap.parse_args()
 
     data = prepare_data(DataConfig(path="bundled:rotten-tomatoes", sample=4000), base_dir=Path.cwd())
-    model, tok = build_model(ModelConfig(max_length=args.max_length), data.labels, base_dir=Path.cwd())
+    settings = validate_model_settings({"type": "hf-encoder", "max_length": args.max_length})
+    model, tok = build_model(settings, data.labels, base_dir=Path.cwd())
     texts = data.train["text"].tolist()
     ids = tok(texts, truncation=True, max_length=args.max_length)["input_ids"]
     lengths = [len(x) for x in ids]

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import httpx
 
 from modelyard.config import ServeConfig
+from modelyard.ops.monitor import monitor
 from modelyard.registry import Registry, open_registry
 from modelyard.serving.production import create_production_app
 
@@ -27,9 +28,9 @@ def make_registry(tmp: Path, run: Path, versions: int = 1, db: str | None = None
 
 
 def production_app(reg: Registry, **kw: Any) -> Any:
-    """The production app for ``demo@production`` with small batching delays."""
+    """The production app for ``demo@production`` with small batching delays (and the drift monitor, as the CLI)."""
     cfg = ServeConfig(**{"max_wait_ms": 2.0, **kw.pop("cfg", {})})
-    return create_production_app(reg, "demo", "production", cfg, **{"poll_s": 0, **kw})
+    return create_production_app(reg, "demo", "production", cfg, **{"poll_s": 0, "drift_monitor": monitor, **kw})
 
 
 @contextlib.asynccontextmanager

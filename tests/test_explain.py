@@ -21,8 +21,8 @@ import pytest
 
 from modelyard.explain import METHODS, ExplainUnsupportedError, Explanation, explain, explain_run, render_html
 from modelyard.explain.units import map_tokens, split_units
-from modelyard.models.text_classifier import Classifier
 from modelyard.models.loading import load
+from modelyard.models.text_classifier import Classifier
 from tests.conftest import FILLER, NEG, POS
 from tests.test_serving import FakeClassifier, assert_error, make_cfg, run, running
 

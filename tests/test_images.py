@@ -330,7 +330,6 @@ def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     from safetensors.numpy import load_file
 
     from modelyard.training.loop import TrainingInterrupted
-
     from modelyard.training.run import train
 
     recipe_path = _digits_recipe(tmp_path, epochs=2, checkpoint_every_steps=4, ema_decay=0.9)
@@ -444,13 +443,16 @@ def test_evaluate_rescores_the_run_and_a_labelled_folder(digits_run: Path, tmp_p
 def test_image_models_forward_and_round_trip_through_safetensors(
     model_type: str, shape: list[int], tmp_path: Path
 ) -> None:
-    from modelyard.config import ModelConfig
+    from modelyard.config import validate_model_settings
     from modelyard.models import build_model
     from modelyard.models.image_base import ImageModel
 
     torch.manual_seed(0)
     model, tokenizer = build_model(
-        ModelConfig(type=model_type, width=8, depth=2), ["a", "b", "c"], tmp_path, image_shape=shape
+        validate_model_settings({"type": model_type, "width": 8, "depth": 2}),
+        ["a", "b", "c"],
+        tmp_path,
+        image_shape=shape,
     )
     assert tokenizer is None
     x = torch.rand(4, *shape)

@@ -3,6 +3,8 @@ content-type allowlist (415, pickle included), CORS off, loopback by default."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,71 @@ def test_revoked_key_stops_working(reg) -> None:
             _error(await c.post("/v1/predict", json={"texts": ["x"]}, headers=bearer(key)), 401, "unauthorized")
 
     run(main())
+
+
+KEY_CACHE_S = 2.0
+
+
+def test_revoked_key_is_refused_once_the_key_cache_window_ends(reg) -> None:
+    """The documented bound: a revoked key keeps working at most ``key_cache_s`` after the server last checked it."""
+    key = reg.create_key(["predict"])
+    body = {"texts": ["x"]}
+
+    async def main() -> None:
+        async with running(production_app(reg, key_cache_s=KEY_CACHE_S)) as c:
+            before_check = time.monotonic()  # the server checks the key (and caches it) after this …
+            assert (await c.post("/v1/predict", json=body, headers=bearer(key))).status_code == 200
+            after_check = time.monotonic()  # … and before this
+            await asyncio.to_thread(reg.revoke_key, key.split("_")[1])
+            r = await c.post("/v1/predict", json=body, headers=bearer(key))
+            if time.monotonic() < before_check + KEY_CACHE_S:  # certainly inside the window: still cached
+                assert r.status_code == 200, r.text
+            await asyncio.sleep(max(0.0, after_check + KEY_CACHE_S - time.monotonic()) + 0.05)
+            # past the window the key is looked up again: refused, and stays refused
+            for _ in range(2):
+                _error(await c.post("/v1/predict", json=body, headers=bearer(key)), 401, "unauthorized")
+
+    run(main())
+
+
+def test_key_cache_answers_from_cache_for_exactly_its_lifetime() -> None:
+    now = [100.0]
+    answers = {"k": "info"}
+    calls: list[str] = []
+
+    def verify(key: str) -> Any:
+        calls.append(key)
+        return answers.get(key)
+
+    cache = security.KeyCache(verify, ttl_s=2.0, clock=lambda: now[0])
+    assert asyncio.run(cache.get("k")) == "info" and calls == ["k"]
+    answers.clear()  # revoked in the registry
+    now[0] += 1.999
+    assert asyncio.run(cache.get("k")) == "info" and calls == ["k"]  # inside the window: cached
+    now[0] += 0.001
+    assert asyncio.run(cache.get("k")) is None and calls == ["k", "k"]  # at t + ttl: looked up again
+    assert asyncio.run(cache.get("k")) is None and calls == ["k", "k"]  # the refusal is cached too
+
+
+def test_key_cache_lifetime_setting(reg, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelyard.registry import RegistryError
+
+    def cache_s(app: Any) -> float:
+        [auth] = [m for m in app.user_middleware if m.cls is security.ApiKeyMiddleware]
+        return auth.kwargs["cache_s"]
+
+    monkeypatch.delenv(security.KEY_CACHE_ENV, raising=False)
+    assert security.key_cache_seconds() == security.KEY_CACHE_TTL_S == 5.0
+    assert cache_s(production_app(reg)) == 5.0
+    monkeypatch.setenv(security.KEY_CACHE_ENV, "0.25")
+    assert cache_s(production_app(reg)) == 0.25
+    assert cache_s(production_app(reg, key_cache_s=7)) == 7.0  # the argument wins over the environment
+    for bad in ("-1", "soon", "nan", "inf"):
+        monkeypatch.setenv(security.KEY_CACHE_ENV, bad)
+        with pytest.raises(RegistryError, match="MODELYARD_KEY_CACHE_SECONDS must be a number of seconds >= 0"):
+            production_app(reg)
+    with pytest.raises(RegistryError, match="key_cache_s must be"):
+        production_app(reg, key_cache_s=-0.5)
 
 
 def test_token_bucket() -> None:
@@ -188,8 +255,6 @@ class _Slow:
 
 
 def test_backpressure_bounded_queue_answers_503_with_retry_after(reg, keys: dict[str, str]) -> None:
-    import asyncio
-
     app = production_app(reg, cfg={"max_queue": 4, "max_texts_per_request": 2, "max_batch_size": 2})
 
     async def main() -> list[Any]:

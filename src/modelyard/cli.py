@@ -229,9 +229,11 @@ def serve(
     from modelyard.serving import serve as run_serve
 
     if "@" in str(run_dir) and not run_dir.exists():  # NAME@production: registry, API keys, log, hot swap
+        from modelyard.ops.monitor import monitor
         from modelyard.serving.production import serve_registry
 
-        serve_registry(str(run_dir), store=store, db=db, host=host, port=port)
+        # The console's POST /admin/v1/drift runs the monitor; serving can't import ops, so it is passed in.
+        serve_registry(str(run_dir), store=store, db=db, host=host, port=port, drift_monitor=monitor)
         return
     cfg = _serve_config(run_dir)
     model_dir_of(run_dir)  # fail fast on a bad path, before the server starts

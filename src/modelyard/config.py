@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from modelyard.errors import ConfigError
-from modelyard.kinds import get_kind, kinds_for
+from modelyard.kinds import available_kinds, get_kind, kinds_for
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
@@ -747,7 +747,7 @@ def _format_validation_error(err: ValidationError, source: str, raw: Any = None)
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
-            got_s = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            got_s = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
             lines.append(f"{source}: `{key}`: {msg}{got_s}")
     return "; ".join(lines)
 
@@ -787,6 +787,14 @@ def _suggest(dotted: str, raw: Any = None) -> str:
     valid = ", ".join(model.model_fields)
     if close:
         return f"; did you mean `{'.'.join([*parents, close[0]])}`?"
+    if kind_note:  # a key of another model kind: name the kind it belongs to
+        owners = [n for n in available_kinds() if leaf in get_kind(n).settings.model_fields]
+        if owners:
+            return (
+                f": {'.'.join([*parents, leaf])} is only used with model.type "
+                + " or ".join(f"'{n}'" for n in owners)
+                + f" (this section is{kind_note.removeprefix(' of')}); valid keys here: {valid}"
+            )
     return f"; valid keys{kind_note}: {valid}"
 
 

@@ -1,4 +1,4 @@
-"""Compressed variants of a trained run: dynamic int8, ONNX, ONNX int8 and pruning, measured side by side.
+"""Compressed variants of a trained run: ONNX, ONNX int8, pruning and distillation, measured side by side.
 
 Example::
 

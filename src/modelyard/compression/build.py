@@ -27,7 +27,12 @@ from modelyard.errors import ModelyardError
 ONNX_OPSET = 18
 LEGACY_ONNX_OPSET = 17
 # config.model_type → why its models go straight to the TorchScript exporter (filled from measurements).
-_LEGACY_EXPORT: dict[str, str] = {}
+_LEGACY_EXPORT: dict[str, str] = {
+    "modelyard-bilstm": (
+        "torch.export cannot trace pack_padded_sequence: its lengths come from the attention mask "
+        "(data-dependent shapes)"
+    ),
+}
 # Files of the source model directory copied next to an ONNX model (the text front end + labels).
 _FRONT_END_FILES = ("modelyard.json", "config.json")
 
@@ -93,44 +98,6 @@ def _copy_front_end(source: Path, out: Path, tokenizer: Any, files: tuple[str, .
     for name in files:
         if (source / name).is_file():
             shutil.copy2(source / name, out / name)
-
-
-# ---------------------------------------------------------------------- dynamic-int8
-
-
-def build_dynamic_int8(source: Path, out: Path, **_: Any) -> dict[str, Any]:
-    """Record the recipe only.
-
-    A dynamically quantized torch model has packed int8 parameters that safetensors cannot hold and
-    that torch would only save by pickling, which modelyard refuses. Quantization is deterministic, so
-    the variant stores a JSON record (with the sha256 of the fp32 weights it applies to) and
-    :class:`~modelyard.compression.variants.DynamicInt8Classifier` re-quantizes ``model/`` at load.
-    """
-    return _variant_json(
-        out,
-        "dynamic-int8",
-        source,
-        applied_at_load="torch.ao.quantization.quantize_dynamic(model, {nn.Linear: qconfig}, dtype=torch.qint8)",
-        per_channel=True,
-    )
-
-
-def int8_weight_bytes(model: Any) -> int:
-    """Bytes the dynamically quantized model's parameters occupy in memory (int8 Linear weights + fp32 rest)."""
-    import torch
-
-    total = 0
-    for module in model.modules():
-        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
-            w = module.weight()
-            total += w.numel()  # int8
-            total += 8 * (w.q_per_channel_scales().numel() if w.qscheme() != torch.per_tensor_affine else 1)
-            b = module.bias()
-            total += 0 if b is None else b.numel() * b.element_size()
-        else:
-            for p in module.parameters(recurse=False):
-                total += p.numel() * p.element_size()
-    return total
 
 
 # ---------------------------------------------------------------------- onnx
@@ -248,7 +215,10 @@ def _name_nodes_by_module(graph: Any) -> None:
             scopes = [str(x) for x in ast.literal_eval(raw)]
         except (ValueError, SyntaxError):
             continue
-        parts = [b[len(a) + 1 :] if a else b for a, b in zip(["", *scopes], scopes, strict=False) if b]
+        # Each scope extends the previous one by a child name ("inner.bert" → "inner.bert.encoder"); the
+        # list can repeat its last scope (a module calling a function), which adds no component.
+        parts = [b[len(a) + 1 :] if a else b for a, b in zip(["", *scopes], scopes, strict=False)]
+        parts = [part for part in parts if part]
         name = "/" + "/".join(parts) + "/" + node.op_type
         count = seen.get(name, 0)
         seen[name] = count + 1
@@ -274,16 +244,16 @@ def _export_torchscript(model: Any, args: tuple[Any, ...], path: Path) -> None:
         )
 
 
-def build_onnx(source: Path, out: Path, *, tokenizer: Any, **_: Any) -> dict[str, Any]:
+def build_onnx(
+    source: Path, out: Path, *, tokenizer: Any, log: Callable[[str], None] = print, **_: Any
+) -> dict[str, Any]:
     """fp32 ONNX model + tokenizer files + ``modelyard.json``."""
     import onnxruntime
     import torch
 
-    export_onnx(source, out / ONNX_FILE)
+    exported = export_onnx(source, out / ONNX_FILE, log=log)
     _copy_front_end(source, out, tokenizer)
-    return _variant_json(
-        out, "onnx", source, opset=ONNX_OPSET, torch=torch.__version__, onnxruntime=onnxruntime.__version__
-    )
+    return _variant_json(out, "onnx", source, **exported, torch=torch.__version__, onnxruntime=onnxruntime.__version__)
 
 
 # Node-name patterns of the feed-forward MatMuls across encoder families (BERT/RoBERTa/ELECTRA, DistilBERT,
@@ -360,7 +330,7 @@ def build_onnx_int8(
 
     out = out.resolve()  # the quantizer runs from a scratch cwd below
     fp32 = out / "model.fp32.onnx"
-    export_onnx(source, fp32)
+    exported = export_onnx(source, fp32, log=log)
     # onnxruntime's recommended pre-processing (graph optimisation + shape inference) lets the
     # quantizer see fused MatMul/Gemm nodes with known shapes; fall back to the raw export if it fails.
     prep = out / "model.prep.onnx"
@@ -423,7 +393,7 @@ def build_onnx_int8(
         out,
         "onnx-int8",
         source,
-        opset=ONNX_OPSET,
+        **exported,
         weight_type="QInt8",
         per_channel=per_channel,
         preprocessed=preprocessed,
@@ -659,7 +629,6 @@ def build_distill(
 
 
 BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "dynamic-int8": build_dynamic_int8,
     "onnx": build_onnx,
     "onnx-int8": build_onnx_int8,
     "prune": build_prune,

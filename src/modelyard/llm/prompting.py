@@ -342,7 +342,7 @@ def minilm_embedder(
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from modelyard.models.bundled import resolve_backbone
+        from modelyard.llm.backbones import resolve_backbone
 
         if not state:
             path = resolve_backbone("bundled:minilm-l6", Path("."))

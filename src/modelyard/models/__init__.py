@@ -11,7 +11,7 @@ from typing import Any
 
 from modelyard.errors import ModelError
 from modelyard.kinds import get_kind
-from modelyard.models.bundled import BUNDLED_BACKBONES, resolve_backbone
+from modelyard.llm.backbones import BUNDLED_BACKBONES, resolve_backbone
 from modelyard.models.loading import load, model_dir_of, read_model_meta
 
 

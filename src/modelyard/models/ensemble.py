@@ -298,6 +298,11 @@ class EnsembleSettings(ModelSettings):
         members = []
         for i, raw in enumerate(value):
             member = validate_model_settings(raw, where=f"model.members[{i}]")
+            if isinstance(member, EnsembleSettings):
+                raise ValueError(
+                    f"model.members[{i}] is itself an ensemble; nested ensembles are not supported - "
+                    "list its members directly in model.members"
+                )
             if not get_kind(member.type).can("ensemble_member"):
                 raise ValueError(
                     f"model.members[{i}] has type '{member.type}'; ensemble members must be trained text models "
@@ -344,7 +349,7 @@ def _check_artifacts(model_dir: Path, meta: dict[str, Any]) -> None:
             try:
                 kind.check_artifacts(sub, sub_meta)
             except ValueError as err:
-                raise ValueError(f"members[{i}] ({rel}): {err}") from None
+                raise ValueError(f"members[{i}] at {rel}: {err}") from None
 
 
 KIND = register_kind(

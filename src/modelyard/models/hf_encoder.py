@@ -16,7 +16,7 @@ from pydantic import Field
 from modelyard.config import ArchConfig, LoraSettings, ModelSettings, TokenizerConfig
 from modelyard.errors import ModelError
 from modelyard.kinds import ModelKind, register_kind
-from modelyard.models.bundled import resolve_backbone
+from modelyard.llm.backbones import resolve_backbone
 from modelyard.models.text_classifier import check_safetensors_weights, load_text_classifier, save_text_model
 
 

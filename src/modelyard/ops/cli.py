@@ -157,7 +157,8 @@ def revoke_key(
     store: StoreOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Revoke a key (servers stop accepting it within seconds)."""
+    """Revoke a key; running servers refuse it (401) once their key cache expires: within
+    $MODELYARD_KEY_CACHE_SECONDS of their last check of it (default 5 s)."""
     _open(store, db).revoke_key(key_id)
     err_console.print(f"revoked {key_id}")
 

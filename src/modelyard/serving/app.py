@@ -87,18 +87,12 @@ class Classifier(Protocol):
 
 
 class PredictionHook(Protocol):
-    """Called once per answered ``/v1/predict`` request (texts, or images via :mod:`.images`).
-
-    Args:
-        request: The HTTP request (``request.state.api_key`` holds the caller's key when auth is on).
-        texts: The request's texts, or one description per image.
-        probs: ``(len(texts), len(labels))`` probabilities returned to the caller.
-        loaded: The model that answered (``.labels``, ``.info``).
-        seconds: Time spent on the request so far.
-        mask: Whether ``texts`` may hold personal data worth masking (``False`` for image descriptions).
-
-    Returns:
-        One id per prediction (returned to the caller as ``predictions[i].id``), or ``None``.
+    """Called once per answered ``/v1/predict`` request (texts, or images via :mod:`.images`) with the HTTP
+    request (``request.state.api_key`` is the caller's key when auth is on), the texts (or one description
+    per image), the ``(len(texts), len(labels))`` probabilities returned, the model that answered
+    (``.labels``, ``.info``), the seconds spent so far, and ``mask`` (whether the texts may hold personal
+    data worth masking; ``False`` for image descriptions). Returns one id per prediction (sent back as
+    ``predictions[i].id``) or ``None``.
     """
 
     def __call__(

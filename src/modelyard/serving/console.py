@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Query
+from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -172,14 +173,23 @@ def _console_file(name: str) -> bytes:
     return resources.files("modelyard.serving").joinpath("console", name).read_bytes()
 
 
-def install_console(app: FastAPI, registry: Registry, app_name: str, alias: str) -> None:
+def install_console(
+    app: FastAPI | APIRouter,
+    registry: Registry,
+    app_name: str,
+    alias: str,
+    run_monitor: Callable[..., dict[str, Any]] | None = None,
+) -> None:
     """Add the console (``GET /``, its script and style sheet) and the traffic/drift admin endpoints.
 
     Args:
-        app: The production app (:func:`modelyard.serving.production.create_production_app`).
+        app: The production app, or the router it is built from (:mod:`modelyard.serving.production`).
         registry: Its registry (prediction log, versions, store directory for drift reports).
         app_name: The served app.
         alias: The served alias (the drift reference is that version's held-out data).
+        run_monitor: The drift monitor for ``POST /admin/v1/drift`` (:func:`modelyard.ops.monitor.monitor`,
+            passed in because serving sits below the operations layer); ``None``: that endpoint answers
+            409 ``drift_unavailable``.
     """
     files = {path: (_console_file(name), media) for path, (name, media) in CONSOLE_FILES.items()}
 
@@ -247,12 +257,12 @@ def install_console(app: FastAPI, registry: Registry, app_name: str, alias: str)
         },
     )
     async def admin_drift_run(body: DriftRunRequest) -> DriftResponse:
-        from modelyard.registry.monitor import monitor
-
         _parse_window(body.since, "body.since")
+        if run_monitor is None:
+            raise ApiError(409, "drift_unavailable", "the drift monitor cannot run: this server was started without it")
         async with drift_lock:  # one monitor at a time: it scores the whole reference set
             try:
-                summary = await asyncio.to_thread(monitor, registry, app_name, alias=alias, since=body.since)
+                summary = await asyncio.to_thread(run_monitor, registry, app_name, alias=alias, since=body.since)
             except RegistryError as err:
                 raise ApiError(409, "drift_unavailable", f"the drift monitor cannot run: {err}") from None
         return _drift_response(app_name, summary)

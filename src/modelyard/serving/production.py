@@ -377,6 +377,7 @@ def create_production_app(
     poll_s: float = DEFAULT_POLL_S,
     log_capacity: int = DEFAULT_LOG_CAPACITY,
     key_cache_s: float | None = None,
+    drift_monitor: Callable[..., dict[str, Any]] | None = None,
 ) -> FastAPI:
     """Build the production app serving ``app_name@alias`` from ``registry``.
 
@@ -391,6 +392,9 @@ def create_production_app(
         key_cache_s: How long a verified API key is trusted before the registry is asked again, which
             bounds how long a revoked key keeps working (``None``: ``$MODELYARD_KEY_CACHE_SECONDS``,
             default 5 s; ``0``: every request is checked). See :mod:`modelyard.serving.security`.
+        drift_monitor: What ``POST /admin/v1/drift`` runs: :func:`modelyard.ops.monitor.monitor`, passed
+            in by the caller (serving does not import the operations layer); ``None``: that endpoint
+            answers 409 ``drift_unavailable``.
 
     Returns:
         The app; ``app.state`` additionally holds ``registry`` and ``predlog``.
@@ -403,7 +407,7 @@ def create_production_app(
     predlog = PredictionLog(registry, capacity=log_capacity)
     # The web console's routes: GET / (public page) + /admin/v1/traffic, /admin/v1/drift.
     console = APIRouter()
-    install_console(console, registry, app_name, alias)  # type: ignore[arg-type]  # an APIRouter takes routes alike
+    install_console(console, registry, app_name, alias, run_monitor=drift_monitor)
     swapper = _HotSwapper(registry, app_name, alias, poll_s)
     app = create_app(
         lambda: load_version(registry.resolve(app_name, alias), alias),
@@ -472,6 +476,7 @@ def serve_registry(
     port: int | None = None,
     poll_s: float = DEFAULT_POLL_S,
     key_cache_s: float | None = None,
+    drift_monitor: Callable[..., dict[str, Any]] | None = None,
 ) -> None:
     """``modelyard serve NAME@ALIAS``: resolve, verify and serve with auth, logging and hot swap.
 
@@ -484,6 +489,7 @@ def serve_registry(
         poll_s: Seconds between hot-swap alias checks.
         key_cache_s: API-key cache lifetime, i.e. the revocation window (``None``:
             ``$MODELYARD_KEY_CACHE_SECONDS`` or 5 s).
+        drift_monitor: What ``POST /admin/v1/drift`` runs (see :func:`create_production_app`).
 
     Raises:
         RegistryError: Bad target, unknown app or unset alias, or a bad key-cache lifetime (before the
@@ -494,5 +500,7 @@ def serve_registry(
     name, alias = parse_target(target)
     registry = open_registry(store, db)
     cfg = serve_config_of(registry.resolve(name, alias))
-    app = create_production_app(registry, name, alias, cfg, poll_s=poll_s, key_cache_s=key_cache_s)
+    app = create_production_app(
+        registry, name, alias, cfg, poll_s=poll_s, key_cache_s=key_cache_s, drift_monitor=drift_monitor
+    )
     run_app(app, cfg, host, port)

@@ -130,17 +130,24 @@ class KeyCache:
         verify: ``Registry.verify_key``.
         ttl_s: Lifetime of an entry (see :func:`key_cache_seconds`); a key looked up at time ``t``
             is answered from the cache until ``t + ttl_s`` and looked up again after that.
+        clock: Monotonic clock (tests pass a fake one).
     """
 
-    def __init__(self, verify: Callable[[str], KeyInfo | None], ttl_s: float = KEY_CACHE_TTL_S) -> None:
+    def __init__(
+        self,
+        verify: Callable[[str], KeyInfo | None],
+        ttl_s: float = KEY_CACHE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._verify = verify
         self.ttl_s = ttl_s
+        self._clock = clock
         self._cache: OrderedDict[str, tuple[KeyInfo | None, float]] = OrderedDict()
 
     async def get(self, key: str) -> KeyInfo | None:
         """The key's info, or ``None`` for an unknown/revoked key."""
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        now = time.monotonic()
+        now = self._clock()
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
             self._cache.move_to_end(digest)

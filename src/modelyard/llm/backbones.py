@@ -58,7 +58,7 @@ def resolve_backbone(spec: str, base_dir: Path) -> str:
                 + ", ".join(f"bundled:{n}" for n in BUNDLED_BACKBONES)
             )
         if entry.gguf:
-            from modelyard.models.gemma import gemma_backbone_dir
+            from modelyard.llm.gemma import gemma_backbone_dir
 
             return str(gemma_backbone_dir())
         pkg = package_dir(entry.package)
