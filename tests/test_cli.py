@@ -119,8 +119,8 @@ def test_train_predict_evaluate_init_round_trip(tmp_path: Path, sentiment_csv: P
             "jsonl": lambda p: pd.read_json(p, lines=True),
             "parquet": pd.read_parquet,
         }[ext](out)
-        assert list(got.columns) == ["id", "text", "predicted_label", "confidence", "prob_neg", "prob_pos"]
-        assert got["predicted_label"].tolist() == ["pos", "neg"]
+        assert list(got.columns) == ["id", "text", "pred", "confidence", "prob_neg", "prob_pos"]
+        assert got["pred"].tolist() == ["pos", "neg"]
         assert (got["prob_neg"] + got["prob_pos"]).round(9).eq(1).all()
 
     # evaluate on the run's test split and on another labelled file

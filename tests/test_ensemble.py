@@ -228,7 +228,7 @@ def test_ensemble_evaluate_predict_and_unsupported_stages(ensemble_run: Path, tm
     result = CliRunner().invoke(app, ["predict", str(ensemble_run), "-i", str(inp), "-o", str(tmp_path / "out.csv")])
     assert result.exit_code == 0, result.output
     out = pd.read_csv(tmp_path / "out.csv")
-    assert out["predicted_label"].tolist() == ["pos", "neg"]
+    assert out["pred"].tolist() == ["pos", "neg"]
     with pytest.raises(ModelError, match="model.type ensemble"):
         source_model_dir(ensemble_run)
     with pytest.raises(ExplainUnsupportedError, match="model.type ensemble.*members/<i>"):

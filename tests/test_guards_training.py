@@ -101,7 +101,9 @@ def test_ema_weights_saved_and_evaluated_are_the_hand_computed_average(
     tmp_path: Path, sentiment_csv: Path, tiny_backbone: Path
 ) -> None:
     recipe = load_recipe(
-        write_tiny_recipe(tmp_path, sentiment_csv, tiny_backbone, epochs=2, ema_decay=EMA_DECAY, metric="loss")
+        write_tiny_recipe(
+            tmp_path, sentiment_csv, tiny_backbone, epochs=2, ema_decay=EMA_DECAY, metric="loss", warmup_ratio=0.0
+        )
     )
     with _raw_weights_after_each_step() as (seen, steps):
         run = train(recipe)
@@ -118,11 +120,12 @@ def test_ema_weights_saved_and_evaluated_are_the_hand_computed_average(
     assert set(expected) <= set(saved)
     for name, value in expected.items():
         np.testing.assert_allclose(saved[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
-    # the check has teeth: the raw weights, and an average started from the initial weights (e_0 = w_0), are off
+    # the check has teeth: the raw weights, and an average started from the initial weights (e_0 = w_0), are
+    # 100× the tolerance away (no warm-up, so the first step moves the weights and the two start-up rules differ)
     raw = steps[history[best - 1]["step"] - 1]
     from_initial = _hand_ema([seen["initial"], *steps], EMA_DECAY)[history[best - 1]["step"]]
     for other in (raw, from_initial):
-        assert max(np.abs(saved[k] - other[k]).max() for k in expected) > 1e-3
+        assert max(np.abs(saved[k] - other[k]).max() for k in expected) > 1e-4
 
     # evaluated = the average at each epoch's end: history's valid loss is that of the hand-made average
     for entry in history:

@@ -322,7 +322,7 @@ def test_predict_cli_on_a_folder_reports_unreadable_files(digits_run: Path, tmp_
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out)
     assert [Path(p).name for p in frame["path"]] == ["a.png", "c.png", "b.png"]
-    assert frame["predicted_label"].notna().tolist() == [True, False, True]
+    assert frame["pred"].notna().tolist() == [True, False, True]
     assert "c.png: not a readable image" in frame["error"][1]
 
 

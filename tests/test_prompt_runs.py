@@ -160,8 +160,9 @@ def test_label_writes_confidence_and_splits_on_threshold(tmp_path: Path, tiny_ll
     everything = label_file(recipe, unlabelled, tmp_path / "all.jsonl", console=Console(record=True))
     out = pd.read_json(tmp_path / "all.jsonl", lines=True)
     assert everything["accepted"] == 4 and list(out.columns) == [
-        "text", "label", "confidence", "prob_neg", "prob_pos", "accepted"
+        "text", "pred", "confidence", "prob_neg", "prob_pos", "label", "accepted"
     ]  # fmt: skip
+    assert (out["label"] == out["pred"]).all()  # the shared prediction columns + `label` for training
     np.testing.assert_allclose(out[["prob_neg", "prob_pos"]].sum(axis=1), 1.0, atol=1e-9)
     assert (out["confidence"] == out[["prob_neg", "prob_pos"]].max(axis=1)).all()
     cut = float(out["confidence"].median())

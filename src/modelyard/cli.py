@@ -179,7 +179,8 @@ def predict(
     text_column: Annotated[str | None, typer.Option(help="Text column (default: the recipe's).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
 ) -> None:
-    """Batch prediction: the input rows plus predicted_label, confidence and prob_<label> columns."""
+    """Batch prediction: the input rows plus pred, confidence and prob_<label> columns."""
+    from modelyard._internal.labels import add_prediction_columns
     from modelyard.data import read_table, write_table
     from modelyard.errors import DataError
     from modelyard.models.loading import load
@@ -201,10 +202,7 @@ def predict(
             "pass --text-column"
         )
     probs = clf.predict_proba(frame[col].astype(str).tolist())
-    frame["predicted_label"] = [clf.labels[i] for i in probs.argmax(axis=1)]
-    frame["confidence"] = probs.max(axis=1)
-    for j, lab in enumerate(clf.labels):
-        frame[f"prob_{lab}"] = probs[:, j]
+    add_prediction_columns(frame, clf.labels, probs)
     write_table(frame, output)
     err_console.print(f"wrote {len(frame)} predictions to {output}")
     print(output)
@@ -214,6 +212,10 @@ def predict(
 @friendly_errors
 def serve(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="serve.KEY=VALUE overrides of the run's serve section, e.g. serve.max_batch_size=64."),
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1 — loopback only).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: the recipe's serve.port, 8000).")] = None,
     runtime: Annotated[
@@ -235,7 +237,9 @@ def serve(
         # The console's POST /admin/v1/drift runs the monitor; serving can't import ops, so it is passed in.
         serve_registry(str(run_dir), store=store, db=db, host=host, port=port, drift_monitor=monitor)
         return
-    cfg = _serve_config(run_dir)
+    from modelyard.rundir import RunDir
+
+    cfg = RunDir(run_dir).serve_settings(overrides)
     model_dir_of(run_dir)  # fail fast on a bad path, before the server starts
     if runtime == "torch":
         from modelyard.models.loading import load
@@ -263,13 +267,6 @@ def serve(
         run_app(web, cfg, host, port)
         return
     run_serve(loader, cfg, host=host, port=port)
-
-
-def _serve_config(run_dir: Path) -> Any:
-    from modelyard.config import ServeConfig, load_recipe
-
-    recipe_path = Path(run_dir) / "recipe.yaml"
-    return load_recipe(recipe_path).serve if recipe_path.is_file() else ServeConfig()
 
 
 @app.command()

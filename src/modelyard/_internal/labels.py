@@ -16,3 +16,30 @@ def label_predictions(labels: list[str], probs: np.ndarray) -> list[dict[str, An
         }
         for row in probs
     ]
+
+
+# The prediction table: one schema for `modelyard predict`, `modelyard label`, evaluation tables
+# (predictions.parquet, with `split` and the gold `label`) and image predictions.
+PRED = "pred"  # the predicted label
+CONFIDENCE = "confidence"  # its probability
+PROB_PREFIX = "prob_"  # one column per class, in label order: prob_<label>
+
+
+def prob_columns(labels: list[str]) -> list[str]:
+    """The per-class probability columns, in label order."""
+    return [f"{PROB_PREFIX}{lab}" for lab in labels]
+
+
+def add_prediction_columns(frame: Any, labels: list[str], probs: np.ndarray) -> Any:
+    """Append ``pred``, ``confidence`` and ``prob_<label>`` to ``frame`` (a DataFrame; one row per prob row).
+
+    Rows whose probabilities are all NaN (an unreadable image) get ``None`` for ``pred`` and ``confidence``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    valid = ~np.isnan(probs).all(axis=1) if probs.size else np.zeros(len(probs), dtype=bool)
+    safe = np.where(np.isnan(probs), -np.inf, probs)
+    frame[PRED] = [labels[int(row.argmax())] if ok else None for row, ok in zip(safe, valid, strict=True)]
+    frame[CONFIDENCE] = [float(row.max()) if ok else None for row, ok in zip(safe, valid, strict=True)]
+    for name, column in zip(prob_columns(labels), probs.T, strict=True):
+        frame[name] = column
+    return frame

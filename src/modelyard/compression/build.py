@@ -212,11 +212,11 @@ def _name_nodes_by_module(graph: Any) -> None:
         if not raw:
             continue
         try:
-            scopes = [str(x) for x in ast.literal_eval(raw)]
+            # ['', 'inner', 'inner.bert', …, 'inner.bert.pooler.dense', 'linear_12']: the root, cumulative
+            # module paths, then the FX node's own name (dropped: the op type takes its place).
+            scopes = [str(x) for x in ast.literal_eval(raw)][:-1]
         except (ValueError, SyntaxError):
             continue
-        # Each scope extends the previous one by a child name ("inner.bert" → "inner.bert.encoder"); the
-        # list can repeat its last scope (a module calling a function), which adds no component.
         parts = [b[len(a) + 1 :] if a else b for a, b in zip(["", *scopes], scopes, strict=False)]
         parts = [part for part in parts if part]
         name = "/" + "/".join(parts) + "/" + node.op_type

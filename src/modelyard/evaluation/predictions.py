@@ -1,7 +1,8 @@
 """The prediction table every stage writes and reads (train, evaluate, predict, label, reports).
 
-One schema: ``split``, ``text`` (or the image reference), ``label`` (gold, when known), ``pred``,
-``confidence`` and one ``prob_<label>`` column per class, in label order.
+One schema (:func:`modelyard._internal.labels.add_prediction_columns`): ``pred``, ``confidence`` and one
+``prob_<label>`` column per class, in label order; evaluation tables add ``split``, ``text`` (or the image
+reference) and the gold ``label`` in front.
 """
 
 from __future__ import annotations
@@ -9,29 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from modelyard._internal.labels import add_prediction_columns
 from modelyard.evaluation.metrics import HEADLINE
 
 
 def prediction_frame(split: str, texts: list[str], y: np.ndarray | None, probs: np.ndarray, labels: list[str]) -> Any:
-    """The predictions table shared by train, evaluate and the report."""
-    import pandas as pd
-
-    pred = probs.argmax(axis=1)
+    """The evaluation table (``predictions.parquet``): ``split``, ``text``, gold ``label`` + the shared columns."""
     frame = pd.DataFrame(
-        {
-            "split": split,
-            "text": texts,
-            "label": [labels[i] for i in y] if y is not None else None,
-            "pred": [labels[i] for i in pred],
-            "confidence": probs.max(axis=1),
-        }
+        {"split": split, "text": texts, "label": [labels[i] for i in y] if y is not None else None}
     )
-    for j, lab in enumerate(labels):
-        frame[f"prob_{lab}"] = probs[:, j]
-    return frame
+    return add_prediction_columns(frame, labels, probs)
 
 
 def print_metrics(console: Console, metrics: dict[str, Any]) -> None:

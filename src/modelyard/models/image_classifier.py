@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from modelyard._internal.io import read_json
-from modelyard._internal.labels import label_predictions
+from modelyard._internal.labels import add_prediction_columns, label_predictions
 from modelyard.data.images import IMAGE_EXTENSIONS
 from modelyard.errors import DataError, ModelError
 from modelyard.models.image_base import ImageModel
@@ -164,8 +164,8 @@ def image_files(path: Path) -> list[Path]:
 
 
 def predict_files(clf: ImageClassifier, input_path: Path) -> Any:
-    """Predict every image under ``input_path``: one row per file with ``path``, ``predicted_label``,
-    ``confidence``, ``prob_<label>`` and ``error`` (an unreadable file gets its error, not a crash)."""
+    """Predict every image under ``input_path``: one row per file with ``path``, the prediction columns
+    (``pred``, ``confidence``, ``prob_<label>``) and ``error`` (an unreadable file gets its error, not a crash)."""
     import pandas as pd
 
     files = image_files(input_path)
@@ -182,12 +182,6 @@ def predict_files(clf: ImageClassifier, input_path: Path) -> Any:
     probs = np.full((len(files), len(clf.labels)), np.nan)
     if ok:
         probs[ok] = clf.predict_proba([arrays[i] for i in ok])
-    frame = pd.DataFrame({"path": [str(f) for f in files]})
-    frame["predicted_label"] = [
-        clf.labels[int(np.nanargmax(p))] if e is None else None for p, e in zip(probs, errors, strict=True)
-    ]
-    frame["confidence"] = [float(np.nanmax(p)) if e is None else None for p, e in zip(probs, errors, strict=True)]
-    for j, lab in enumerate(clf.labels):
-        frame[f"prob_{lab}"] = probs[:, j]
+    frame = add_prediction_columns(pd.DataFrame({"path": [str(f) for f in files]}), clf.labels, probs)
     frame["error"] = errors
     return frame

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from modelyard._internal.labels import PRED, add_prediction_columns
 from modelyard.config import Recipe
 from modelyard.errors import ConfigError
 from modelyard.models.prompt import PromptSettings, predict_with_progress, prompt_settings, write_prompt_model
@@ -175,11 +176,8 @@ def label_file(
         texts = frame[text_column].fillna("").astype(str).tolist()
         probs = predict_with_progress(clf, texts, console, "label")
     labels = list(clf.labels)
-    out = frame.copy()
-    out["label"] = [labels[i] for i in probs.argmax(axis=1)]
-    out["confidence"] = probs.max(axis=1)
-    for j, lab in enumerate(labels):
-        out[f"prob_{lab}"] = probs[:, j]
+    out = add_prediction_columns(frame.copy(), labels, probs)
+    out["label"] = out[PRED]  # the column a training recipe reads (data.label_column: label)
     out["accepted"] = True if threshold is None else out["confidence"] >= threshold
     kept = out[out["accepted"]]
     rejected = out[~out["accepted"]]

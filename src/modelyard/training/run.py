@@ -40,9 +40,9 @@ from modelyard.config import Recipe
 from modelyard.data import prepare_data
 from modelyard.data.images import prepare_images, write_image_splits
 from modelyard.errors import ModelyardError
+from modelyard.evaluation.image_report import add_mistake_grid
 from modelyard.evaluation.metrics import compute_metrics, mean_nll
 from modelyard.evaluation.predictions import prediction_frame, print_metrics
-from modelyard.evaluation.image_report import add_mistake_grid
 from modelyard.evaluation.report import write_report
 from modelyard.kinds import FitContext, get_kind
 from modelyard.rundir import RunDir

@@ -1,0 +1,37 @@
+"""The `serve` section: batching, request limits, authentication and logging of the server."""
+
+from __future__ import annotations
+
+from pydantic import (
+    Field,
+)
+
+from modelyard.config._base import _Stage
+
+
+class ServeConfig(_Stage):
+    """The HTTP server (`modelyard serve`)."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; loopback unless you mean to expose it.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    max_batch_size: int = Field(32, ge=1, description="Most texts the micro-batcher merges into one forward pass.")
+    max_wait_ms: float = Field(5.0, ge=0, description="How long the batcher waits to fill a batch.")
+    max_texts_per_request: int = Field(64, ge=1, description="More texts in one request → HTTP 413.")
+    max_chars_per_text: int = Field(10000, ge=1, description="A longer text → HTTP 413.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="A larger request body → HTTP 413.")
+    max_queue: int = Field(4096, ge=1, description="Texts waiting for the model beyond this → HTTP 503.")
+    auth: bool = Field(
+        False,
+        description="Require an API key (`modelyard keys create`) on every endpoint but /healthz and /readyz; "
+        "always on when serving NAME@ALIAS from the registry.",
+    )
+    mask_pii: bool = Field(
+        True, description="Mask e-mail addresses, phone/card numbers and IP addresses in the prediction log."
+    )
+    max_images_per_request: int = Field(16, ge=1, description="Image models: more images in one request → HTTP 413.")
+    max_image_bytes: int = Field(
+        2_000_000, ge=1024, description="Image models: a larger image file (encoded bytes) → HTTP 413."
+    )
+    max_image_pixels: int = Field(
+        16_000_000, ge=64, description="Image models: an image with more pixels (width × height) → HTTP 413."
+    )
