@@ -58,6 +58,7 @@ quickstart: install
 
 test: install-dev
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --config pyproject.toml
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install-dev
@@ -81,6 +82,7 @@ test-llamacpp: install-dev llamacpp-venv
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --config pyproject.toml
 	$(BIN)/ruff format --check src tests benchmarks
 
 format: install-dev

@@ -235,7 +235,9 @@ def serve(
         from modelyard.serving.production import serve_registry
 
         # The console's POST /admin/v1/drift runs the monitor; serving can't import ops, so it is passed in.
-        serve_registry(str(run_dir), store=store, db=db, host=host, port=port, drift_monitor=monitor)
+        serve_registry(
+            str(run_dir), store=store, db=db, host=host, port=port, drift_monitor=monitor, overrides=overrides
+        )
         return
     from modelyard.rundir import RunDir
 

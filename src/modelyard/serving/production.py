@@ -36,11 +36,13 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.config import ServeConfig
+from modelyard.errors import ModelyardError
 from modelyard.registry.artifacts import validate_model_dir
 from modelyard.registry.models import utcnow
 from modelyard.registry.names import RegistryError, validate_alias, validate_name
 from modelyard.registry.store import Registry
 from modelyard.registry.versions import VersionInfo, tree_sha256
+from modelyard.rundir import RunDir
 from modelyard.serving.app import ModelRuntime, create_app
 from modelyard.serving.console import install_console
 from modelyard.serving.http_errors import ApiError
@@ -438,15 +440,13 @@ def create_production_app(
     return app
 
 
-def serve_config_of(version: VersionInfo) -> ServeConfig:
-    """The ``serve`` section of the version's recipe (defaults when it has none or it does not load)."""
-    import yaml
-
-    path = version.path / "recipe.yaml"
+def serve_config_of(version: VersionInfo, overrides: list[str] | None = None) -> ServeConfig:
+    """The ``serve`` section of the version's recipe (:meth:`RunDir.serve_settings`; defaults when unreadable)."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return ServeConfig.model_validate(raw.get("serve") or {})
-    except (OSError, ValueError, yaml.YAMLError):
+        return RunDir(version.path).serve_settings(overrides)
+    except ModelyardError:
+        if overrides:
+            raise  # a bad override is the user's to fix, not to ignore
         return ServeConfig()
 
 
@@ -477,8 +477,11 @@ def serve_registry(
     poll_s: float = DEFAULT_POLL_S,
     key_cache_s: float | None = None,
     drift_monitor: Callable[..., dict[str, Any]] | None = None,
+    overrides: list[str] | None = None,
 ) -> None:
     """``modelyard serve NAME@ALIAS``: resolve, verify and serve with auth, logging and hot swap.
+
+    ``overrides`` (``serve.KEY=VALUE``) change the version's serve settings for this server.
 
     Args:
         target: ``NAME@ALIAS``.
@@ -499,7 +502,7 @@ def serve_registry(
 
     name, alias = parse_target(target)
     registry = open_registry(store, db)
-    cfg = serve_config_of(registry.resolve(name, alias))
+    cfg = serve_config_of(registry.resolve(name, alias), overrides)
     app = create_production_app(
         registry, name, alias, cfg, poll_s=poll_s, key_cache_s=key_cache_s, drift_monitor=drift_monitor
     )
