@@ -113,9 +113,9 @@ KIND_MODULE = textwrap.dedent(
         (ctx.model_dir / "modelyard.json").write_text(json.dumps(meta), encoding="utf-8")
         clf = CentroidClassifier(ctx.model_dir, meta)
         probs = {s: clf.predict_proba(getattr(data, s)["text"].tolist()) for s in ("valid", "test")}
-        return FitResult(probs=probs, info={"model": f"nearest-centroid · {len(vocab)} tokens"},
-                         manifest={"seed": {"data": ctx.recipe.data.seed}, "train_seconds": 0.0, "device": "cpu",
-                                   "precision": "fp64", "model": {"type": "nearest-centroid", "parameters": centroids.size}})
+        manifest = {"seed": {"data": ctx.recipe.data.seed}, "train_seconds": 0.0, "device": "cpu",
+                    "precision": "fp64", "model": {"type": "nearest-centroid", "parameters": centroids.size}}
+        return FitResult(probs=probs, info={"model": f"nearest-centroid · {len(vocab)} tokens"}, manifest=manifest)
 
 
     def check(model_dir: Path, meta: dict[str, Any]) -> None:

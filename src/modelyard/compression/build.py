@@ -193,16 +193,21 @@ def _export_dynamo(model: Any, args: tuple[Any, ...], path: Path) -> None:
         # A specialised (constant) axis would make the model reject other batch sizes or lengths at run time.
         if shape is None or any(isinstance(shape[axis], int) for axis in (0, 1)):
             raise ModelyardError(f"the export fixed the shape of {value.name!r} to {shape}")
-    _name_nodes_by_module(graph)
+    if not _name_nodes_by_module(graph) and any(node.op_type in ("MatMul", "Gemm") for node in graph):
+        # Without module names the onnx-int8 ladder could not keep any MatMul in fp32.
+        raise ModelyardError("the export carries no module names (node metadata pkg.torch.onnx.name_scopes)")
     program.save(str(path))
 
 
-def _name_nodes_by_module(graph: Any) -> None:
+def _name_nodes_by_module(graph: Any) -> int:
     """Name nodes after the module that produced them (``/inner/bert/encoder/layer.0/output/dense/MatMul``).
 
     The dynamo exporter names nodes ``node_MatMul_94`` and keeps the module path in the node metadata;
     the onnx-int8 fallback ladder (:data:`INT8_LADDER`) selects MatMuls by module path, so they get the
     names the TorchScript exporter gives (which the ladder's patterns were written for).
+
+    Returns:
+        How many nodes were renamed (0 when the exporter recorded no module paths).
     """
     import ast
 
@@ -223,15 +228,16 @@ def _name_nodes_by_module(graph: Any) -> None:
         count = seen.get(name, 0)
         seen[name] = count + 1
         node.name = name if count == 0 else f"{name}_{count}"
+    return sum(seen.values())
 
 
 def _export_torchscript(model: Any, args: tuple[Any, ...], path: Path) -> None:
-    """The deprecated TorchScript exporter (``dynamo=False``), for the models in :data:`_LEGACY_EXPORT`."""
+    """The deprecated TorchScript exporter (``dynamo=False``): :data:`_LEGACY_EXPORT` and dynamo failures."""
     import torch
 
     axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TracerWarnings about Python control flow on shapes; the deprecation
+        warnings.simplefilter("ignore")  # TracerWarnings about Python control flow on shapes, the deprecation
         torch.onnx.export(
             model,
             args,
