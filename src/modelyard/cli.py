@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from modelyard._internal.cli_errors import err_console, friendly_errors
+from modelyard._internal.layout import METRICS, RECIPE
 from modelyard.errors import ModelyardError
 from modelyard.ops.cli import keys_app, monitor_command, registry_app, retrain_command
 
@@ -30,7 +31,7 @@ app = typer.Typer(
 @friendly_errors
 def init(
     data: Annotated[Path, typer.Option("--data", help="Labelled data file the recipe will train on.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the recipe.")] = Path("recipe.yaml"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the recipe.")] = Path(RECIPE),
     task: Annotated[
         str, typer.Option("--task", help="text-classification or image-classification.")
     ] = "text-classification",
@@ -165,7 +166,7 @@ def evaluate(
     from modelyard.evaluation.evaluate import evaluate as run_evaluate
 
     out_dir, _ = run_evaluate(run_dir, data, text_column=text_column, label_column=label_column, console=err_console)
-    print(out_dir / "metrics.json")
+    print(out_dir / METRICS)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from modelyard._internal.layout import RECIPE
 from modelyard.errors import ModelyardError
 
 
@@ -52,7 +53,7 @@ def smoke_test_server(run_dir: Path, console: Console, timeout_s: float = 120.0)
     from modelyard.models.loading import load
     from modelyard.serving import create_app
 
-    cfg = load_recipe(run_dir / "recipe.yaml").serve
+    cfg = load_recipe(run_dir / RECIPE).serve
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(lambda: load(run_dir), cfg), host="127.0.0.1", port=port, log_level="warning")

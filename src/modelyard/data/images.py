@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from modelyard._internal.io import read_json, write_json
+from modelyard._internal.layout import DATA_REPORT, FINGERPRINTS
 from modelyard._internal.packages import package_dir
 from modelyard.config import DataConfig
 from modelyard.data.split import min_examples_per_class, stratified_sample, stratified_split
@@ -460,7 +461,7 @@ def read_image_splits(run_dir: Path) -> ImageData:
             splits[name] = ImageSplit(z["images"], z["labels"].astype(np.int64), [str(r) for r in z["refs"]])
     return ImageData(
         labels=read_json(split_dir / "labels.json"),
-        report=read_json(Path(run_dir) / "data_report.json"),
-        fingerprints=read_json(Path(run_dir) / "fingerprints.json"),
+        report=read_json(Path(run_dir) / DATA_REPORT),
+        fingerprints=read_json(Path(run_dir) / FINGERPRINTS),
         **splits,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard._internal.io import atomic_write_text, write_json
+from modelyard._internal.layout import REPORT
 from modelyard.explain.core import METHODS, Explanation, explain
 from modelyard.explain.render import render_html
 
@@ -85,11 +86,11 @@ def explain_run(
     page = render_html(explanations, title=title)
     atomic_write_text(output, page)
     run_dir = _run_dir_of(model_dir)
-    if (run_dir / "report.html").is_file():
+    if (run_dir / REPORT).is_file():
         from modelyard.evaluation.report import add_stage_section
 
         add_stage_section(
-            run_dir / "report.html",
+            run_dir / REPORT,
             "explanations",
             f"Explanations (latest: {method})",
             page,

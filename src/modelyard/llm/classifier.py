@@ -24,6 +24,7 @@ import numpy as np
 
 from modelyard._internal.io import atomic_write_bytes, read_json, write_json
 from modelyard._internal.labels import label_predictions
+from modelyard._internal.layout import MANIFEST, MODEL_META
 from modelyard.config import CleaningConfig
 from modelyard.data.cleaning import clean_text
 from modelyard.errors import ConfigError, ModelError
@@ -59,7 +60,7 @@ class PromptClassifier:
         from modelyard.llm.cache import load_lm, resolve_lm
 
         model_dir = Path(model_dir)
-        meta_path = model_dir / "modelyard.json"
+        meta_path = model_dir / MODEL_META
         if not meta_path.is_file():
             raise ModelError(f"{model_dir} has no modelyard.json; not a modelyard model directory")
         self.model_dir = model_dir
@@ -272,7 +273,7 @@ class PromptClassifier:
             "runtime": "prompt",
             "backend": self.backend,
             "name": self.meta.get("name"),
-            "run_id": run_dir.name if (run_dir / "manifest.json").is_file() else None,
+            "run_id": run_dir.name if (run_dir / MANIFEST).is_file() else None,
             "backbone": self.meta.get("backbone"),
             "labels": self.labels,
             "max_length": self.max_length,
@@ -458,5 +459,5 @@ def save_prompt_model(
     }
     if openai is not None:
         meta["openai"] = dict(openai)
-    write_json(path / "modelyard.json", meta)
+    write_json(path / MODEL_META, meta)
     return path

@@ -17,6 +17,7 @@ import numpy as np
 
 from modelyard._internal.io import read_json
 from modelyard._internal.labels import add_prediction_columns, label_predictions
+from modelyard._internal.layout import MANIFEST, MODEL_META
 from modelyard.data.images import IMAGE_EXTENSIONS
 from modelyard.errors import DataError, ModelError
 from modelyard.models.image_base import ImageModel
@@ -42,7 +43,7 @@ class ImageClassifier:
         from modelyard._internal.runtime import pick_device
 
         self.model_dir = Path(model_dir)
-        self.meta: dict[str, Any] = read_json(self.model_dir / "modelyard.json")
+        self.meta: dict[str, Any] = read_json(self.model_dir / MODEL_META)
         self.labels: list[str] = list(self.meta["labels"])
         self.image_size = tuple(int(x) for x in self.meta["image_size"])
         self.channels = int(self.meta["channels"])
@@ -61,7 +62,7 @@ class ImageClassifier:
         run_dir = self.model_dir.parent
         return {
             "name": self.meta.get("name"),
-            "run_id": run_dir.name if (run_dir / "manifest.json").is_file() else None,
+            "run_id": run_dir.name if (run_dir / MANIFEST).is_file() else None,
             "task": self.task,
             "model_type": self.meta.get("model_type"),
             "labels": self.labels,

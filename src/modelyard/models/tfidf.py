@@ -26,7 +26,7 @@ from pydantic import Field
 
 from modelyard._internal.io import read_json, write_json
 from modelyard._internal.labels import label_predictions
-from modelyard._internal.layout import MODEL_META
+from modelyard._internal.layout import MANIFEST, MODEL_META
 from modelyard.config import CleaningConfig, ModelSettings, TfidfConfig
 from modelyard.data.chinese import segment
 from modelyard.data.cleaning import clean_text
@@ -172,7 +172,7 @@ class TfidfClassifier:
         run_dir = self.model_dir.parent
         return {
             "name": self.meta.get("name"),
-            "run_id": run_dir.name if (run_dir / "manifest.json").is_file() else None,
+            "run_id": run_dir.name if (run_dir / MANIFEST).is_file() else None,
             "backbone": "tfidf-logreg",
             "labels": self.labels,
             "max_length": self.max_length,

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from modelyard._internal.layout import RECIPE
 from modelyard.registry.names import RegistryError
 from modelyard.registry.store import Registry
 
@@ -169,12 +170,12 @@ def retrain(
     data, hold, counts = build_training_data(splits, feedback, labels, holdout)
     console.print(f"retrain {app}: champion v{champion.version}; data {counts}", highlight=False)
 
-    raw = yaml.safe_load((champion.path / "recipe.yaml").read_text(encoding="utf-8"))
+    raw = yaml.safe_load((champion.path / RECIPE).read_text(encoding="utf-8"))
     raw = apply_overrides(raw, list(overrides or []))
     raw["output_dir"] = str(Path(output_dir or registry.store / "retrain" / app).resolve())
     raw.setdefault("data", {})["labels"] = labels  # same label order, so the server can hot-swap
     raw["data"]["extra_train"] = []  # the champion's splits already contain them
-    recipe = recipe_from_dict(raw, base_dir=champion.path, source=str(champion.path / "recipe.yaml"))
+    recipe = recipe_from_dict(raw, base_dir=champion.path, source=str(champion.path / RECIPE))
     run_dir = train(recipe, data=data, console=console)
 
     champ_clf, chal_clf = load(champion.path), load(run_dir)

@@ -23,13 +23,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from modelyard._internal.io import sha256_file
+from modelyard._internal.layout import DATA_REPORT, FINGERPRINTS, MANIFEST, METRICS, MODEL_META, RECIPE
 from modelyard.registry.artifacts import looks_like_pickle, validate_model_dir
 from modelyard.registry.engine import RegistryEngine, add_audit_event
 from modelyard.registry.models import Alias, App, AuditEvent, ModelVersion, utcnow
 from modelyard.registry.names import RegistryError, safe_join, validate_alias, validate_name
 
 # Run files copied next to the model: what serving, monitoring and retraining need from the run.
-_RUN_FILES = ("metrics.json", "manifest.json", "recipe.yaml", "data_report.json", "fingerprints.json")
+_RUN_FILES = (METRICS, MANIFEST, RECIPE, DATA_REPORT, FINGERPRINTS)
 _RUN_SPLITS = ("train.parquet", "valid.parquet", "test.parquet", "labels.json")
 
 
@@ -143,9 +144,9 @@ class VersionStore:
                 raise RegistryError(f"{src}: the content is a pickle; pickles are never loaded")
             if rel.suffix == ".parquet" and head[:4] != b"PAR1":
                 raise RegistryError(f"{src}: not a Parquet file (no PAR1 magic)")
-        metrics = _read_json_or(run / "metrics.json", {})
-        manifest = _read_json_or(run / "manifest.json", {})
-        meta = _read_json_or(run / "model" / "modelyard.json", {})
+        metrics = _read_json_or(run / METRICS, {})
+        manifest = _read_json_or(run / MANIFEST, {})
+        meta = _read_json_or(run / "model" / MODEL_META, {})
         labels = [str(x) for x in meta.get("labels", [])]
         if not labels:
             raise RegistryError(f"{run}/model/modelyard.json has no labels")

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelyard._internal.io import atomic_write_text, write_json
+from modelyard._internal.layout import REPORT
 from modelyard.config import (
     Recipe,
 )
@@ -343,7 +344,7 @@ def _finish(study: optuna.Study, settings: TuneSettings, console: Console, secon
 
         best_run = Path(best.user_attrs["run_dir"])
         add_stage_section(
-            best_run / "report.html",
+            best_run / REPORT,
             "tuning",
             f"Hyper-parameter search (this run is trial {best.number})",
             report.read_text(encoding="utf-8"),

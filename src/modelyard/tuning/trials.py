@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from modelyard._internal.io import read_json
+from modelyard._internal.layout import METRICS, PREDICTIONS
 from modelyard._internal.rundir import INCOMPLETE, discard_run
 from modelyard.config import (
     LOWER_IS_BETTER,
@@ -35,7 +36,7 @@ BACKENDS = ("optuna", "ray")
 TRIALS_DIR = "trials"
 STUDY_DB = "study.db"
 # What a non-best trial loses after the search: everything large. Metrics, history and report stay.
-_HEAVY = ("model", "checkpoints", "splits", "predictions.parquet")
+_HEAVY = ("model", "checkpoints", "splits", PREDICTIONS)
 
 
 class TuneSettings:
@@ -178,7 +179,7 @@ def run_trial(
             # never resumed on its own, so remove it.
             _remove_incomplete(trial_dir)
             raise
-    valid = read_json(run_dir / "metrics.json")["valid"]
+    valid = read_json(run_dir / METRICS)["valid"]
     value = valid.get(settings.metric_name)
     if value is None or not math.isfinite(float(value)):
         raise ModelyardError(f"{settings.metric} is undefined for this trial ({value}); tune another metric")
