@@ -12,12 +12,15 @@ import yaml
 from rich.console import Console
 
 from modelyard._internal.layout import RECIPE
+from modelyard.config import apply_overrides, load_recipe, recipe_from_dict
 from modelyard.errors import ModelyardError
+from modelyard.models.loading import load
+from modelyard.serving import create_app
+from modelyard.training.run import train
 
 
 def quickstart_recipe(output_dir: Path, overrides: list[str]):  # noqa: ANN201 - Recipe
     """The packaged quickstart recipe with ``output_dir`` and overrides applied (paths relative to cwd)."""
-    from modelyard.config import apply_overrides, recipe_from_dict
 
     raw = yaml.safe_load(resources.files("modelyard").joinpath("recipes/quickstart.yaml").read_text("utf-8"))
     raw["output_dir"] = str(output_dir)
@@ -27,7 +30,6 @@ def quickstart_recipe(output_dir: Path, overrides: list[str]):  # noqa: ANN201 -
 
 def run_quickstart(output_dir: Path, overrides: list[str], *, smoke_serve: bool, console: Console) -> Path:
     """Train + evaluate the quickstart recipe, then (optionally) serve it on loopback and call it once."""
-    from modelyard.training.run import train
 
     recipe = quickstart_recipe(output_dir, overrides)
     run_dir = train(recipe, console=console)
@@ -48,10 +50,6 @@ def smoke_test_server(run_dir: Path, console: Console, timeout_s: float = 120.0)
     """Start the real server on a free loopback port, wait for /readyz, POST /v1/predict, shut down."""
     import httpx
     import uvicorn
-
-    from modelyard.config import load_recipe
-    from modelyard.models.loading import load
-    from modelyard.serving import create_app
 
     cfg = load_recipe(run_dir / RECIPE).serve
     port = _free_port()

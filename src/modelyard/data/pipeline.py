@@ -11,6 +11,7 @@ import pandas as pd
 
 from modelyard.config import DataConfig
 from modelyard.data.cleaning import as_str_list, clean_frame, normalize_label
+from modelyard.data.extra import add_extra_train
 from modelyard.data.sources import BUNDLED_PREFIX, load_bundled, load_table, suggest_column
 from modelyard.data.split import min_examples_per_class, stratified_sample, stratified_split
 from modelyard.errors import DataError
@@ -233,8 +234,6 @@ def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
     train, valid, test = stratified_split(cleaned, cfg.valid_size, cfg.test_size, cfg.seed)
     extra_reports: list[dict[str, Any]] = []
     if cfg.extra_train:
-        from modelyard.data.extra import add_extra_train
-
         train, extra_reports, extra_fp = add_extra_train(
             train, [valid, test], cfg.extra_train, cfg.clean, base_dir, list(labels), cfg.seed
         )

@@ -20,9 +20,7 @@ from modelyard.evaluation.metrics import HEADLINE
 
 def prediction_frame(split: str, texts: list[str], y: np.ndarray | None, probs: np.ndarray, labels: list[str]) -> Any:
     """The evaluation table (``predictions.parquet``): ``split``, ``text``, gold ``label`` + the shared columns."""
-    frame = pd.DataFrame(
-        {"split": split, "text": texts, "label": [labels[i] for i in y] if y is not None else None}
-    )
+    frame = pd.DataFrame({"split": split, "text": texts, "label": [labels[i] for i in y] if y is not None else None})
     return add_prediction_columns(frame, labels, probs)
 
 

@@ -9,8 +9,10 @@ from typing import Any
 
 from modelyard._internal.io import atomic_write_text, write_json
 from modelyard._internal.layout import REPORT
+from modelyard.evaluation.report import add_stage_section
 from modelyard.explain.core import METHODS, Explanation, explain
 from modelyard.explain.render import render_html
+from modelyard.models.loading import load, model_dir_of
 
 __all__ = ["explain_run"]
 
@@ -51,7 +53,6 @@ def explain_run(
         ModelError: ``run_dir`` holds no usable model.
         ValueError: Unknown method or target, or no texts.
     """
-    from modelyard.models.loading import load, model_dir_of
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -87,8 +88,6 @@ def explain_run(
     atomic_write_text(output, page)
     run_dir = _run_dir_of(model_dir)
     if (run_dir / REPORT).is_file():
-        from modelyard.evaluation.report import add_stage_section
-
         add_stage_section(
             run_dir / REPORT,
             "explanations",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from modelyard._internal.packages import package_dir
 from modelyard.errors import ModelError
+from modelyard.llm.gemma import gemma_backbone_dir
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,6 @@ def resolve_backbone(spec: str, base_dir: Path) -> str:
                 + ", ".join(f"bundled:{n}" for n in BUNDLED_BACKBONES)
             )
         if entry.gguf:
-            from modelyard.llm.gemma import gemma_backbone_dir
-
             return str(gemma_backbone_dir())
         pkg = package_dir(entry.package)
         if pkg is None:

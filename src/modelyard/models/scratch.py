@@ -15,6 +15,7 @@ from modelyard.config import ArchConfig, ModelSettings, TokenizerConfig
 from modelyard.errors import ConfigError
 from modelyard.kinds import ModelKind, register_kind
 from modelyard.models.text_classifier import check_safetensors_weights, load_text_classifier, save_text_model
+from modelyard.models.tokenization import train_tokenizer
 
 
 class ScratchTextSettings(ModelSettings):
@@ -63,8 +64,6 @@ def scratch_tokenizer(cfg: ScratchTextSettings, texts: list[str] | None) -> Any:
     vocabulary its checkpoint was trained with.
     """
     from transformers import PreTrainedTokenizerFast
-
-    from modelyard.models.tokenization import train_tokenizer
 
     if texts is None:
         raise ConfigError(f"model.type '{cfg.type}' trains its tokenizer on the training texts; none were given")

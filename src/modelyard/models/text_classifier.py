@@ -14,10 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from modelyard._internal.batching import pad_batch, sorted_batches
 from modelyard._internal.io import read_json, write_json
 from modelyard._internal.labels import label_predictions
 from modelyard._internal.layout import MANIFEST, MODEL_META
+from modelyard.config import CleaningConfig
+from modelyard.data.cleaning import clean_text as _normalize
 from modelyard.errors import ModelError
+from modelyard.kinds import get_kind
 
 
 class Classifier:
@@ -34,8 +38,6 @@ class Classifier:
         from transformers.utils import logging as hf_logging
 
         from modelyard._internal.runtime import pick_device
-        from modelyard.config import CleaningConfig
-        from modelyard.data.cleaning import clean_text as _normalize
 
         meta_path = model_dir / MODEL_META
         if not meta_path.is_file():
@@ -82,7 +84,6 @@ class Classifier:
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), len(labels))``; rows sum to 1."""
-        from modelyard._internal.batching import pad_batch, sorted_batches
 
         if isinstance(texts, str):
             raise TypeError("predict_proba expects a list of texts, not a single string")
@@ -125,7 +126,6 @@ def text_model_metadata(recipe: Any, labels: list[str], backbone: str, model_typ
 
 def save_text_model(path: Path, model: Any, tokenizer: Any, recipe: Any, labels: list[str]) -> None:
     """Save a Hugging Face layout directory that plain ``transformers`` loads, plus ``modelyard.json``."""
-    from modelyard.kinds import get_kind
 
     path.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "merge_and_unload"):  # peft LoRA: merge the adapters so plain transformers loads it

@@ -29,9 +29,13 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from modelyard._internal.batching import pad_batch
+from modelyard._internal.io import atomic_write_text, write_json
 from modelyard.evaluation.report import _fig_text, _figure_env, _new_figure, _svg
+from modelyard.models.loading import load
 from modelyard.registry.names import RegistryError
 from modelyard.registry.store import Registry, parse_since
+from modelyard.training.run import load_splits
 
 _FLOOR = 1e-4
 _TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -72,8 +76,6 @@ def _embed(clf: Any, texts: list[str], batch: int = 64) -> np.ndarray | None:
     if model is None or tokenizer is None or not texts:
         return None
     import torch
-
-    from modelyard._internal.batching import pad_batch
 
     ids = clf.encode(texts)
     total, n = None, 0
@@ -136,9 +138,6 @@ def monitor(
         value, threshold and verdict, sample sizes and the dashboard path.
     """
     from scipy.stats import ks_2samp
-
-    from modelyard.models.loading import load
-    from modelyard.training.run import load_splits
 
     th = thresholds or Thresholds()
     version = registry.resolve(app, alias)
@@ -240,7 +239,6 @@ def render_dashboard(summary: dict[str, Any], charts: list[dict[str, Any]]) -> s
 
 
 def _write(output: Path, summary: dict[str, Any], charts: list[dict[str, Any]]) -> None:
-    from modelyard._internal.io import atomic_write_text, write_json
 
     summary["dashboard"] = str(output)
     atomic_write_text(output, render_dashboard(summary, charts))

@@ -25,8 +25,13 @@ import pandas as pd
 from rich.console import Console
 
 from modelyard._internal.layout import RECIPE
+from modelyard.config import apply_overrides, recipe_from_dict
+from modelyard.data import PreparedData
+from modelyard.evaluation.metrics import compute_metrics
+from modelyard.models.loading import load
 from modelyard.registry.names import RegistryError
 from modelyard.registry.store import Registry
+from modelyard.training.run import load_splits, train
 
 
 def text_key(text: str) -> str:
@@ -52,7 +57,6 @@ def build_training_data(
     Returns:
         ``(prepared data for the challenger, feedback hold-out frame, counts)``.
     """
-    from modelyard.data import PreparedData
 
     counts = {"feedback_rows": len(feedback), "feedback_unknown_label": 0}
     latest: dict[str, tuple[Any, str]] = {}
@@ -109,7 +113,6 @@ def build_training_data(
 
 
 def _score(clf: Any, frame: pd.DataFrame, labels: list[str]) -> dict[str, Any] | None:
-    from modelyard.evaluation.metrics import compute_metrics
 
     if frame.empty:
         return None
@@ -151,10 +154,6 @@ def retrain(
         RegistryError: Unknown app/alias, no feedback, or a bad metric/margin.
     """
     import yaml
-
-    from modelyard.config import apply_overrides, recipe_from_dict
-    from modelyard.models.loading import load
-    from modelyard.training.run import load_splits, train
 
     if metric not in ("macro_f1", "accuracy"):
         raise RegistryError(f"--metric {metric!r}: use macro_f1 or accuracy")

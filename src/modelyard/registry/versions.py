@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from modelyard._internal.io import sha256_file
 from modelyard._internal.layout import DATA_REPORT, FINGERPRINTS, MANIFEST, METRICS, MODEL_META, RECIPE
+from modelyard._internal.rundir import find_run
 from modelyard.registry.artifacts import looks_like_pickle, validate_model_dir
 from modelyard.registry.engine import RegistryEngine, add_audit_event
 from modelyard.registry.models import Alias, App, AuditEvent, ModelVersion, utcnow
@@ -119,7 +120,6 @@ class VersionStore:
             RegistryError: Bad name, not a finished run, or a file that is not acceptable (pickle,
                 symlink, malformed safetensors/JSON).
         """
-        from modelyard._internal.rundir import find_run
 
         validate_name(app)
         run_dir = Path(run_dir)

@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, Response
 
 from modelyard import __version__
 from modelyard.config import ServeConfig
+from modelyard.explain import explain
 from modelyard.explain.core import ExplainUnsupportedError
 from modelyard.serving.batcher import MicroBatcher
 from modelyard.serving.http_errors import RETRY_AFTER, ApiError, install_error_handlers, submit_batch
@@ -282,7 +283,6 @@ class ModelRuntime:
             RuntimeError: No model is loaded.
             ExplainUnsupportedError: The classifier has no PyTorch model / tokenizer.
         """
-        from modelyard.explain import explain
 
         loaded = self._loaded
         if loaded is None:

@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelyard.serving.batcher import BatcherClosedError, BatchFailedError, QueueFullError
+
 logger = logging.getLogger("modelyard.serving")
 
 # Codes for HTTP errors raised by the framework itself (routing, method checks).
@@ -162,7 +164,6 @@ RETRY_AFTER = {"Retry-After": "1"}
 
 async def submit_batch(batcher: Any, items: list[Any]) -> list[Any]:
     """Hand ``items`` to the micro-batcher; its refusals become the JSON errors clients see (503/500)."""
-    from modelyard.serving.batcher import BatcherClosedError, BatchFailedError, QueueFullError
 
     try:
         return await batcher.submit(items)

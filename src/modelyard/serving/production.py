@@ -37,13 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.config import ServeConfig
 from modelyard.errors import ModelyardError
+from modelyard.models.loading import load
+from modelyard.registry import open_registry
 from modelyard.registry.artifacts import validate_model_dir
 from modelyard.registry.models import utcnow
 from modelyard.registry.names import RegistryError, validate_alias, validate_name
 from modelyard.registry.store import Registry
 from modelyard.registry.versions import VersionInfo, tree_sha256
 from modelyard.rundir import RunDir
-from modelyard.serving.app import ModelRuntime, create_app
+from modelyard.serving.app import DEFAULT_HOST, GRACEFUL_SHUTDOWN_S, ModelRuntime, create_app
 from modelyard.serving.console import install_console
 from modelyard.serving.http_errors import ApiError
 from modelyard.serving.predlog import PredictionLog, mask_pii
@@ -106,7 +108,6 @@ def load_version(version: VersionInfo, alias: str) -> RegistryModel:
         ModelError: The model does not load.
         ValueError: The smoke prediction is malformed.
     """
-    from modelyard.models.loading import load
 
     root = version.path
     validate_model_dir(root / "model")
@@ -454,8 +455,6 @@ def run_app(app: FastAPI, cfg: ServeConfig, host: str | None, port: int | None) 
     """Run an app with uvicorn like :func:`modelyard.serving.serve` (loopback unless ``host`` is given)."""
     import uvicorn
 
-    from modelyard.serving.app import DEFAULT_HOST, GRACEFUL_SHUTDOWN_S
-
     uvicorn.run(
         app,
         host=host or cfg.host or DEFAULT_HOST,
@@ -498,7 +497,6 @@ def serve_registry(
         RegistryError: Bad target, unknown app or unset alias, or a bad key-cache lifetime (before the
             server starts).
     """
-    from modelyard.registry import open_registry
 
     name, alias = parse_target(target)
     registry = open_registry(store, db)

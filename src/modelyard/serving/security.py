@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelyard.registry.keys import KeyInfo
 from modelyard.registry.names import RegistryError
 from modelyard.serving.http_errors import error_response
+from modelyard.serving.middleware import MetricsMiddleware
 
 # The console's page, script and style sheet are public: they hold no data (serving/console.py).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/console/console.js", "/console/console.css"})
@@ -259,8 +260,6 @@ def install_auth(app: object, verify: Callable[[str], KeyInfo | None], *, cache_
     """
     cache_s = key_cache_seconds(cache_s)
     from starlette.middleware import Middleware
-
-    from modelyard.serving.middleware import MetricsMiddleware
 
     stack = app.user_middleware  # type: ignore[attr-defined]
     # user_middleware[0] is the outermost layer; put auth right after the metrics layer.

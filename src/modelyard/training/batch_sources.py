@@ -80,8 +80,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-
-
 class TextBatches:
     """Token-id splits: length-grouped shuffled batches, right-padded per batch."""
 

@@ -12,9 +12,15 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from modelyard._internal.io import read_jsonl
 from modelyard._internal.labels import PRED, add_prediction_columns
-from modelyard.config import Recipe
-from modelyard.errors import ConfigError
+from modelyard.config import Recipe, load_recipe
+from modelyard.data import prepare_data
+from modelyard.data.sources import read_table, write_table
+from modelyard.errors import ConfigError, DataError
+from modelyard.evaluation.metrics import compute_metrics
+from modelyard.llm.classifier import load_prompt_model
+from modelyard.models.loading import load
 from modelyard.models.prompt import PromptSettings, predict_with_progress, prompt_settings, write_prompt_model
 
 # Texts scored between two progress updates (the LM is slow on CPU: show an ETA, not a frozen screen).
@@ -36,10 +42,6 @@ def prompt_try(recipe: Recipe, *, sample: int, console: Console, show: int = 10)
     import tempfile
 
     from rich.table import Table
-
-    from modelyard.data import prepare_data
-    from modelyard.evaluation.metrics import compute_metrics
-    from modelyard.llm.classifier import load_prompt_model
 
     if not isinstance(recipe.model, PromptSettings):
         raise ConfigError(f"`modelyard prompt try` needs model.type 'prompt' (the recipe has '{recipe.model.type}')")
@@ -100,7 +102,6 @@ def prompt_try(recipe: Recipe, *, sample: int, console: Console, show: int = 10)
     history_path.parent.mkdir(parents=True, exist_ok=True)
     with history_path.open("a", encoding="utf-8") as fh:  # append-only log; one line per try
         fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    from modelyard._internal.io import read_jsonl
 
     past = [r for r in read_jsonl(history_path) if r.get("recipe") == recipe.name][-8:]
     versions = Table(title=f"prompt versions of {recipe.name} ({history_path})")
@@ -144,17 +145,11 @@ def label_file(
     """
     import tempfile
 
-    from modelyard.data.sources import read_table, write_table
-    from modelyard.errors import DataError
-    from modelyard.models.loading import load
-
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
     source = Path(source)
     with tempfile.TemporaryDirectory(prefix="modelyard-label-") as tmp:
         if source.is_file():
-            from modelyard.config import load_recipe
-
             recipe = load_recipe(source)
             if not isinstance(recipe.model, PromptSettings):
                 raise ConfigError(
@@ -206,8 +201,6 @@ def label_file(
 
 def _prompt_model_from_recipe(recipe: Recipe, model_dir: Path) -> Path:
     """A prompt model directory from a recipe; the data is read only when shots or labels need it."""
-
-    from modelyard.data import prepare_data
 
     p = recipe.model.prompt
     assert p is not None

@@ -98,9 +98,7 @@ def train(
     console.print(f"run [bold]{run_id}[/] → {run_dir}")
     if not kind.trains_in_loop:
         if resume is not None:
-            raise ModelyardError(
-                f"{kind.name} runs have no training steps to resume (a one-shot fit); start a new run"
-            )
+            raise ModelyardError(f"{kind.name} runs have no training steps to resume (a one-shot fit); start a new run")
         return _one_shot_run(recipe, data, run_id, run_dir, console, t0)
 
     ft = FineTuneRecipe(recipe, run_dir, data, console)

@@ -16,11 +16,11 @@ from markupsafe import Markup
 
 from modelyard._internal.io import atomic_write_text
 from modelyard.evaluation.report import _fig_text, _figure_env, _new_figure, _svg
+from modelyard.tuning.trials import TuneSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from modelyard.tuning.trials import TuneSettings
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en">

@@ -35,6 +35,9 @@ from modelyard.config import (
     Recipe,
 )
 from modelyard.errors import ModelyardError
+from modelyard.evaluation.report import add_stage_section
+from modelyard.tuning.ray_backend import run_ray
+from modelyard.tuning.report import write_tune_report
 from modelyard.tuning.trials import (
     _HEAVY,
     BACKENDS,
@@ -134,8 +137,6 @@ def tune(
             if backend == "optuna":
                 _optimize(study, settings, remaining, console)
             else:
-                from modelyard.tuning.ray_backend import run_ray
-
                 run_ray(study, settings, remaining, console, baseline=baseline)
         return _finish(study, settings, console, time.time() - t0)
 
@@ -327,7 +328,6 @@ def _write_best_recipe(settings: TuneSettings, best: optuna.trial.FrozenTrial) -
 
 
 def _finish(study: optuna.Study, settings: TuneSettings, console: Console, seconds: float) -> Path:
-    from modelyard.tuning.report import write_tune_report
 
     tune_dir = settings.tune_dir
     records = trial_records(study)
@@ -340,8 +340,6 @@ def _finish(study: optuna.Study, settings: TuneSettings, console: Console, secon
         _write_best_recipe(settings, best)
     report = write_tune_report(tune_dir / "tune_report.html", study, settings, records)
     if best is not None and best.user_attrs.get("run_dir"):
-        from modelyard.evaluation.report import add_stage_section
-
         best_run = Path(best.user_attrs["run_dir"])
         add_stage_section(
             best_run / REPORT,

@@ -26,8 +26,11 @@ from modelyard.config import (
     UniformParam,
     recipe_from_dict,
 )
+from modelyard.data import prepare_data
 from modelyard.errors import ConfigError, ModelyardError
 from modelyard.kinds import get_kind
+from modelyard.models import resolve_backbone
+from modelyard.training.run import train
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -127,8 +130,6 @@ def _check_space_values(recipe: Recipe) -> None:
 
 def _preflight(recipe: Recipe) -> None:
     """Fail once, up front, on data or backbone problems that would fail every trial."""
-    from modelyard.data import prepare_data
-    from modelyard.models import resolve_backbone
 
     keys = recipe.tune.space
     if not any(k.startswith("data.") for k in keys):
@@ -159,7 +160,6 @@ def run_trial(
     Raises:
         ModelyardError: invalid parameter combination, diverged training, undefined metric.
     """
-    from modelyard.training.run import train
 
     trial_dir.mkdir(parents=True, exist_ok=True)
 
