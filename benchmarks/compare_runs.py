@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from modelyard.data.sources import read_table
-    from modelyard.evaluation.compare import latency_p50_ms, model_size_mb
     from modelyard.evaluation.metrics import compute_metrics
     from modelyard.models.loading import load
+    from modelyard.ops.compare import latency_p50_ms, model_size_mb
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR")

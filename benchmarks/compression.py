@@ -1,6 +1,6 @@
 """Compress a trained run and compare the variants with the fp32 torch model, side by side.
 
-    python benchmarks/compression.py RUN_DIR [--methods onnx-int8,dynamic-int8] [--repeats 50]
+    python benchmarks/compression.py RUN_DIR [--methods onnx,onnx-int8] [--repeats 50]
 
 Prints the comparison table, then the headline of the issue: torch fp32 p50@1 / onnx-int8 p50@1
 (target ≥ 2.5×), the accuracy drop in points (target ≤ 0.5) and the argmax agreement (target ≥ 99%)

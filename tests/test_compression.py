@@ -101,7 +101,7 @@ def test_onnx_parity_within_tolerance(compressed: tuple[Path, dict]) -> None:
 def test_onnx_is_exported_by_the_dynamo_exporter_with_symbolic_axes(compressed: tuple[Path, dict]) -> None:
     import onnx
 
-    from modelyard.compression.build import ONNX_OPSET
+    from modelyard.compression.onnx_export import ONNX_OPSET
 
     run, _ = compressed
     for method in ("onnx", "onnx-int8"):
@@ -111,6 +111,8 @@ def test_onnx_is_exported_by_the_dynamo_exporter_with_symbolic_axes(compressed: 
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
     assert dims == {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"]}
     assert [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] == ["batch", 2]
+    # the exporter's per-node debug metadata (stack traces with this machine's paths) is not shipped
+    assert not any(node.metadata_props for node in graph.node)
 
 
 def test_onnx_nodes_are_named_by_module_so_the_int8_ladder_finds_them(compressed: tuple[Path, dict]) -> None:
@@ -129,6 +131,38 @@ def test_onnx_nodes_are_named_by_module_so_the_int8_ladder_finds_them(compressed
     assert sum(any(p.search(n) for p in ladder["ffn-out-fp32"]) for n in matmuls) == 2
     assert sum(any(p.search(n) for p in ladder["ffn-fp32"]) for n in matmuls) == 4
     assert sum(any(p.search(n) for p in ladder["ffn+attn-out-fp32"]) for n in matmuls) == 6
+
+
+@pytest.mark.parametrize(("kind", "exporter"), [("textcnn", "dynamo"), ("bilstm", "torchscript")])
+def test_scratch_models_export_with_dynamic_axes(tmp_path: Path, kind: str, exporter: str) -> None:
+    """TextCNN takes the dynamo exporter; the BiLSTM (pack_padded_sequence) the recorded TorchScript fallback."""
+    import onnxruntime as ort
+    import torch
+
+    from modelyard.compression.onnx_export import LEGACY_ONNX_OPSET, ONNX_OPSET, export_onnx
+    from modelyard.models import bilstm, textcnn
+
+    torch.manual_seed(0)
+    if kind == "textcnn":
+        model = textcnn.TextCNNForSequenceClassification(textcnn.TextCNNConfig(vocab_size=40, embedding_dim=8))
+    else:
+        model = bilstm.BiLSTMForSequenceClassification(bilstm.BiLSTMConfig(vocab_size=40, embedding_dim=8))
+    model.eval().save_pretrained(tmp_path / "src", safe_serialization=True)
+    logs: list[str] = []
+    info = export_onnx(tmp_path / "src", tmp_path / "model.onnx", log=logs.append)
+    assert info["exporter"] == exporter
+    assert info["opset"] == (ONNX_OPSET if exporter == "dynamo" else LEGACY_ONNX_OPSET)
+    assert (info["fallback_reason"] is None) == (exporter == "dynamo") and len(logs) == (exporter != "dynamo")
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for batch, length in ((1, 5), (4, 23)):  # the export used batch 2 × 8 tokens
+        ids = torch.as_tensor(rng.integers(5, 40, (batch, length)))
+        mask = torch.ones_like(ids)
+        mask[-1, length // 2 :], ids[-1, length // 2 :] = 0, 0  # one padded row
+        with torch.no_grad():
+            expected = model(input_ids=ids, attention_mask=mask).logits.numpy()
+        (got,) = session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        assert np.abs(got - expected).max() <= 1e-3
 
 
 def test_onnx_dynamic_axes(compressed: tuple[Path, dict]) -> None:

@@ -57,10 +57,13 @@ def test_rdrop_averages_the_two_passes_and_adds_half_alpha_times_the_symmetric_k
     second = torch.tensor([[1.0, 0.5, -1.0], [0.0, 2.0, 0.5]])
     p = [[math.exp(v) for v in _log_softmax(r)] for r in LOGITS.tolist()]
     q = [[math.exp(v) for v in _log_softmax(r)] for r in second.tolist()]
-    sym = sum(
-        sum(a * math.log(a / b) + b * math.log(b / a) for a, b in zip(pr, qr, strict=True))
-        for pr, qr in zip(p, q, strict=True)
-    ) / 2
+    sym = (
+        sum(
+            sum(a * math.log(a / b) + b * math.log(b / a) for a, b in zip(pr, qr, strict=True))
+            for pr, qr in zip(p, q, strict=True)
+        )
+        / 2
+    )
     assert losses.symmetric_kl(LOGITS, second).item() == pytest.approx(sym, abs=1e-6)
     assert losses.symmetric_kl(LOGITS, LOGITS).item() == pytest.approx(0.0, abs=1e-7)
 

@@ -141,7 +141,9 @@ def test_pretrain_writes_a_backbone_that_fine_tunes(tmp_path: Path) -> None:
     assert history[-1]["eval_loss"] < history[0]["eval_loss"]  # held-out MLM loss falls
     manifest = json.loads((backbone / "manifest.json").read_text())
     assert manifest["texts"]["train"] + manifest["texts"]["held_out"] > 160  # train split + corpus file
-    assert "<svg" in (backbone / "pretrain_report.html").read_text(encoding="utf-8")
+    page = (backbone / "pretrain_report.html").read_text(encoding="utf-8")
+    assert page.count("<svg") == 1
+    assert_report_shows_the_history(page, history)
 
     # the directory is a backbone for model.backbone (hf-encoder) …
     run = train(load_recipe(write_pretrain_recipe(tmp_path), [f"model.backbone={backbone}"]))
@@ -149,6 +151,52 @@ def test_pretrain_writes_a_backbone_that_fine_tunes(tmp_path: Path) -> None:
     # … and continued pretraining starts from it
     again = pretrain(load_recipe(write_pretrain_recipe(tmp_path), [f"pretrain.init={backbone}", "pretrain.epochs=1"]))
     assert json.loads((again / "manifest.json").read_text())["init"] == str(backbone)
+
+
+def _report_rows(page: str) -> list[list[str]]:
+    """The cells of the report's ``<tr class="eval">`` rows."""
+    import re
+
+    rows = re.findall(r'<tr class="eval">(.*?)</tr>', page, flags=re.S)
+    return [re.findall(r"<td>(.*?)</td>", row) for row in rows]
+
+
+def assert_report_shows_the_history(page: str, history: list[dict]) -> None:
+    """One table row per evaluation in history.json, each number rounded as displayed."""
+    rows = _report_rows(page)
+    assert len(rows) == len(history)
+    for (step, train, held_out, perplexity), record in zip(rows, history, strict=True):
+        assert int(step) == record["step"]
+        assert train == ("—" if "train_loss" not in record else f"{record['train_loss']:.4f}")
+        assert held_out == f"{record['eval_loss']:.4f}" and perplexity == f"{record['eval_perplexity']:.2f}"
+
+
+def test_pretrain_report_escapes_the_run_id_and_shows_history_json(tmp_path: Path) -> None:
+    import math
+
+    from modelyard.training.pretrain import write_pretrain_report
+
+    history = [{"step": 0, "eval_loss": 5.123456, "eval_perplexity": math.exp(5.123456)}] + [
+        {
+            "step": s,
+            "train_loss": 5.0 - s / 10,
+            "eval_loss": 4.98765 - s / 10,
+            "eval_perplexity": math.exp(4.98765 - s / 10),
+        }
+        for s in (5, 10)
+    ]
+    (tmp_path / "history.json").write_text(json.dumps(history), encoding="utf-8")
+    progress = tmp_path / "progress.jsonl"
+    lines = [json.dumps({"step": s, "loss": 5.5 - s / 20}) for s in range(1, 11)]
+    progress.write_text("\n".join([*lines, '{"step": 1']), encoding="utf-8")  # a torn last line is skipped
+    hostile = "<script>alert(1)</script>"
+    write_pretrain_report(tmp_path / "report.html", history, progress, hostile)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and "<script" not in page
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 2  # <title> and <h1>
+    assert page.count("<svg") == 1 and "held-out perplexity" in page
+    assert_report_shows_the_history(page, json.loads((tmp_path / "history.json").read_text(encoding="utf-8")))
+    assert _report_rows(page)[0] == ["0", "—", "5.1235", f"{math.exp(5.123456):.2f}"]
 
 
 def test_pretrain_without_section_or_texts_fails_clearly(tmp_path: Path) -> None:

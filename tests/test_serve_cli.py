@@ -42,7 +42,7 @@ def test_serve_process_end_to_end(tiny_run: Path, runtime: str) -> None:
         r = CliRunner().invoke(app, ["compress", str(tiny_run), "--methods", runtime, "--latency-repeats", "2"])
         assert r.exit_code == 0, r.stderr
         rows = {row["method"]: row for row in json.loads((tiny_run / "compression.json").read_text())["rows"]}
-        assert rows[runtime]["agreement"] >= 0.95
+        assert rows[runtime]["agreement"] >= 0.99  # the documented tolerance (compression.TOLERANCES)
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelyard.cli", "serve", str(tiny_run), "--port", str(port), "--runtime", runtime],

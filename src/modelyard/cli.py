@@ -220,7 +220,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1 — loopback only).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: the recipe's serve.port, 8000).")] = None,
     runtime: Annotated[
-        str, typer.Option(help="torch (default) or a variant made by `modelyard compress`: dynamic-int8, onnx, …")
+        str, typer.Option(help="torch (default) or a variant made by `modelyard compress`: onnx, onnx-int8, …")
     ] = "torch",
     store: Annotated[
         Path | None, typer.Option("--store", help="Registry store for NAME@ALIAS and API keys (default ~/.modelyard).")
@@ -249,11 +249,11 @@ def serve(
 
         loader = lambda: load(run_dir)  # noqa: E731
     else:
-        from modelyard.compression import RUNTIMES, load_variant
+        from modelyard.compression import load_variant
+        from modelyard.compression.variants import check_runtime
 
-        if runtime not in RUNTIMES:
-            raise ModelyardError(f"--runtime '{runtime}' is not one of {', '.join(RUNTIMES)}")
-        if not (Path(run_dir) / "compressed" / runtime).is_dir():
+        check_runtime(runtime)  # names the replacement of a removed variant (dynamic-int8 → onnx-int8)
+        if not (RunDir(run_dir).compressed_dir / runtime).is_dir():
             raise ModelyardError(
                 f"{run_dir} has no '{runtime}' variant; "
                 f"create it with: modelyard compress {run_dir} --methods {runtime}"
@@ -280,10 +280,9 @@ def compress(
         str,
         typer.Option(
             "--methods",
-            help="Comma-separated: dynamic-int8, onnx, onnx-int8, prune, distill (distill trains a student: "
-            "minutes, not seconds).",
+            help="Comma-separated: onnx, onnx-int8, prune, distill (distill trains a student: minutes, not seconds).",
         ),
-    ] = "dynamic-int8,onnx,onnx-int8,prune",
+    ] = "onnx,onnx-int8,prune",
     sparsity: Annotated[float, typer.Option(min=0.0, max=0.99, help="Fraction of weights `prune` removes.")] = 0.3,
     recovery_steps: Annotated[int, typer.Option(min=0, help="Fine-tune steps after pruning.")] = 50,
     latency_repeats: Annotated[int, typer.Option(min=1, help="Timed repetitions per latency figure.")] = 50,
@@ -435,7 +434,7 @@ def compare(
     latency_texts: Annotated[int, typer.Option(min=1, help="Test texts timed one by one (latency p50).")] = 50,
 ) -> None:
     """Train recipes on the identical split; write leaderboard.md/.json/.html (accuracy, F1, time, size, latency)."""
-    from modelyard.evaluation.compare import compare as run_compare
+    from modelyard.ops.compare import compare as run_compare
 
     run_compare(
         list(recipes), data=data, output=output, overrides=set_, latency_texts=latency_texts, console=err_console

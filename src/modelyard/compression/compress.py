@@ -365,46 +365,22 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
     console.print(table)
 
 
-_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>compression · {{ run }}</title>
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse}th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
-.fail{color:#b00;font-weight:bold}.ok{color:#070}code{background:#f4f4f4;padding:1px 3px}
-</style></head><body>
-<h1>compression · {{ run }}</h1>
-<p>{{ n }} test examples · torch {{ versions.torch }} · onnxruntime {{ versions.onnxruntime }} ·
-{{ threads }} CPU threads · {{ settings.latency_repeats }} timed calls per cell after {{ settings.latency_warmup }}
-warm-up calls ({{ settings.latency_scope }}).</p>
-<table><thead><tr>{% for title in titles %}<th>{{ title }}</th>{% endfor %}</tr></thead><tbody>
-{% for row in rows %}<tr>{% for cell in row.cells %}
-<td{% if loop.last %} class="{{ 'ok' if row.ok else 'fail' }}"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table>
-<h2>tolerances (vs torch-fp32 on the test split)</h2>
-<table><thead><tr><th>method</th><th>min agreement</th><th>max |Δlogit|</th><th>note</th></tr></thead><tbody>
-{% for name, tol in tolerances.items() %}<tr><td>{{ name }}</td>
-<td>{{ '-' if tol.min_agreement is none else tol.min_agreement }}</td>
-<td>{{ '-' if tol.max_abs_logit_diff is none else tol.max_abs_logit_diff }}</td><td>{{ tol.note }}</td></tr>
-{% endfor %}</tbody></table>
-<p>Sizes count the weight files (<code>size_kind</code> in compression.json).</p>
-</body></html>
-"""
-
-
 def render_html(result: dict[str, Any]) -> str:
-    """Self-contained HTML table (jinja2 with autoescape)."""
-    from jinja2 import Environment
+    """Self-contained HTML table, from ``evaluation/templates/compression.html.j2`` (the report's autoescaping env)."""
+    from modelyard.evaluation.html import environment
 
-    env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
     rows = [{"cells": [_cell(r, k, f) for k, _, f in _COLUMNS], "ok": r["parity_ok"]} for r in result["rows"]]
-    return env.from_string(_TEMPLATE).render(
-        run=result["run"],
-        n=result["n_examples"],
-        versions=result["versions"],
-        threads=result["threads"]["torch_intra_op"],
-        settings=result["settings"],
-        titles=[t for _, t, _ in _COLUMNS],
-        rows=rows,
-        tolerances=result["tolerances"],
+    return (
+        environment()
+        .get_template("compression.html.j2")
+        .render(
+            run=result["run"],
+            n=result["n_examples"],
+            versions=result["versions"],
+            threads=result["threads"]["torch_intra_op"],
+            settings=result["settings"],
+            titles=[t for _, t, _ in _COLUMNS],
+            rows=rows,
+            tolerances=result["tolerances"],
+        )
     )

@@ -1,40 +1,30 @@
 """The self-contained HTML evaluation report.
 
 One file, no network: figures are drawn with matplotlib and inlined as SVG, styles are inline, and
-there is no JavaScript. Texts and labels are user data, so the template is rendered with jinja2
-autoescaping on; only the SVG produced here is marked safe (matplotlib XML-escapes every text it
-writes into it).
-
-Figures are built with :class:`matplotlib.figure.Figure` directly and pyplot is never imported:
-that needs no GUI backend (the same effect as ``matplotlib.use("Agg")``) without changing the
-process-wide backend of a notebook or application that imports modelyard, and there is no pyplot
-figure registry that could leak figures, so nothing needs closing.
+there is no JavaScript. Rendering (autoescaping, SVG figures) goes through :mod:`modelyard.evaluation.html`,
+the one path every modelyard page uses.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
 import re
 import tempfile
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from modelyard.evaluation.html import environment, fig_text, figure_env, new_figure, svg
 from modelyard.evaluation.metrics import expected_calibration_error, reliability_bins
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 __all__ = ["write_report", "MAX_MISTAKES"]
 
@@ -60,53 +50,6 @@ _HEADLINE = [
 
 
 # --------------------------------------------------------------------------------------------- figures
-
-
-@contextlib.contextmanager
-def _figure_env(name: str) -> Iterator[None]:
-    """Settings in force while one figure is built and saved.
-
-    ``svg.fonttype = none`` keeps text as ``<text>`` so the browser renders it with its own fonts:
-    Chinese labels then display even though matplotlib's bundled DejaVu Sans has no CJK glyphs (the
-    "Glyph missing" warnings that layout emits for them are therefore noise and are silenced). A
-    per-figure ``svg.hashsalt`` gives every inlined SVG its own clip-path/marker ids, so ids never
-    collide between figures in the one HTML document, and keeps the output deterministic.
-    """
-    import matplotlib
-
-    with (
-        warnings.catch_warnings(),
-        matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"modelyard-{name}", "font.size": 9}),
-    ):
-        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
-        yield
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _svg(fig: Figure) -> Markup:
-    """Serialise a figure to an inline ``<svg>`` element (no XML prolog, DOCTYPE or metadata)."""
-    buf = io.StringIO()
-    # None drops each metadata entry; the defaults carry URLs and a timestamp that would make every
-    # report differ and trip "no external URL" checks.
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
-    text = buf.getvalue()
-    return Markup(text[text.index("<svg") :])
-
-
-def _fig_text(value: Any, limit: int = _MAX_TICK_CHARS) -> str:
-    """Make a user label safe to draw: no mathtext, not hidden from legends, not too long."""
-    text = str(value)
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    # An unescaped "$" pair switches matplotlib into mathtext (and can raise on odd input).
-    text = text.replace("$", r"\$")
-    # Legend entries starting with "_" are silently dropped by matplotlib.
-    return " " + text if text.startswith("_") else text
 
 
 def _thin(x: np.ndarray, y: np.ndarray, max_points: int = _MAX_CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -170,15 +113,15 @@ def _learning_curves(history: list[dict], steps: list[dict]) -> tuple[Markup | N
         note = "No per-epoch history."
     cols = len(panels) if len(panels) <= 2 else 2
     rows = math.ceil(len(panels) / cols)
-    with _figure_env("learning-curves"):
-        fig = _new_figure(5.0 * cols, 3.4 * rows)
+    with figure_env("learning-curves"):
+        fig = new_figure(5.0 * cols, 3.4 * rows)
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, (heading, xlabel, ylabel, lines) in zip(axes, panels, strict=False):
             for name, xs, ys in lines:
                 tx, ty = _thin(np.asarray(xs), np.asarray(ys), 2000)
                 # Per-epoch series have few points: markers make single epochs visible.
                 marker = "o" if xlabel == "epoch" else None
-                ax.plot(tx, ty, marker=marker, markersize=3, linewidth=1.2, label=_fig_text(name, 40))
+                ax.plot(tx, ty, marker=marker, markersize=3, linewidth=1.2, label=fig_text(name, 40))
             ax.set_title(heading)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
@@ -187,7 +130,7 @@ def _learning_curves(history: list[dict], steps: list[dict]) -> tuple[Markup | N
                 ax.legend(fontsize=8)
         for ax in axes[len(panels) :]:
             ax.set_visible(False)
-        return _svg(fig), note
+        return svg(fig), note
 
 
 def _confusion_figure(y: np.ndarray, pred: np.ndarray, labels: list[str], split: str) -> Markup:
@@ -201,8 +144,8 @@ def _confusion_figure(y: np.ndarray, pred: np.ndarray, labels: list[str], split:
     fraction = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
     side = min(max(4.5, 0.32 * k + 3.0), 12.5)
     fontsize = max(5.0, min(10.0, 130.0 / k))
-    with _figure_env("confusion"):
-        fig = _new_figure(side + 1.2, side)
+    with figure_env("confusion"):
+        fig = new_figure(side + 1.2, side)
         ax = fig.add_subplot()
         mesh = ax.pcolormesh(fraction, cmap="Blues", vmin=0.0, vmax=1.0, edgecolors="white", linewidth=0.5)
         for i in range(k):
@@ -217,7 +160,7 @@ def _confusion_figure(y: np.ndarray, pred: np.ndarray, labels: list[str], split:
                     color="white" if fraction[i, j] > 0.55 else "#222222",
                 )
         ticks = np.arange(k) + 0.5
-        names = [_fig_text(label) for label in labels]
+        names = [fig_text(label) for label in labels]
         ax.set_xticks(ticks, names, rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
         ax.set_yticks(ticks, names)
         ax.tick_params(labelsize=max(6.0, min(9.0, 180.0 / k)))
@@ -226,11 +169,11 @@ def _confusion_figure(y: np.ndarray, pred: np.ndarray, labels: list[str], split:
         ax.set_aspect("equal")
         ax.set_xlabel("Predicted label")
         ax.set_ylabel("True label")
-        ax.set_title(f"Confusion matrix ({_fig_text(split, 40)}, n = {len(y)})")
+        ax.set_title(f"Confusion matrix ({fig_text(split, 40)}, n = {len(y)})")
         colorbar = fig.colorbar(mesh, ax=ax, shrink=0.8, label="fraction of true class")
         # Colorbars with many colours are rasterised by default, which would nest a PNG in the SVG.
         colorbar.solids.set_rasterized(False)
-        return _svg(fig)
+        return svg(fig)
 
 
 def _one_vs_rest(y: np.ndarray, probs: np.ndarray, labels: list[str]) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -269,25 +212,25 @@ def _roc_figure(y: np.ndarray, probs: np.ndarray, labels: list[str], split: str)
     curves = _one_vs_rest(y, probs, labels)
     if not curves:
         return None, f"ROC curves are undefined for split {split!r}: it holds only one class."
-    with _figure_env("roc"):
-        fig = _new_figure(5.6, 4.8)
+    with figure_env("roc"):
+        fig = new_figure(5.6, 4.8)
         ax = fig.add_subplot()
         ax.plot([0, 1], [0, 1], linestyle="--", color="#888888", linewidth=0.8)
         for rank, (c, target, score) in enumerate(curves):
             fpr, tpr, _ = roc_curve(target, score)
             fpr, tpr = _thin(fpr, tpr)
             auc = roc_auc_score(target, score)
-            name = f"{_fig_text(labels[c])} (AUC {auc:.3f})" if rank < _MAX_LEGEND else "_nolegend_"
+            name = f"{fig_text(labels[c])} (AUC {auc:.3f})" if rank < _MAX_LEGEND else "_nolegend_"
             ax.plot(fpr, tpr, label=name, **_curve_style(rank))
-        kind = f"positive class {_fig_text(labels[1])}" if len(labels) == 2 else "one-vs-rest"
-        ax.set_title(f"ROC ({_fig_text(split, 40)}, {kind})")
+        kind = f"positive class {fig_text(labels[1])}" if len(labels) == 2 else "one-vs-rest"
+        ax.set_title(f"ROC ({fig_text(split, 40)}, {kind})")
         ax.set_xlabel("False positive rate")
         ax.set_ylabel("True positive rate")
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
         ax.grid(alpha=0.3)
         _legend(ax, len(curves), loc="lower right")
-        return _svg(fig), None
+        return svg(fig), None
 
 
 def _pr_figure(y: np.ndarray, probs: np.ndarray, labels: list[str], split: str) -> tuple[Markup | None, str | None]:
@@ -296,28 +239,28 @@ def _pr_figure(y: np.ndarray, probs: np.ndarray, labels: list[str], split: str) 
     curves = _one_vs_rest(y, probs, labels)
     if not curves:
         return None, f"Precision–recall curves are undefined for split {split!r}: it holds only one class."
-    with _figure_env("pr"):
-        fig = _new_figure(5.6, 4.8)
+    with figure_env("pr"):
+        fig = new_figure(5.6, 4.8)
         ax = fig.add_subplot()
         for rank, (c, target, score) in enumerate(curves):
             precision, recall, _ = precision_recall_curve(target, score)
             recall, precision = _thin(recall, precision)
             ap = average_precision_score(target, score)
-            name = f"{_fig_text(labels[c])} (AP {ap:.3f})" if rank < _MAX_LEGEND else "_nolegend_"
+            name = f"{fig_text(labels[c])} (AP {ap:.3f})" if rank < _MAX_LEGEND else "_nolegend_"
             # Step plot: PR curves are piecewise constant and linear interpolation overstates them.
             ax.step(recall, precision, where="post", label=name, **_curve_style(rank))
         if len(curves) == 1:
             prevalence = float(curves[0][1].mean())
             ax.axhline(prevalence, linestyle="--", color="#888888", linewidth=0.8, label="chance")
-        kind = f"positive class {_fig_text(labels[1])}" if len(labels) == 2 else "one-vs-rest"
-        ax.set_title(f"Precision–recall ({_fig_text(split, 40)}, {kind})")
+        kind = f"positive class {fig_text(labels[1])}" if len(labels) == 2 else "one-vs-rest"
+        ax.set_title(f"Precision–recall ({fig_text(split, 40)}, {kind})")
         ax.set_xlabel("Recall")
         ax.set_ylabel("Precision")
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
         ax.grid(alpha=0.3)
         _legend(ax, len(curves), loc="lower left")
-        return _svg(fig), None
+        return svg(fig), None
 
 
 def _reliability_figure(y: np.ndarray, probs: np.ndarray, split: str) -> Markup:
@@ -325,8 +268,8 @@ def _reliability_figure(y: np.ndarray, probs: np.ndarray, split: str) -> Markup:
     ece = expected_calibration_error(y, probs, _RELIABILITY_BINS)
     lowers = np.array([b["lower"] for b in bins])
     widths = np.array([b["upper"] - b["lower"] for b in bins])
-    with _figure_env("reliability"):
-        fig = _new_figure(5.6, 5.4)
+    with figure_env("reliability"):
+        fig = new_figure(5.6, 5.4)
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
         filled = [b for b in bins if b["count"]]
         top.bar(
@@ -349,7 +292,7 @@ def _reliability_figure(y: np.ndarray, probs: np.ndarray, split: str) -> Markup:
         top.plot([0, 1], [0, 1], linestyle="--", color="#888888", linewidth=0.8, label="perfect calibration")
         top.set_ylim(0, 1)
         top.set_ylabel("accuracy")
-        top.set_title(f"Reliability ({_fig_text(split, 40)}, ECE {ece:.4f}, {len(bins)} bins)")
+        top.set_title(f"Reliability ({fig_text(split, 40)}, ECE {ece:.4f}, {len(bins)} bins)")
         top.legend(fontsize=7, loc="upper left")
         top.grid(alpha=0.3)
         bottom.bar(lowers, [b["count"] for b in bins], width=widths, align="edge", color="#9ecae9")
@@ -357,7 +300,7 @@ def _reliability_figure(y: np.ndarray, probs: np.ndarray, split: str) -> Markup:
         bottom.set_xlabel("confidence (max probability)")
         bottom.set_ylabel("count")
         bottom.grid(alpha=0.3)
-        return _svg(fig)
+        return svg(fig)
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -471,20 +414,6 @@ def _probabilities(frame: pd.DataFrame, labels: list[str]) -> tuple[np.ndarray |
 # --------------------------------------------------------------------------------------------- output
 
 
-def _environment() -> Environment:
-    # autoescape=True rather than select_autoescape(): the template ends in .j2, which the extension
-    # sniffing would not recognise as HTML, and every text here (run ids, labels, texts) is user data.
-    env = Environment(
-        loader=FileSystemLoader(_TEMPLATE_DIR),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    return env
-
-
 def _write_atomic(path: Path, text: str) -> None:
     """Write via a temp file in the same directory + ``os.replace``: readers never see half a report."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -582,7 +511,7 @@ def write_report(
 
     metrics = {str(name): values for name, values in (metrics or {}).items()}
     html = (
-        _environment()
+        environment()
         .get_template("report.html.j2")
         .render(
             title=title,

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from modelyard._internal.batching import pad_batch
 from modelyard._internal.io import atomic_write_text, write_json
-from modelyard.evaluation.report import _fig_text, _figure_env, _new_figure, _svg
+from modelyard.evaluation.html import environment, fig_text, figure_env, new_figure, svg
 from modelyard.models.loading import load
 from modelyard.registry.names import RegistryError
 from modelyard.registry.store import Registry, parse_since
@@ -95,14 +94,14 @@ def _cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def _chart(ref: np.ndarray, live: np.ndarray, title: str, categorical: list[str] | None = None) -> Markup:
     """Reference vs live as an inline SVG: grouped bars for class shares, overlaid densities otherwise."""
-    with _figure_env(f"drift-{title}"):
-        fig = _new_figure(4.8, 3.0)
+    with figure_env(f"drift-{title}"):
+        fig = new_figure(4.8, 3.0)
         ax = fig.add_subplot()
         if categorical is not None:
             x = np.arange(len(categorical))
             ax.bar(x - 0.2, ref, 0.4, label="reference", color="#4c78a8")
             ax.bar(x + 0.2, live, 0.4, label="live", color="#f58518")
-            ax.set_xticks(x, [_fig_text(label) for label in categorical], rotation=45 if len(x) > 4 else 0)
+            ax.set_xticks(x, [fig_text(label) for label in categorical], rotation=45 if len(x) > 4 else 0)
             ax.set_ylabel("share")
         else:
             bins = np.histogram_bin_edges(np.concatenate([ref, live]), bins=20)
@@ -111,7 +110,7 @@ def _chart(ref: np.ndarray, live: np.ndarray, title: str, categorical: list[str]
             ax.set_ylabel("density")
         ax.set_title(title)
         ax.legend(fontsize=7)
-        return _svg(fig)
+        return svg(fig)
 
 
 def monitor(
@@ -217,16 +216,7 @@ def render_dashboard(summary: dict[str, Any], charts: list[dict[str, Any]]) -> s
     Returns:
         The page; every other value (labels, messages, names) is HTML-escaped by the template.
     """
-    # autoescape=True, not select_autoescape(): the template ends in .j2, which extension sniffing
-    # would not treat as HTML, and labels and messages here are user data.
-    env = Environment(
-        loader=FileSystemLoader(_TEMPLATE_DIR),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    env = environment(_TEMPLATE_DIR)
     mix = summary.get("class_mix") or {}
     reference, live = mix.get("reference") or {}, mix.get("live") or {}
     return env.get_template("drift.html.j2").render(

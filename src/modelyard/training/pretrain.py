@@ -16,7 +16,6 @@ curves) and ``manifest.json``. It is written under a temporary name and renamed 
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import sys
@@ -333,51 +332,77 @@ def pretrain(recipe: Recipe, *, console: Console | None = None) -> Path:
     return final
 
 
-def write_pretrain_report(path: Path, history: list[dict[str, Any]], progress: Path, run_id: str) -> None:
-    """A self-contained HTML page: training MLM loss per step, held-out loss and perplexity."""
-    import html
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _read_progress(progress: Path) -> list[dict[str, Any]]:
+    """The per-step records of ``progress.jsonl`` (a torn last line from a crash is skipped)."""
     steps = []
     for line in progress.read_text(encoding="utf-8").splitlines():
         try:
-            steps.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    if steps:
-        ax1.plot([s["step"] for s in steps], [s["loss"] for s in steps], label="train MLM loss", lw=1)
-    ev = [h for h in history if h.get("eval_loss") is not None]
-    if ev:
-        ax1.plot([h["step"] for h in ev], [h["eval_loss"] for h in ev], "o-", label="held-out MLM loss")
-        ax2.plot([h["step"] for h in ev], [h["eval_perplexity"] for h in ev], "o-", color="tab:red")
-        ax2.set_yscale("log")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("loss")
-    ax1.legend()
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("held-out perplexity")
-    fig.tight_layout()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg")
-    plt.close(fig)
-    svg = buf.getvalue()
-    svg = svg[svg.find("<svg") :]
-    rows = "".join(
-        f"<tr><td>{h['step']}</td><td>{h.get('train_loss', float('nan')):.4f}</td>"
-        f"<td>{h['eval_loss']:.4f}</td><td>{h['eval_perplexity']:.2f}</td></tr>"
-        for h in ev
+        if isinstance(record, dict) and "step" in record and "loss" in record:
+            steps.append(record)
+    return steps
+
+
+def _pretrain_figure(steps: list[dict[str, Any]], evals: list[dict[str, Any]]) -> Any:
+    """Loss (train per step, held-out per evaluation) and held-out perplexity, as inline SVG; None if empty."""
+    from modelyard.evaluation.html import figure_env, new_figure, svg
+
+    if not steps and not evals:
+        return None
+    with figure_env("pretrain"):
+        fig = new_figure(10.0, 3.6)
+        loss, perplexity = fig.subplots(1, 2)
+        if steps:
+            loss.plot([s["step"] for s in steps], [s["loss"] for s in steps], label="train MLM loss", lw=1)
+        if evals:
+            loss.plot([h["step"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="held-out MLM loss")
+            perplexity.plot([h["step"] for h in evals], [h["eval_perplexity"] for h in evals], "o-", color="tab:red")
+            perplexity.set_yscale("log")
+        loss.set_xlabel("step")
+        loss.set_ylabel("loss")
+        loss.legend(fontsize=8)
+        loss.grid(alpha=0.3)
+        perplexity.set_xlabel("step")
+        perplexity.set_ylabel("held-out perplexity")
+        perplexity.grid(alpha=0.3)
+        return svg(fig)
+
+
+def _number(value: Any, digits: int) -> str:
+    """Table cell: fixed decimals, or an em dash for a missing value (step 0 has no training loss)."""
+    return "—" if value is None else f"{float(value):.{digits}f}"
+
+
+def write_pretrain_report(path: Path, history: list[dict[str, Any]], progress: Path, run_id: str) -> None:
+    """A self-contained HTML page: training MLM loss per step, held-out loss and perplexity.
+
+    Rendered from ``evaluation/templates/pretrain_report.html.j2`` with the evaluation report's jinja2
+    environment (autoescaping on) and figure helpers.
+
+    Args:
+        path: The ``.html`` file to write (atomically).
+        history: The evaluation records of ``history.json`` (``step``, ``eval_loss``, ``eval_perplexity``,
+            ``train_loss`` after step 0).
+        progress: ``progress.jsonl``, one training record (``step``, ``loss``, …) per line.
+        run_id: Shown in the title and heading.
+    """
+    from modelyard.evaluation.html import environment
+
+    evals = [h for h in history if h.get("eval_loss") is not None]
+    rows = [
+        {
+            "step": int(h["step"]),
+            "train_loss": _number(h.get("train_loss"), 4),
+            "eval_loss": _number(h["eval_loss"], 4),
+            "eval_perplexity": _number(h.get("eval_perplexity"), 2),
+        }
+        for h in evals
+    ]
+    page = (
+        environment()
+        .get_template("pretrain_report.html.j2")
+        .render(run_id=str(run_id), figure=_pretrain_figure(_read_progress(progress), evals), rows=rows)
     )
-    atomic_write_text(
-        path,
-        f"""<!doctype html><html><head><meta charset="utf-8"><title>pretrain {html.escape(run_id)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2rem}} td,th{{padding:.3rem .8rem;text-align:right}}</style>
-</head><body><h1>MLM pretraining · {html.escape(run_id)}</h1>{svg}
-<table><tr><th>step</th><th>train loss</th><th>held-out loss</th><th>held-out perplexity</th></tr>{rows}</table>
-</body></html>
-""",
-    )
+    atomic_write_text(path, page)

@@ -15,7 +15,7 @@ from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 
 from modelyard._internal.io import atomic_write_text
-from modelyard.evaluation.report import _fig_text, _figure_env, _new_figure, _svg
+from modelyard.evaluation.html import fig_text, figure_env, new_figure, svg
 from modelyard.tuning.trials import TuneSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,8 +97,8 @@ def _history_figure(study: optuna.Study, direction: str, metric: str) -> Markup 
         if running is None or (y < running if direction == "minimize" else y > running):
             running = y
         best.append(running)
-    with _figure_env("tune-history"):
-        fig = _new_figure(7.0, 3.4)
+    with figure_env("tune-history"):
+        fig = new_figure(7.0, 3.4)
         ax = fig.subplots()
         ax.plot(xs, ys, "o", color="#1f77b4", label="complete")
         ax.step(xs, best, where="post", color="#d62728", label="best so far")
@@ -106,11 +106,11 @@ def _history_figure(study: optuna.Study, direction: str, metric: str) -> Markup 
             last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
             ax.plot([t.number for t in pruned], last, "x", color="#999999", label="pruned (last epoch)")
         ax.set_xlabel("trial")
-        ax.set_ylabel(_fig_text(metric, 40))
+        ax.set_ylabel(fig_text(metric, 40))
         ax.set_title(f"Objective per trial ({direction})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        return _svg(fig)
+        return svg(fig)
 
 
 def _importance_figure(study: optuna.Study) -> tuple[Markup | None, str | None]:
@@ -127,10 +127,10 @@ def _importance_figure(study: optuna.Study) -> tuple[Markup | None, str | None]:
         return None, "Parameter importances unavailable: fewer than two finished trials or no parameter varied."
     names = list(importances)[::-1]
     values = [importances[n] for n in names]
-    with _figure_env("tune-importance"):
-        fig = _new_figure(7.0, 0.5 + 0.45 * len(names))
+    with figure_env("tune-importance"):
+        fig = new_figure(7.0, 0.5 + 0.45 * len(names))
         ax = fig.subplots()
-        ax.barh([_fig_text(n, 40) for n in names], values, color="#1f77b4")
+        ax.barh([fig_text(n, 40) for n in names], values, color="#1f77b4")
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
         ax.set_xlim(0, max(values) * 1.2 or 1)
@@ -140,15 +140,15 @@ def _importance_figure(study: optuna.Study) -> tuple[Markup | None, str | None]:
     finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     if finished < 10:
         note = f"Estimated from only {finished} finished trials: treat as a rough hint."
-    return _svg(fig), note
+    return svg(fig), note
 
 
 def _curves_figure(study: optuna.Study, metric: str) -> Markup | None:
     trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
     if not trials:
         return None
-    with _figure_env("tune-curves"):
-        fig = _new_figure(7.0, 3.4)
+    with figure_env("tune-curves"):
+        fig = new_figure(7.0, 3.4)
         ax = fig.subplots()
         for t in trials:
             steps = sorted(t.intermediate_values)
@@ -163,11 +163,11 @@ def _curves_figure(study: optuna.Study, metric: str) -> Markup | None:
                 label=f"trial {t.number} ({t.state.name.lower()})",
             )
         ax.set_xlabel("epoch")
-        ax.set_ylabel(_fig_text(metric, 40))
+        ax.set_ylabel(fig_text(metric, 40))
         ax.grid(alpha=0.3)
         if len(trials) <= 12:
             ax.legend(fontsize=7)
-        return _svg(fig)
+        return svg(fig)
 
 
 def _baseline_text(records: list[dict[str, Any]]) -> str:

@@ -9,12 +9,12 @@ shows test accuracy and macro-F1, training time, parameters, model size on disk 
 
 from __future__ import annotations
 
-import html
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markupsafe import Markup
 from rich.console import Console
 
 from modelyard._internal.io import atomic_write_text, read_json, write_json
@@ -198,34 +198,51 @@ def render_markdown(board: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# (vertical offset, row key, legend label, colour) of the two bars drawn per model
+_BARS = ((-0.2, "accuracy", "test accuracy", "#9ecae9"), (0.2, "macro_f1", "test macro-F1", "#4c78a8"))
+
+
+def _scores_figure(rows: list[dict[str, Any]]) -> Markup | None:
+    """Horizontal bars of test accuracy and macro-F1 per model (inline SVG), or None without rows."""
+    from modelyard.evaluation.html import fig_text, figure_env, new_figure, svg
+
+    if not rows:
+        return None
+    names = [fig_text(r["model"]) for r in rows]
+    y = np.arange(len(rows))
+    with figure_env("leaderboard"):
+        fig = new_figure(7.0, 1.2 + 0.45 * len(rows))
+        ax = fig.add_subplot()
+        for offset, key, label, color in _BARS:
+            values = [float(r[key]) if r.get(key) is not None else 0.0 for r in rows]
+            bars = ax.barh(y + offset, values, height=0.38, color=color, label=label)
+            ax.bar_label(bars, fmt="%.4f", fontsize=7, padding=2)  # the table's rounding
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()  # best model on top, like the table
+        ax.set_xlim(0, 1.15)  # room for the value labels right of a bar at 1.0
+        ax.set_xlabel("score on the test split")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        return svg(fig)
+
+
 def render_html(board: dict[str, Any]) -> str:
-    """A self-contained HTML page with the leaderboard table and macro-F1 bars."""
-    best = max((r["macro_f1"] for r in board["rows"]), default=1.0) or 1.0
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
-    body = []
-    for r in board["rows"]:
-        cells = []
-        for k, _ in COLUMNS:
-            text = html.escape(_cell(k, r.get(k)))
-            if k == "macro_f1":
-                width = 100.0 * r[k] / best
-                text = f'<div class="bar" style="width:{width:.0f}%"></div>{text}'
-            cells.append(f"<td>{text}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    sizes = board["split_sizes"]
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>modelyard leaderboard</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}} table{{border-collapse:collapse}}
-th,td{{padding:.4rem .8rem;border-bottom:1px solid #ddd;text-align:right}}
-th:first-child,td:first-child{{text-align:left}}
-td{{position:relative}} .bar{{position:absolute;left:0;top:15%;height:70%;background:#cfe3ff;z-index:-1}}
-</style></head><body>
-<h1>Leaderboard</h1>
-<p>Data: {html.escape(str(board["data"]))} · identical split for every model: train {sizes["train"]} /
-valid {sizes["valid"]} / test {sizes["test"]} · latency = median of {board["latency_texts"]} single-text
-predictions on CPU.</p>
-<table><thead><tr>{head}</tr></thead><tbody>
-{"".join(body)}
-</tbody></table></body></html>
-"""
+    """A self-contained HTML page with the leaderboard table and a bar chart of the test scores.
+
+    Rendered from ``templates/leaderboard.html.j2`` with the evaluation report's jinja2 environment
+    (autoescaping on), so every model name and path is escaped in one place.
+    """
+    from modelyard.evaluation.html import environment
+
+    return (
+        environment()
+        .get_template("leaderboard.html.j2")
+        .render(
+            data=str(board["data"]),
+            sizes=board["split_sizes"],
+            latency_texts=board["latency_texts"],
+            titles=[title for _, title in COLUMNS],
+            rows=[[_cell(k, r.get(k)) for k, _ in COLUMNS] for r in board["rows"]],
+            figure=_scores_figure(board["rows"]),
+        )
+    )
