@@ -569,7 +569,7 @@ def test_shared_prefix_cache_gives_the_same_scores(tiny_llama: Path) -> None:
 
     @functools.wraps(forward)  # keeps forward's signature, which word_logprobs inspects
     def spy(*args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs.get("past_key_values") is not None)
+        calls.append(kwargs.get("cache", kwargs.get("past_key_values")) is not None)  # transformers 5.x: `cache`
         return forward(*args, **kwargs)
 
     model.forward = spy  # type: ignore[method-assign]

@@ -153,7 +153,9 @@ def word_logprobs(
     order = sorted(range(len(row_list)), key=lambda r: -len(row_list[r][0]))
     max_keep = max(len(cont) for _, targets in row_list for _, _, cont in targets)
     shared = _shared_prefix_len([ids for ids, _ in row_list], max_keep) if reuse_prefix else 0
-    use_prefix = shared >= MIN_SHARED_PREFIX and {"past_key_values", "use_cache", "position_ids"} <= set(params)
+    # transformers 5.x names the key/value cache argument and output `cache` (earlier: `past_key_values`).
+    cache_arg = next((k for k in ("cache", "past_key_values") if k in params), None)
+    use_prefix = shared >= MIN_SHARED_PREFIX and cache_arg is not None and {"use_cache", "position_ids"} <= set(params)
     with torch.inference_mode():
         prefix_cache = None
         if use_prefix:
@@ -162,7 +164,8 @@ def word_logprobs(
             # about as much as a zero-shot one). Pad tokens sit between the prefix and each row's
             # suffix, masked out; positions continue from the prefix.
             first = torch.as_tensor([row_list[0][0][:shared]], dtype=torch.long, device=device)
-            prefix_cache = model(input_ids=first, use_cache=True).past_key_values
+            prefix_out = model(input_ids=first, use_cache=True)
+            prefix_cache = prefix_out.get("cache", prefix_out.get("past_key_values"))
         start_at = shared if prefix_cache is not None else 0
         for start in range(0, len(order), batch_size):
             batch = [row_list[r] for r in order[start : start + batch_size]]
@@ -178,7 +181,7 @@ def word_logprobs(
             if prefix_cache is not None:
                 cache = copy.deepcopy(prefix_cache)
                 cache.batch_repeat_interleave(len(batch))
-                kwargs["past_key_values"] = cache
+                kwargs[cache_arg] = cache
                 kwargs["use_cache"] = True
                 kwargs["attention_mask"] = torch.cat(
                     [torch.ones((len(batch), start_at), dtype=torch.long), mask], 1
