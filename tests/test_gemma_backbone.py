@@ -179,7 +179,8 @@ def test_lora_merge_gives_the_same_logits(tmp_path: Path, tiny_gemma: Path) -> N
 def test_finetune_mode_validation(tmp_path: Path, tiny_gemma: Path) -> None:
     from modelyard.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="model.finetune 'lora' is for pretrained backbones"):
+    # finetune is a key of the hf-encoder kind only: another kind's section names the kind it belongs to
+    with pytest.raises(ConfigError, match="model.finetune is only used with model.type 'hf-encoder'"):
         load_recipe(gemma_recipe(tmp_path, tiny_gemma, "lora"), ["model.type=textcnn"])
     with pytest.raises(ConfigError, match="model.finetune"):
         load_recipe(gemma_recipe(tmp_path, tiny_gemma, "partial"))

@@ -35,7 +35,6 @@ from fastapi.responses import JSONResponse, Response
 
 from modelyard import __version__
 from modelyard.config import ServeConfig
-from modelyard.explain import explain
 from modelyard.explain.core import ExplainUnsupportedError
 from modelyard.serving.batcher import MicroBatcher
 from modelyard.serving.http_errors import RETRY_AFTER, ApiError, install_error_handlers, submit_batch
@@ -288,6 +287,9 @@ class ModelRuntime:
         if loaded is None:
             raise RuntimeError("no model is loaded")
         with self.model_lock:
+            # Looked up at call time: the attribution stack (captum) loads with the first explanation.
+            from modelyard.explain import explain
+
             [explanation] = explain(loaded.classifier, [text], method=method, target=target, n_steps=EXPLAIN_N_STEPS)
         return explanation.to_dict()
 
