@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from modelyard._internal.io import read_json, sha256_file, write_json
+from modelyard._internal.layout import HISTORY, METRICS, MODEL_DIR, MODEL_META, RECIPE, SPLITS_DIR
 from modelyard.compression.onnx_export import export_onnx, load_fp32, no_hf_progress_bars
 from modelyard.compression.variants import ONNX_FILE, VARIANT_FILE
 from modelyard.errors import ModelyardError
 
 # Files of the source model directory copied next to an ONNX model (the text front end + labels).
-_FRONT_END_FILES = ("modelyard.json", "config.json")
+_FRONT_END_FILES = (MODEL_META, "config.json")
 
 
 @contextlib.contextmanager
@@ -103,7 +104,7 @@ def _calibration_ids(run_dir: Path, frontend: Any) -> list[list[int]] | None:
     """Token ids of the run's validation split through the model's own front end, for choosing the int8 level."""
     import pandas as pd
 
-    path = run_dir / "splits" / "valid.parquet"
+    path = run_dir / SPLITS_DIR / "valid.parquet"
     if not path.is_file():
         return None
     texts = pd.read_parquet(path)["text"].astype(str).tolist()[:_CALIBRATION_ROWS]
@@ -280,7 +281,7 @@ def build_prune(
         raise ModelyardError(f"sparsity must be in [0, 1), got {sparsity}")
     if recovery_steps < 0:
         raise ModelyardError(f"recovery_steps must be >= 0, got {recovery_steps}")
-    recipe = load_recipe(run_dir / "recipe.yaml")
+    recipe = load_recipe(run_dir / RECIPE)
     seed = recipe.train.seed
     lr = recovery_lr if recovery_lr is not None else recipe.train.learning_rate * 0.1
     torch.manual_seed(seed)
@@ -290,9 +291,9 @@ def build_prune(
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
 
     if recovery_steps:
-        meta = read_json(source / "modelyard.json")
+        meta = read_json(source / MODEL_META)
         label_index = {lab: i for i, lab in enumerate(meta["labels"])}
-        frame = pd.read_parquet(run_dir / "splits" / "train.parquet")
+        frame = pd.read_parquet(run_dir / SPLITS_DIR / "train.parquet")
         ids = encode(tokenizer, frame["text"].tolist(), int(meta["max_length"]))
         y_all = np.array([label_index[x] for x in frame["label"]], dtype=np.int64)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -325,7 +326,7 @@ def build_prune(
     log(f"prune: sparsity {achieved:.4f} (target {sparsity}) over {len(linears)} encoder Linear weights")
     with no_hf_progress_bars():
         model.save_pretrained(out, safe_serialization=True)
-    _copy_front_end(source, out, tokenizer, files=("modelyard.json",))
+    _copy_front_end(source, out, tokenizer, files=(MODEL_META,))
     return _variant_json(
         out,
         "prune",
@@ -390,7 +391,7 @@ def build_distill(
     from modelyard.config import load_recipe, recipe_from_dict
     from modelyard.training.run import load_splits, train
 
-    recipe = load_recipe(run_dir / "recipe.yaml")
+    recipe = load_recipe(run_dir / RECIPE)
     model = load_fp32(source)
     layers = encoder_layers(model)
     picks = student_layer_indices(len(layers), student_layers)
@@ -428,13 +429,13 @@ def build_distill(
         t0 = time.perf_counter()
         student_run = train(student_recipe, data=load_splits(run_dir), console=Console(stderr=True))
         seconds = time.perf_counter() - t0
-        for f in (student_run / "model").iterdir():
+        for f in (student_run / MODEL_DIR).iterdir():
             shutil.copy2(f, out / f.name)
-        meta = read_json(out / "modelyard.json")
+        meta = read_json(out / MODEL_META)
         meta["backbone"] = f"distilled from {read_json(source / 'modelyard.json').get('backbone')} ({picks})"
-        write_json(out / "modelyard.json", meta)
-        metrics = read_json(student_run / "metrics.json")
-        history = read_json(student_run / "history.json")
+        write_json(out / MODEL_META, meta)
+        metrics = read_json(student_run / METRICS)
+        history = read_json(student_run / HISTORY)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return _variant_json(

@@ -17,6 +17,7 @@ import numpy as np
 from rich.console import Console
 
 from modelyard._internal.io import atomic_write_text, read_json, write_json
+from modelyard._internal.layout import MODEL_DIR, MODEL_META, REPORT, SPLITS_DIR
 from modelyard.compression.variants import (
     METHODS,
     ONNX_FILE,
@@ -195,7 +196,7 @@ def compress(
     atomic_write_text(run_dir / "compression.html", page)
     from modelyard.evaluation.report import add_stage_section
 
-    add_stage_section(run_dir / "report.html", "compression", "Compression", page, link="compression.html")
+    add_stage_section(run_dir / REPORT, "compression", "Compression", page, link="compression.html")
     print_table(console, result)
     console.print(f"report: {run_dir / 'compression.html'}")
     return result
@@ -207,13 +208,13 @@ def compress(
 def _test_split(run_dir: Path, source: Path) -> tuple[list[str], np.ndarray, list[str]]:
     import pandas as pd
 
-    path = run_dir / "splits" / "test.parquet"
+    path = run_dir / SPLITS_DIR / "test.parquet"
     if not path.is_file():
         raise ModelyardError(f"{run_dir} has no splits/test.parquet to measure the variants on")
     frame = pd.read_parquet(path)
     if frame.empty:
         raise ModelyardError(f"{path} is empty; cannot measure the variants")
-    labels = list(read_json(source / "modelyard.json")["labels"])
+    labels = list(read_json(source / MODEL_META)["labels"])
     index = {lab: i for i, lab in enumerate(labels)}
     unknown = sorted(set(frame["label"]) - set(index))
     if unknown:
@@ -231,7 +232,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def variant_files(run_dir: Path, method: str) -> list[Path]:
     """The weight files of a variant (what ``size_mb`` counts)."""
     if method == SOURCE:
-        return [run_dir / "model" / "model.safetensors"]
+        return [run_dir / MODEL_DIR / "model.safetensors"]
     vdir = variant_dir(run_dir, method)
     if method in ("prune", "distill"):
         return sorted(vdir.glob("*.safetensors"))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from modelyard._internal.io import read_json
+from modelyard._internal.layout import MANIFEST, MODEL_DIR, MODEL_META
 from modelyard.errors import ModelError, ModelyardError
 from modelyard.kinds import kind_of_meta
 from modelyard.models.text_classifier import Classifier
@@ -61,8 +62,8 @@ def source_model_dir(run_dir: Path) -> Path:
     """The run's fp32 ``model/`` directory, or a clear error if the run has none."""
     from modelyard._internal.rundir import find_run
 
-    model_dir = find_run(Path(run_dir)) / "model"
-    meta_path = model_dir / "modelyard.json"
+    model_dir = find_run(Path(run_dir)) / MODEL_DIR
+    meta_path = model_dir / MODEL_META
     if meta_path.is_file() and not (kind := kind_of_meta(read_json(meta_path), meta_path)).can("compress"):
         raise ModelError(f"{run_dir}: " + kind.unsupported("compression (it works on one torch network at a time)"))
     if not meta_path.is_file() or not (model_dir / "model.safetensors").is_file():
@@ -82,7 +83,7 @@ class VariantClassifier(Classifier):
     def info(self) -> dict[str, Any]:
         out = super().info()
         run_dir = self.run_dir
-        out["run_id"] = run_dir.name if run_dir is not None and (run_dir / "manifest.json").is_file() else None
+        out["run_id"] = run_dir.name if run_dir is not None and (run_dir / MANIFEST).is_file() else None
         out["runtime"] = self.runtime
         return out
 
@@ -168,7 +169,7 @@ class OnnxClassifier(VariantClassifier):
         self.model_dir = vdir
         self.variant_path = vdir
         self.runtime = runtime
-        self.meta = read_json(vdir / "modelyard.json")
+        self.meta = read_json(vdir / MODEL_META)
         self.labels = list(self.meta["labels"])
         self.max_length = int(self.meta["max_length"])
         self._cleaning = CleaningConfig.model_validate(self.meta.get("cleaning", {}))

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.layout import DATA_REPORT, FINGERPRINTS
+from modelyard._internal.layout import DATA_REPORT, FINGERPRINTS, SPLITS_DIR
 from modelyard._internal.packages import package_dir
 from modelyard.config import DataConfig
 from modelyard.data.split import min_examples_per_class, stratified_sample, stratified_split
@@ -454,7 +454,7 @@ def write_image_splits(split_dir: Path, data: ImageData) -> None:
 
 def read_image_splits(run_dir: Path) -> ImageData:
     """The exact image splits a run was trained on (inverse of :func:`write_image_splits`)."""
-    split_dir = Path(run_dir) / "splits"
+    split_dir = Path(run_dir) / SPLITS_DIR
     splits = {}
     for name in SPLITS:
         with np.load(split_dir / f"{name}.npz", allow_pickle=False) as z:

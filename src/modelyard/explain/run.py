@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard._internal.io import atomic_write_text, write_json
-from modelyard._internal.layout import REPORT
+from modelyard._internal.layout import EXPLANATIONS_DIR, REPORT
 from modelyard.evaluation.report import add_stage_section
 from modelyard.explain.core import METHODS, Explanation, explain
 from modelyard.explain.render import render_html
@@ -63,7 +63,7 @@ def explain_run(
     clf = classifier if classifier is not None else load(model_dir, device=device)
     explanations = explain(clf, texts, method=method, target=target, n_steps=n_steps)
     if output is None:
-        folder = _run_dir_of(model_dir) / "explanations"
+        folder = _run_dir_of(model_dir) / EXPLANATIONS_DIR
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         output = folder / f"{stamp}-{method}.html"
         n = 1

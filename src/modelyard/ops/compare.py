@@ -18,6 +18,7 @@ from markupsafe import Markup
 from rich.console import Console
 
 from modelyard._internal.io import atomic_write_text, read_json, write_json
+from modelyard._internal.layout import MANIFEST, METRICS, MODEL_DIR
 from modelyard.errors import ConfigError
 from modelyard.kinds import kind_of_meta
 
@@ -35,11 +36,11 @@ COLUMNS = (
 
 def model_size_mb(clf: Any, run_dir: Path) -> float:
     """Megabytes of the files a model needs: ``model/`` plus what its kind keeps outside (a prompt model's LM)."""
-    files = [p for p in (Path(run_dir) / "model").rglob("*") if p.is_file()]
+    files = [p for p in (Path(run_dir) / MODEL_DIR).rglob("*") if p.is_file()]
     meta = getattr(clf, "meta", {}) or {}
     kind = kind_of_meta(meta) if meta else None
     if kind is not None and kind.external_files is not None:
-        files += kind.external_files(Path(run_dir) / "model", meta)
+        files += kind.external_files(Path(run_dir) / MODEL_DIR, meta)
     return sum(p.stat().st_size for p in files) / 1e6
 
 
@@ -132,8 +133,8 @@ def compare(
         console.rule(f"{name} ({recipe.model.type})")
         recipe.data.path = data_cfg.path
         run_dir = train(recipe, data=_reclean(shared, recipe.data.clean), console=console)
-        metrics = read_json(run_dir / "metrics.json")
-        manifest = read_json(run_dir / "manifest.json")
+        metrics = read_json(run_dir / METRICS)
+        manifest = read_json(run_dir / MANIFEST)
         clf = load(run_dir, device="cpu")
         rows.append(
             {

@@ -23,7 +23,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from modelyard._internal.io import sha256_file
-from modelyard._internal.layout import DATA_REPORT, FINGERPRINTS, MANIFEST, METRICS, MODEL_META, RECIPE
+from modelyard._internal.layout import (
+    DATA_REPORT,
+    FINGERPRINTS,
+    MANIFEST,
+    METRICS,
+    MODEL_DIR,
+    MODEL_META,
+    RECIPE,
+    SPLITS_DIR,
+)
 from modelyard._internal.rundir import find_run
 from modelyard.registry.artifacts import looks_like_pickle, validate_model_dir
 from modelyard.registry.engine import RegistryEngine, add_audit_event
@@ -127,12 +136,12 @@ class VersionStore:
             raise RegistryError(f"{run_dir}: a symlink; pass the run directory itself")
         run = find_run(run_dir)
         validate_name(run.name, "run name")
-        files = [Path("model") / rel for rel in validate_model_dir(run / "model")]
+        files = [Path("model") / rel for rel in validate_model_dir(run / MODEL_DIR)]
         for name in _RUN_FILES:
             if (run / name).is_file():
                 files.append(Path(name))
         for name in _RUN_SPLITS:
-            if (run / "splits" / name).is_file():
+            if (run / SPLITS_DIR / name).is_file():
                 files.append(Path("splits") / name)
         for rel in files:
             src = run / rel
@@ -146,7 +155,7 @@ class VersionStore:
                 raise RegistryError(f"{src}: not a Parquet file (no PAR1 magic)")
         metrics = _read_json_or(run / METRICS, {})
         manifest = _read_json_or(run / MANIFEST, {})
-        meta = _read_json_or(run / "model" / MODEL_META, {})
+        meta = _read_json_or(run / MODEL_DIR / MODEL_META, {})
         labels = [str(x) for x in meta.get("labels", [])]
         if not labels:
             raise RegistryError(f"{run}/model/modelyard.json has no labels")

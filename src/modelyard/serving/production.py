@@ -35,6 +35,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelyard._internal.layout import MODEL_DIR
 from modelyard.config import ServeConfig
 from modelyard.errors import ModelyardError
 from modelyard.models.loading import load
@@ -110,7 +111,7 @@ def load_version(version: VersionInfo, alias: str) -> RegistryModel:
     """
 
     root = version.path
-    validate_model_dir(root / "model")
+    validate_model_dir(root / MODEL_DIR)
     files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() or p.is_symlink())
     if tree_sha256(root, files) != version.sha256:
         raise RegistryError(f"{root}: files changed since registration (sha256 mismatch); re-register the run")

@@ -28,6 +28,7 @@ import torch
 from rich.console import Console
 
 from modelyard._internal.io import atomic_write_text, write_json
+from modelyard._internal.layout import HISTORY, MANIFEST, PROGRESS
 from modelyard.config import PretrainConfig, Recipe
 from modelyard.errors import ConfigError, DataError
 
@@ -236,7 +237,7 @@ def pretrain(recipe: Recipe, *, console: Console | None = None) -> Path:
     run_id, run_dir = start_run(recipe.resolve(recipe.output_dir))
     history: list[dict[str, Any]] = []
     try:
-        log = (run_dir / "progress.jsonl").open("a", encoding="utf-8")
+        log = (run_dir / PROGRESS).open("a", encoding="utf-8")
         lengths = [len(e["input_ids"]) for e in examples]
         step, window, start = 0, [], time.perf_counter()
         ev = mlm_eval_loss(model, eval_batches, device) if eval_batches else None
@@ -294,10 +295,10 @@ def pretrain(recipe: Recipe, *, console: Console | None = None) -> Path:
         train_seconds = time.perf_counter() - start
         model.save_pretrained(run_dir, safe_serialization=True)
         tokenizer.save_pretrained(run_dir)
-        write_json(run_dir / "history.json", history)
-        write_pretrain_report(run_dir / "pretrain_report.html", history, run_dir / "progress.jsonl", run_id)
+        write_json(run_dir / HISTORY, history)
+        write_pretrain_report(run_dir / "pretrain_report.html", history, run_dir / PROGRESS, run_id)
         write_json(
-            run_dir / "manifest.json",
+            run_dir / MANIFEST,
             {
                 "run_id": run_id,
                 "kind": "pretrain",

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from modelyard._internal.io import read_jsonl
 from modelyard._internal.labels import PRED, add_prediction_columns
+from modelyard._internal.layout import MODEL_DIR
 from modelyard.config import Recipe, load_recipe
 from modelyard.data import prepare_data
 from modelyard.data.sources import read_table, write_table
@@ -59,9 +60,9 @@ def prompt_try(recipe: Recipe, *, sample: int, console: Console, show: int = 10)
             recipe,
             labels,
             data.train[["text", "label"]].reset_index(drop=True) if p.shots else None,
-            Path(tmp) / "model",
+            Path(tmp) / MODEL_DIR,
         )
-        clf = load_prompt_model(Path(tmp) / "model")
+        clf = load_prompt_model(Path(tmp) / MODEL_DIR)
         texts = frame["text"].tolist()
         t0 = time.perf_counter()
         probs = predict_with_progress(clf, texts, console, "prompt try")
@@ -157,7 +158,7 @@ def label_file(
                     "its run directory"
                 )
             text_column = text_column or recipe.data.text_column
-            model_dir = _prompt_model_from_recipe(recipe, Path(tmp) / "model")
+            model_dir = _prompt_model_from_recipe(recipe, Path(tmp) / MODEL_DIR)
             clf = load(model_dir)
         else:
             clf = load(source)
