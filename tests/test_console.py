@@ -3,6 +3,7 @@ and an end-to-end run in headless Chromium (Debian's chromium driven by Playwrig
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import socket
@@ -200,9 +201,39 @@ def test_drift_endpoint(tmp_path: Path, tiny_trained_run: Path) -> None:
     for s in ran["signals"].values():
         assert s["drift"] == (s["value"] > s["threshold"]) and s["threshold"] > 0
     assert set(ran["class_mix"]) == {"reference", "live"}
-    assert r["latest"].json() == ran  # GET returns the newest report on disk
+    assert r["latest"].json() == {**ran, "job_id": None}  # GET returns the newest report on disk
+    assert re.fullmatch(r"[0-9a-f]{16}", ran["job_id"]) and r["ran"].headers["X-Job-Id"] == ran["job_id"]
     assert r["forbidden"].status_code == 403
     assert r["bad"].status_code == 422 and r["extra"].status_code == 422
+
+
+def test_concurrent_drift_requests_share_one_bounded_run(
+    tmp_path: Path, tiny_trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five concurrent POST /admin/v1/drift start one monitor run (a child process) and all get its report."""
+    from tests.job_targets import slow_monitor
+
+    marker = tmp_path / "runs.txt"
+    monkeypatch.setenv("MODELYARD_TEST_MARKER", str(marker))
+    reg = make_registry(tmp_path, tiny_trained_run)
+    admin = bearer(reg.create_key(["admin"]))
+
+    async def main() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
+        async with running(production_app(reg, drift_monitor=slow_monitor), ready=False) as c:
+            answers = await asyncio.gather(*(c.post("/admin/v1/drift", json={}, headers=admin) for _ in range(5)))
+            job = await c.get(f"/admin/v1/jobs/{answers[0].json()['job_id']}", headers=admin)
+            missing = await c.get("/admin/v1/jobs/0123456789abcdef", headers=admin)
+            return list(answers), job, missing
+
+    try:
+        answers, job, missing = run(main(), timeout=120)
+    finally:
+        reg.close()
+    assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
+    assert len({a.json()["job_id"] for a in answers}) == 1
+    assert len(marker.read_text().split()) == 1  # one run, not five queued ones
+    assert job.status_code == 200 and job.json()["state"] == "succeeded" and job.json()["kind"] == "drift"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"
 
 
 # ---------------------------------------------------------------------------------------------- browser

@@ -21,6 +21,7 @@ from schemathesis.python import asgi  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
 
 from modelyard.config import ServeConfig  # noqa: E402
+from tests.job_targets import quick_monitor  # noqa: E402
 from tests.production_helpers import make_registry, production_app  # noqa: E402
 
 MAX_EXAMPLES = 20
@@ -60,7 +61,8 @@ def _runner(operation: Any, headers: dict[str, str], checks: list[Callable[..., 
     )
     def run_operation(case: Any) -> None:
         seen.append(1)
-        case.call_and_validate(headers=headers, checks=checks)
+        # 60 s: an admin drift run starts a child process, slower than 10 s on a loaded 2-core machine
+        case.call_and_validate(headers=headers, checks=checks, timeout=60)
 
     return run_operation
 
@@ -100,7 +102,9 @@ def plain_app(tiny_trained_run: Path) -> Any:
 def prod(tmp_path_factory: pytest.TempPathFactory, tiny_trained_run: Path) -> Iterator[tuple[Any, Any, str]]:
     reg = make_registry(tmp_path_factory.mktemp("fuzz"), tiny_trained_run, versions=2)
     key = reg.create_key(["admin"])
-    app = production_app(reg, cfg={"max_chars_per_text": 2000})
+    # The fuzzer checks the HTTP contract; the drift run is a stand-in that answers at once (the real monitor,
+    # in its child process, is covered by tests/test_console.py::test_drift_endpoint).
+    app = production_app(reg, cfg={"max_chars_per_text": 2000}, drift_monitor=quick_monitor)
     _wait_ready(app)
     yield app, reg, key
     asgi.shutdown_lifespans()  # drain the prediction log before the registry closes

@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query
+from fastapi import Path as Path_
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.registry.names import RegistryError
 from modelyard.registry.store import Registry, parse_since
 from modelyard.serving.http_errors import ApiError
+from modelyard.serving.jobs import CANCELLED, SUCCEEDED, TIMED_OUT, JobRunner
 from modelyard.serving.schemas import ErrorResponse
 
 logger = logging.getLogger("modelyard.serving")
@@ -117,6 +119,19 @@ class DriftResponse(BaseModel):
     class_mix: dict[str, dict[str, float]] | None = Field(
         None, description="Predicted-class shares: `reference` and `live`."
     )
+    job_id: str | None = Field(None, description="`POST`: the drift job that computed it (`GET /admin/v1/jobs/{id}`).")
+
+
+class JobResponse(BaseModel):
+    """Body of ``GET /admin/v1/jobs/{id}``."""
+
+    id: str
+    kind: str = Field(..., description="`drift`.")
+    state: str = Field(..., description="`running`, `succeeded`, `failed`, `timed_out` or `cancelled`.")
+    started_at: float = Field(..., description="Unix time the job started.")
+    finished_at: float | None = Field(None, description="Unix time it ended; null while running.")
+    seconds: float = Field(..., description="How long it ran (so far).")
+    error: str | None = Field(None, description="Why it failed, timed out or was cancelled.")
 
 
 class DriftRunRequest(BaseModel):
@@ -179,7 +194,8 @@ def install_console(
     app_name: str,
     alias: str,
     run_monitor: Callable[..., dict[str, Any]] | None = None,
-) -> None:
+    jobs: JobRunner | None = None,
+) -> JobRunner:
     """Add the console (``GET /``, its script and style sheet) and the traffic/drift admin endpoints.
 
     Args:
@@ -189,8 +205,13 @@ def install_console(
         alias: The served alias (the drift reference is that version's held-out data).
         run_monitor: The drift monitor for ``POST /admin/v1/drift`` (:func:`modelyard.ops.monitor.monitor`,
             passed in because serving sits below the operations layer); ``None``: that endpoint answers
-            409 ``drift_unavailable``.
+            409 ``drift_unavailable``. It runs in a child process (``modelyard.serving.job_worker``) by name.
+        jobs: The job runner for admin jobs (default: a new one with the default time limit).
+
+    Returns:
+        The job runner; the caller stops it on shutdown (:meth:`JobRunner.shutdown`).
     """
+    jobs = jobs or JobRunner(env={"MODELYARD_DB": registry.engine.db_url})
     files = {path: (_console_file(name), media) for path, (name, media) in CONSOLE_FILES.items()}
 
     def static(path: str) -> Any:
@@ -233,7 +254,10 @@ def install_console(
         stats = await asyncio.to_thread(registry.traffic, app_name, start, width, now)
         return TrafficResponse(app=app_name, **stats)
 
-    drift_lock = asyncio.Lock()
+    # Drift runs go through the job runner: one per app at a time (concurrent requests join it), a time
+    # limit, cancelled when every waiting client has gone, stopped on shutdown (see serving/jobs.py).
+    drift_key = f"drift:{app_name}"
+    target = f"{run_monitor.__module__}:{run_monitor.__name__}" if run_monitor is not None else None
 
     @app.get(
         "/admin/v1/drift",
@@ -249,20 +273,48 @@ def install_console(
     @app.post(
         "/admin/v1/drift",
         tags=["admin"],
-        summary="Run the drift monitor now on the served alias and return its report",
+        summary="Run the drift monitor now on the served alias (one run per app; concurrent requests join it)",
         response_model=DriftResponse,
         responses={
             **_ADMIN_ERRORS,
-            409: {"model": ErrorResponse, "description": "The monitor cannot run (`drift_unavailable`)."},
+            409: {"model": ErrorResponse, "description": "The monitor cannot run or failed (`drift_unavailable`)."},
+            503: {"model": ErrorResponse, "description": "The server is shutting down (`shutting_down`)."},
+            504: {"model": ErrorResponse, "description": "The run passed its time limit (`job_timed_out`)."},
         },
     )
-    async def admin_drift_run(body: DriftRunRequest) -> DriftResponse:
+    async def admin_drift_run(body: DriftRunRequest, response: Response) -> DriftResponse:
         _parse_window(body.since, "body.since")
-        if run_monitor is None:
+        if target is None:
             raise ApiError(409, "drift_unavailable", "the drift monitor cannot run: this server was started without it")
-        async with drift_lock:  # one monitor at a time: it scores the whole reference set
-            try:
-                summary = await asyncio.to_thread(run_monitor, registry, app_name, alias=alias, since=body.since)
-            except RegistryError as err:
-                raise ApiError(409, "drift_unavailable", f"the drift monitor cannot run: {err}") from None
-        return _drift_response(app_name, summary)
+        kwargs = {"store": str(registry.store), "app": app_name, "alias": alias, "since": body.since}
+        try:
+            job, _ = jobs.start(drift_key, "drift", target, kwargs)
+        except RuntimeError:
+            raise ApiError(503, "shutting_down", "the server is shutting down; retry on the next one") from None
+        response.headers["X-Job-Id"] = job.id
+        await jobs.wait(job)
+        if job.state == TIMED_OUT:
+            raise ApiError(504, "job_timed_out", f"drift job {job.id}: {job.error}")
+        if job.state == CANCELLED:
+            raise ApiError(503, "shutting_down", f"drift job {job.id}: {job.error}")
+        if job.state != SUCCEEDED:
+            raise ApiError(409, "drift_unavailable", f"the drift monitor cannot run: {job.error}")
+        return _drift_response(app_name, job.result).model_copy(update={"job_id": job.id})
+
+    @app.get(
+        "/admin/v1/jobs/{job_id}",
+        tags=["admin"],
+        summary="State of an admin job (a drift run): running, succeeded, failed, timed_out or cancelled",
+        response_model=JobResponse,
+        responses={
+            **{k: v for k, v in _ADMIN_ERRORS.items() if k != 422},
+            404: {"model": ErrorResponse, "description": "No such job (`job_not_found`)."},
+        },
+    )
+    async def admin_job(job_id: str = Path_(..., pattern=r"^[0-9a-f]{16}$")) -> JobResponse:
+        job = jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, "job_not_found", f"no job {job_id} (the last {jobs.keep} jobs are kept)")
+        return JobResponse(**job.to_dict())
+
+    return jobs

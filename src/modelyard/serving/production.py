@@ -49,6 +49,7 @@ from modelyard.rundir import RunDir
 from modelyard.serving.app import DEFAULT_HOST, GRACEFUL_SHUTDOWN_S, ModelRuntime, create_app
 from modelyard.serving.console import install_console
 from modelyard.serving.http_errors import ApiError
+from modelyard.serving.jobs import JobRunner
 from modelyard.serving.predlog import PredictionLog, mask_pii
 from modelyard.serving.schemas import ErrorResponse
 from modelyard.serving.security import install_auth
@@ -310,6 +311,19 @@ def _log_lifespan(predlog: PredictionLog) -> Callable[[FastAPI], Any]:
     return lifespan
 
 
+def _jobs_lifespan(jobs: JobRunner) -> Callable[[FastAPI], Any]:
+    """Stop admin jobs (drift runs) on shutdown: terminated, then killed after the runner's grace period."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await jobs.shutdown()
+
+    return lifespan
+
+
 class _HotSwapper:
     """Polls the alias every ``poll_s`` seconds and swaps in the version it points at (verified first).
 
@@ -411,20 +425,21 @@ def create_production_app(
     predlog = PredictionLog(registry, capacity=log_capacity)
     # The web console's routes: GET / (public page) + /admin/v1/traffic, /admin/v1/drift.
     console = APIRouter()
-    install_console(console, registry, app_name, alias, run_monitor=drift_monitor)
+    jobs = install_console(console, registry, app_name, alias, run_monitor=drift_monitor)
     swapper = _HotSwapper(registry, app_name, alias, poll_s)
     app = create_app(
         lambda: load_version(registry.resolve(app_name, alias), alias),
         cfg,
         routers=(console, feedback_router(registry, predlog, app_name), admin_router(registry, app_name)),
         prediction_hooks=(_prediction_logger(predlog, app_name, cfg),),
-        lifespans=(_log_lifespan(predlog), swapper.lifespan),
+        lifespans=(_log_lifespan(predlog), swapper.lifespan, _jobs_lifespan(jobs)),
     )
     runtime = app.state.runtime
     if auth:
         install_auth(app, registry.verify_key, cache_s=key_cache_s)
     app.state.registry = registry
     app.state.predlog = predlog
+    app.state.jobs = jobs
 
     reg = app.state.metrics.registry
     version_gauge = Gauge("modelyard_model_version", "Registry version being served (0 until loaded).", registry=reg)
