@@ -6,6 +6,7 @@ per-request task overhead.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 
@@ -39,6 +40,10 @@ def route_template(routes: Iterable[BaseRoute], scope: Scope) -> tuple[str, bool
     return (partial or "unmatched"), False
 
 
+#: The status recorded for a request whose client hung up before it was answered (nginx's convention).
+CLIENT_CLOSED = 499
+
+
 class MetricsMiddleware:
     """Counts every HTTP response by route template, method and status, and times it.
 
@@ -60,17 +65,47 @@ class MetricsMiddleware:
         route, _ = route_template(self.routes, scope)
         start = time.perf_counter()
         status = 500  # if the app raises before responding, the error handler answers 500
+        started = disconnected = False
+
+        async def receive_wrapper() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, started = int(message["status"]), True
+                # Every response, JSON errors included, is to be taken as its declared type (no MIME sniffing).
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
+                    message = {**message, "headers": [*headers, (b"x-content-type-options", b"nosniff")]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
+            if disconnected and not started:
+                status = CLIENT_CLOSED  # the client hung up before an answer: not a server error
             self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start)
+
+
+def _unparseable_json(text: str) -> str | None:
+    """Why ``json.loads`` would fail on ``text`` for a reason other than a syntax error, else ``None``.
+
+    Syntax errors are left to the framework, whose 422 names the character position.
+    """
+    try:
+        json.loads(text)
+    except RecursionError:
+        return "nested too deeply"
+    except json.JSONDecodeError:
+        return None
+    except ValueError as err:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        return str(err).split(";")[0]
+    return None
 
 
 class JsonBodyGuardMiddleware:
@@ -162,12 +197,20 @@ class JsonBodyGuardMiddleware:
             # JSON on the wire is UTF-8 (RFC 8259). Checked here because the framework turns a decode
             # error into an anonymous 400 instead of a 422 the client can act on.
             try:
-                body.decode("utf-8")
+                text = body.decode("utf-8")
             except UnicodeDecodeError as err:
                 resp = error_response(
                     422, "invalid_json", f"request body is not UTF-8 (byte {err.start}); send UTF-8 JSON"
                 )
                 await resp(scope, receive, send)
+                return
+            # JSON the parser refuses for its size rather than its syntax (nesting deeper than Python's
+            # recursion limit, integers over 4,300 digits) also became an anonymous 400: make it the 422.
+            problem = _unparseable_json(text)
+            if problem is not None:
+                await error_response(422, "invalid_json", f"request body is not usable JSON: {problem}")(
+                    scope, receive, send
+                )
                 return
         replayed = False
 
