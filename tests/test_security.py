@@ -230,7 +230,7 @@ def test_every_listening_socket_defaults_to_loopback(reg, monkeypatch: pytest.Mo
     from modelyard.serving.production import run_app
 
     seen: list[str] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append(kw["host"]))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: seen.append(self.config.host))
     assert ServeConfig().host == "127.0.0.1"
     run_app(production_app(reg), ServeConfig(), host=None, port=0)
     run_app(production_app(reg), ServeConfig(), host="0.0.0.0", port=0)  # only when asked for explicitly

@@ -667,12 +667,19 @@ def test_uvicorn_graceful_shutdown_answers_the_in_flight_request() -> None:
 
 
 def test_serve_binds_loopback_and_sets_a_shutdown_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    from modelyard.serving.server import GuardedH11Protocol
+
+    configs: list[Any] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: configs.append(self.config))
     serve(FakeClassifier, ServeConfig())
-    serve(FakeClassifier, ServeConfig(host="0.0.0.0", port=9000), port=0)
-    first, second = calls
-    assert first["host"] == "127.0.0.1" and first["port"] == 8000
-    assert first["timeout_graceful_shutdown"] > 0
-    assert hasattr(first["app"].state, "batcher")
-    assert second["host"] == "0.0.0.0" and second["port"] == 0
+    serve(FakeClassifier, ServeConfig(host="0.0.0.0", port=9000, header_timeout_s=3, max_connections=7), port=0)
+    first, second = configs
+    assert first.host == "127.0.0.1" and first.port == 8000
+    assert first.timeout_graceful_shutdown > 0
+    assert hasattr(first.app.state, "batcher")
+    assert second.host == "0.0.0.0" and second.port == 0
+    # connection hygiene comes with the server: read deadlines, keep-alive, connection and header caps
+    assert issubclass(first.http, GuardedH11Protocol) and first.http.header_timeout_s == 10.0
+    assert first.http.body_timeout_s == 30.0 and first.timeout_keep_alive == 5
+    assert first.limit_concurrency == 512 and first.h11_max_incomplete_event_size == 16384
+    assert second.http.header_timeout_s == 3.0 and second.limit_concurrency == 7

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
 from modelyard.config._base import _Stage
 
@@ -20,6 +18,25 @@ class ServeConfig(_Stage):
     max_chars_per_text: int = Field(10000, ge=1, description="A longer text → HTTP 413.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="A larger request body → HTTP 413.")
     max_queue: int = Field(4096, ge=1, description="Texts waiting for the model beyond this → HTTP 503.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="A connection whose request line + headers are not complete this long "
+        "after it opened (or after its first byte, for a kept-alive connection) is closed (slow-loris).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A request body not complete this long after its headers: the "
+        "connection is closed (the request is counted as 499 in /metrics).",
+    )
+    keep_alive_s: float = Field(5.0, gt=0, le=600, description="An idle kept-alive connection is closed after this.")
+    max_connections: int = Field(
+        512, ge=1, description="Open connections + requests in flight beyond this are answered 503 at once."
+    )
+    max_header_bytes: int = Field(16384, ge=1024, description="Request line + headers larger than this → 400 + close.")
     auth: bool = Field(
         False,
         description="Require an API key (`modelyard keys create`) on every endpoint but /healthz and /readyz; "

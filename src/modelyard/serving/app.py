@@ -50,18 +50,10 @@ from modelyard.serving.schemas import (
     PredictResponse,
     ReadyResponse,
 )
+from modelyard.serving.server import GRACEFUL_SHUTDOWN_S, FramingMiddleware, run_server
 
 logger = logging.getLogger("modelyard.serving")
 
-# Loopback by default: the server has no authentication, no TLS and no rate limiting, and serves a
-# model whose compute (and possibly training-data memorisation) is worth protecting. Binding every
-# interface (0.0.0.0) would expose that to anything that can reach the machine, so it has to be an
-# explicit choice - typically behind a reverse proxy that adds TLS and auth.
-DEFAULT_HOST = "127.0.0.1"
-
-# How long shutdown waits for in-flight requests (uvicorn) and then for queued texts (batcher).
-# ServeConfig has no field for it yet; see the proposal in the serving hand-over notes.
-GRACEFUL_SHUTDOWN_S = 30.0
 
 _RETRY_AFTER = RETRY_AFTER
 
@@ -419,6 +411,7 @@ def create_app(
     app.add_middleware(JsonBodyGuardMiddleware, max_body_bytes=cfg.max_body_bytes, routes=app.router.routes)
     # Image models: multipart / {"images": [base64]} requests to /v1/predict (serving/images.py).
     app.add_middleware(ImageRequestMiddleware, runtime=runtime, batcher=batcher, cfg=cfg)
+    app.add_middleware(FramingMiddleware)  # CL + TE together: 400 and close, before anything reads a body
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: 200 while the process runs")
@@ -589,14 +582,4 @@ def serve(
         host: Interface to bind; defaults to ``cfg.host`` (loopback unless configured otherwise).
         port: TCP port; defaults to ``cfg.port``.
     """
-    import uvicorn  # imported here so building the app (tests, ASGI hosts) doesn't need it
-
-    uvicorn.run(
-        create_app(load_classifier, cfg),
-        host=host or cfg.host or DEFAULT_HOST,
-        port=cfg.port if port is None else port,
-        lifespan="on",  # the app can't serve without its lifespan; fail loudly rather than silently
-        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
-        server_header=False,
-        log_level="info",
-    )
+    run_server(create_app(load_classifier, cfg), cfg, host, port)

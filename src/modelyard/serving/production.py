@@ -46,13 +46,14 @@ from modelyard.registry.names import RegistryError, validate_alias, validate_nam
 from modelyard.registry.store import Registry
 from modelyard.registry.versions import VersionInfo, tree_sha256
 from modelyard.rundir import RunDir
-from modelyard.serving.app import DEFAULT_HOST, GRACEFUL_SHUTDOWN_S, ModelRuntime, create_app
+from modelyard.serving.app import ModelRuntime, create_app
 from modelyard.serving.console import install_console
 from modelyard.serving.http_errors import ApiError
 from modelyard.serving.jobs import JobRunner
 from modelyard.serving.predlog import PredictionLog, mask_pii
 from modelyard.serving.schemas import ErrorResponse
 from modelyard.serving.security import install_auth
+from modelyard.serving.server import run_server
 
 logger = logging.getLogger("modelyard.serving")
 
@@ -469,17 +470,7 @@ def serve_config_of(version: VersionInfo, overrides: list[str] | None = None) ->
 
 def run_app(app: FastAPI, cfg: ServeConfig, host: str | None, port: int | None) -> None:
     """Run an app with uvicorn like :func:`modelyard.serving.serve` (loopback unless ``host`` is given)."""
-    import uvicorn
-
-    uvicorn.run(
-        app,
-        host=host or cfg.host or DEFAULT_HOST,
-        port=cfg.port if port is None else port,
-        lifespan="on",
-        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
-        server_header=False,
-        log_level="info",
-    )
+    run_server(app, cfg, host, port)
 
 
 def serve_registry(

@@ -1,0 +1,147 @@
+"""Connection hygiene of the real server (uvicorn + modelyard's protocol), driven over raw loopback sockets:
+slow or partial heads and bodies are closed within the configured timeouts, Content-Length + Transfer-Encoding
+is refused and nothing smuggled after it is served, kept-alive idle connections close, the connection cap holds.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from modelyard.config import ServeConfig
+from modelyard.serving import create_app
+from modelyard.serving.server import uvicorn_config
+from tests.test_serving import FakeClassifier
+
+TIMEOUTS = {"header_timeout_s": 1.0, "body_timeout_s": 1.5, "keep_alive_s": 1.0, "max_wait_ms": 1.0}
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[int, Any]]:
+    app = create_app(FakeClassifier, ServeConfig(**TIMEOUTS, max_connections=8))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # loopback only
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn_config(app, ServeConfig(**TIMEOUTS, max_connections=8), port=port))
+    srv.config.log_level = "warning"
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    try:
+        yield port, app
+    finally:
+        srv.should_exit = True
+        thread.join(15)
+
+
+def _connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.settimeout(10)
+    return s
+
+
+def _closed_within(s: socket.socket, seconds: float) -> tuple[bool, float, bytes]:
+    """Read until the server closes the connection; (closed in time, seconds taken, bytes received)."""
+    t0 = time.monotonic()
+    got = b""
+    s.settimeout(seconds + 2)
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except TimeoutError:
+        return False, time.monotonic() - t0, got
+    except ConnectionResetError:
+        pass
+    took = time.monotonic() - t0
+    return took <= seconds, took, got
+
+
+def test_an_idle_connection_and_a_partial_head_are_closed_after_the_header_timeout(server: tuple[int, Any]) -> None:
+    port, _ = server
+    idle = _connect(port)
+    partial = _connect(port)
+    partial.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+    for s in (idle, partial):
+        closed, took, got = _closed_within(s, 1.0 + 1.0)
+        assert closed and got == b"", (took, got)
+
+
+def test_a_partial_body_is_closed_after_the_body_timeout_and_counted_as_499(server: tuple[int, Any]) -> None:
+    port, _ = server
+    s = _connect(port)
+    s.sendall(
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        b'{"texts": ["a'
+    )
+    closed, took, got = _closed_within(s, 1.5 + 1.0)
+    assert closed and got == b"", (took, got)
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    rows = [ln for ln in metrics.splitlines() if ln.startswith("modelyard_http_requests_total{") and "predict" in ln]
+    assert any('status="499"' in ln for ln in rows) and not any('status="500"' in ln for ln in rows), rows
+
+
+def test_an_absurd_chunk_size_does_not_hold_the_connection(server: tuple[int, Any]) -> None:
+    port, _ = server
+    s = _connect(port)
+    s.sendall(
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"FFFFFFFFFFFFFFFF\r\n{}"
+    )
+    closed, took, got = _closed_within(s, 1.5 + 1.0)
+    assert closed, (took, got)
+    assert not got.startswith(b"HTTP/1.1 5"), got
+
+
+def test_content_length_with_transfer_encoding_is_refused_and_the_smuggled_request_is_not_served(
+    server: tuple[int, Any],
+) -> None:
+    port, app = server
+    smuggled = b"GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b"0\r\n\r\n" + smuggled
+    s = _connect(port)
+    s.sendall(
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n".encode()
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + body
+    )
+    closed, took, got = _closed_within(s, 5.0)
+    assert closed, (took, got)
+    assert got.startswith(b"HTTP/1.1 400"), got
+    assert b"Content-Length and Transfer-Encoding" in got and b"connection: close" in got.lower()
+    assert got.count(b"HTTP/1.1") == 1  # the GET /v1/model hidden in the body got no answer
+
+
+def test_a_kept_alive_idle_connection_closes_and_the_connection_cap_answers_503(server: tuple[int, Any]) -> None:
+    port, _ = server
+    s = _connect(port)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = s.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200")
+    closed, took, _ = _closed_within(s, 1.0 + 1.5)  # keep_alive_s
+    assert closed, took
+    held = [_connect(port) for _ in range(8)]  # max_connections
+    try:
+        extra = _connect(port)
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert extra.recv(65536).startswith(b"HTTP/1.1 503")
+    finally:
+        for h in held:
+            h.close()
