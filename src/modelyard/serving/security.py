@@ -1,11 +1,11 @@
 """API-key authentication, scopes and per-key rate limits (pure ASGI middleware).
 
 Keys come from the registry (``modelyard keys create``), sent as ``Authorization: Bearer KEY`` or
-``X-API-Key: KEY``. Every route but ``/healthz``, ``/readyz`` and the console's static page (``GET /``,
-which holds no data) needs a key; which scope it needs is
-decided by :func:`required_scope`. Failures are JSON errors like every other: 401 ``unauthorized``
-(no key, unknown or revoked key), 403 ``forbidden`` (key lacks the scope), 429 ``rate_limited``
-with ``Retry-After`` (the key's token bucket is empty).
+``X-API-Key: KEY``. Every route but ``/healthz``, ``/readyz``, the console's static page (``GET /``,
+which holds no data) and, unless ``serve.docs`` is ``key``, the API docs (``/docs``, ``/openapi.json``;
+:mod:`.docs`) needs a key; which scope it needs is decided by :func:`required_scope`. Failures are
+JSON errors like every other: 401 ``unauthorized`` (no key, unknown or revoked key), 403 ``forbidden``
+(key lacks the scope), 429 ``rate_limited`` with ``Retry-After`` (the key's token bucket is empty).
 
 Revocation window: verified keys (and refusals) are cached per server process for
 ``key_cache_s`` seconds, so a revoked key keeps working for at most that long after
@@ -68,16 +68,18 @@ def key_cache_seconds(value: float | None = None) -> float:
     return float(value)
 
 
-def required_scope(path: str) -> str | None:
+def required_scope(path: str, public: frozenset[str] = PUBLIC_PATHS) -> str | None:
     """The scope a request path needs: ``None`` (public), ``predict``, ``feedback``, ``admin`` or ``any``.
 
     Args:
         path: The request path.
+        public: The paths that need no key (the app's: :data:`PUBLIC_PATHS` plus, unless ``serve.docs``
+            is ``key``, the API docs).
 
     Returns:
-        The scope; ``any`` means any valid key (the API docs).
+        The scope; ``any`` means any valid key (e.g. the API docs with ``serve.docs: key``).
     """
-    if path in PUBLIC_PATHS:
+    if path in public:
         return None
     if path == "/v1/feedback":
         return "feedback"
@@ -182,6 +184,7 @@ class ApiKeyMiddleware:
         verify: ``Registry.verify_key`` (called off the event loop, results cached).
         buckets: Rate-limit state (default: a fresh one).
         cache_s: Key-cache lifetime in seconds (``None``: :func:`key_cache_seconds`).
+        public_paths: Paths that need no key (default :data:`PUBLIC_PATHS`).
     """
 
     def __init__(
@@ -190,16 +193,18 @@ class ApiKeyMiddleware:
         verify: Callable[[str], KeyInfo | None],
         buckets: TokenBuckets | None = None,
         cache_s: float | None = None,
+        public_paths: frozenset[str] = PUBLIC_PATHS,
     ) -> None:
         self.app = app
         self.keys = KeyCache(verify, key_cache_seconds(cache_s))
         self.buckets = buckets or TokenBuckets()
+        self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        needed = required_scope(scope["path"])
+        needed = required_scope(scope["path"], self.public_paths)
         if needed is None:
             await self.app(scope, receive, send)
             return
@@ -261,7 +266,9 @@ def install_auth(app: object, verify: Callable[[str], KeyInfo | None], *, cache_
     cache_s = key_cache_seconds(cache_s)
     from starlette.middleware import Middleware
 
+    # The API docs are public unless serve.docs is `key` (create_app puts their paths in app.state).
+    public = PUBLIC_PATHS | getattr(app.state, "public_paths", frozenset())  # type: ignore[attr-defined]
     stack = app.user_middleware  # type: ignore[attr-defined]
     # user_middleware[0] is the outermost layer; put auth right after the metrics layer.
     at = next((i + 1 for i, m in enumerate(stack) if m.cls is MetricsMiddleware), 0)
-    stack.insert(at, Middleware(ApiKeyMiddleware, verify=verify, cache_s=cache_s))
+    stack.insert(at, Middleware(ApiKeyMiddleware, verify=verify, cache_s=cache_s, public_paths=public))
