@@ -52,7 +52,10 @@ _SINCE_PATTERN = r"^[1-9][0-9]{0,5}[smhd]$"
 _NICE_BUCKETS = (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 
 _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "No API key, or an unknown/revoked one (`unauthorized`)."},
+    401: {
+        "model": ErrorResponse,
+        "description": "No API key, an unknown/revoked one (`unauthorized`) or an expired one (`key_expired`).",
+    },
     403: {"model": ErrorResponse, "description": "The key lacks the `admin` scope (`forbidden`)."},
     422: {"model": ErrorResponse, "description": "Bad query parameter (`invalid_request`)."},
     429: {"model": ErrorResponse, "description": "The key's rate limit is exhausted (`rate_limited`)."},
