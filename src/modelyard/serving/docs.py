@@ -25,6 +25,7 @@ from typing import Literal
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from modelyard.errors import ModelyardError
 from modelyard.serving.headers import SECURITY_HEADERS
 
 DocsMode = Literal["public", "key", "off"]
@@ -79,11 +80,17 @@ def install_docs(app: FastAPI, mode: DocsMode) -> None:
         mode: ``serve.docs``.
 
     Raises:
-        ModuleNotFoundError: ``fastapi-offline`` is not installed (a dependency of modelyard).
+        ModelyardError: ``fastapi-offline`` is not installed (a dependency of modelyard).
     """
     if mode == "off":
         return
-    _read("/docs/swagger-ui.css")  # fail at startup, not at the first visit, when the package is missing
+    try:  # fail when the app is built, not at the first visit, when the package is missing
+        _read("/docs/swagger-ui.css")
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        raise ModelyardError(
+            f"the API docs need Swagger UI's files from the fastapi-offline package ({err}); "
+            "pip install 'fastapi-offline>=1.7.7' (a modelyard dependency), or set serve.docs: off"
+        ) from None
 
     def serve_file(path: str, media: str) -> Callable[[], Awaitable[Response]]:
         headers = _VENDOR_HEADERS if path in _VENDOR else SECURITY_HEADERS
