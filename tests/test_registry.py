@@ -265,7 +265,7 @@ def test_migrations_match_models_and_reopen_is_idempotent(tmp_path: Path) -> Non
     from modelyard.registry.models import Base
 
     reg = open_registry(tmp_path / "s")
-    assert reg.schema_revision() == "0001"
+    assert reg.schema_revision() == "0002"
     with reg.engine.reader.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], diff
@@ -273,7 +273,87 @@ def test_migrations_match_models_and_reopen_is_idempotent(tmp_path: Path) -> Non
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
     reg.close()
     again = open_registry(tmp_path / "s")
-    assert again.schema_revision() == "0001" and again.count("apps") == 0
+    assert again.schema_revision() == "0002" and again.count("apps") == 0
+
+
+def _migrate_to(url: str, revision: str, down: bool = False) -> None:
+    """Run the registry's Alembic migrations up (or down) to ``revision`` on the database at ``url``."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    import modelyard.registry
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(modelyard.registry.__file__).parent / "migrations"))
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def check_key_expiry_migration(tmp_path: Path, db: str | None) -> None:
+    """A registry at revision 0001 holding a key is upgraded to 0002 (``api_keys.expires_at``) on open; the
+    key keeps working and never expires; 0002 downgrades and upgrades again."""
+    from datetime import datetime, timezone
+
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine, text
+
+    from modelyard.registry.keys import _secret_hash
+    from modelyard.registry.models import Base
+
+    store = tmp_path / "store"
+    store.mkdir()
+    url = db or f"sqlite:///{store / 'registry.db'}"
+    _migrate_to(url, "0001")
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (key_id, secret_sha256, scopes, rate_per_s, name, created_at) "
+                "VALUES ('0123456789abcdef', :h, 'predict', NULL, 'old', :at)"
+            ),
+            {"h": _secret_hash("s3cret"), "at": datetime.now(timezone.utc)},
+        )
+    engine.dispose()
+    old_key = "my_0123456789abcdef_s3cret"
+
+    reg = open_registry(store, db)  # migrates to head
+    try:
+        assert reg.schema_revision() == "0002"
+        with reg.engine.reader.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        info = reg.verify_key(old_key)
+        assert info is not None and info.name == "old" and info.expires_at is None
+        [row] = reg.list_keys()
+        assert row["expires_at"] is None and row["expired"] is False
+        new_key = reg.create_key(["predict"], expires="30d")
+        assert reg.verify_key(new_key).expires_at is not None
+    finally:
+        reg.close()
+    _migrate_to(url, "0001", down=True)
+    _migrate_to(url, "head")
+    reg = open_registry(store, db)
+    try:
+        assert reg.verify_key(old_key) is not None
+        renewed = reg.verify_key(new_key)
+        assert renewed is not None and renewed.expires_at is None  # the column was dropped and added again
+    finally:
+        reg.close()
+
+
+def test_key_expiry_migration_sqlite(tmp_path: Path) -> None:
+    check_key_expiry_migration(tmp_path, None)
+
+
+@needs_postgres
+def test_key_expiry_migration_postgres(tmp_path: Path) -> None:
+    check_key_expiry_migration(tmp_path, _fresh_postgres_db())
 
 
 def test_cli_register_list_promote_rollback(tiny_trained_run: Path, tmp_path: Path) -> None:
@@ -396,7 +476,7 @@ def test_four_concurrent_writer_processes_postgres_one_minute(tiny_trained_run: 
 @needs_postgres
 def test_lifecycle_on_postgres(tiny_trained_run: Path, tmp_path: Path) -> None:
     reg = open_registry(tmp_path / "store", _fresh_postgres_db())
-    assert reg.schema_revision() == "0001"
+    assert reg.schema_revision() == "0002"
     assert reg.register(tiny_trained_run, "pg").version == 1
     assert reg.register(tiny_trained_run, "pg").version == 2
     reg.promote("pg", 1)
@@ -405,4 +485,7 @@ def test_lifecycle_on_postgres(tiny_trained_run: Path, tmp_path: Path) -> None:
     key = reg.create_key(["predict"], "5/s")
     assert reg.verify_key(key).scopes == frozenset({"predict"})
     assert reg.verify_key(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    expiring = reg.lookup_key(reg.create_key(["predict"], expires="30d"))  # timestamptz round trip
+    assert expiring is not None and expiring.expires_at.utcoffset().total_seconds() == 0 and not expiring.expired()
+    assert [r["expires_at"] is not None for r in reg.list_keys()] == [False, True]
     reg.close()

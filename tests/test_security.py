@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from modelyard.config import ServeConfig
-from modelyard.serving import security
+from modelyard.serving import docs, security
 from modelyard.serving.security import TokenBuckets, required_scope
 from tests.production_helpers import bearer, make_registry, production_app, run, running
 
@@ -47,6 +47,9 @@ def test_required_scopes() -> None:
     assert required_scope("/v1/feedback") == "feedback"
     assert required_scope("/admin/v1/versions") == "admin" and required_scope("/metrics") == "admin"
     assert required_scope("/docs") == "any" and required_scope("/nope") == "any"
+    public = security.PUBLIC_PATHS | docs.public_docs_paths("public")
+    assert required_scope("/docs", public) is None and required_scope("/openapi.json", public) is None
+    assert required_scope("/v1/predict", public) == "predict" and required_scope("/docs/x.js", public) == "any"
 
 
 def test_keys_and_scopes(reg, keys: dict[str, str]) -> None:
@@ -75,7 +78,8 @@ def test_keys_and_scopes(reg, keys: dict[str, str]) -> None:
                 assert (await c.get(path, headers=bearer(keys["admin"]))).status_code == 200
             versions = (await c.get("/admin/v1/versions", headers=bearer(keys["admin"]))).json()
             assert [(v["version"], v["aliases"]) for v in versions] == [(1, ["production"])]
-            _error(await c.get("/openapi.json"), 401, "unauthorized")
+            # serve.docs: public (the default): the API docs need no key (tests/test_docs.py covers key and off)
+            assert (await c.get("/openapi.json")).status_code == 200
             assert (await c.get("/openapi.json", headers=bearer(keys["predict"]))).status_code == 200
             metrics = (await c.get("/metrics", headers=bearer(keys["admin"]))).text
             assert 'modelyard_http_requests_total{method="POST",route="/v1/predict",status="401"}' in metrics

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from modelyard.config._base import _Stage
@@ -41,6 +43,12 @@ class ServeConfig(_Stage):
         False,
         description="Require an API key (`modelyard keys create`) on every endpoint but /healthz and /readyz; "
         "always on when serving NAME@ALIAS from the registry.",
+    )
+    docs: Literal["public", "key", "off"] = Field(
+        "public",
+        description="Who may read the API docs (/docs, served from the server itself, and /openapi.json): "
+        "`public` (they describe the API and hold no data), `key` (any valid API key; needs API keys: "
+        "serve.auth or NAME@ALIAS), `off` (404).",
     )
     mask_pii: bool = Field(
         True, description="Mask e-mail addresses, phone/card numbers and IP addresses in the prediction log."

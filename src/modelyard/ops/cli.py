@@ -132,12 +132,29 @@ def create_key(
     scope: Annotated[list[str], typer.Option("--scope", help="predict, feedback or admin (repeatable).")],
     rate: Annotated[str | None, typer.Option("--rate", help="Rate limit, e.g. 10/s, 600/m (default: none).")] = None,
     name: Annotated[str, typer.Option("--name", help="A note: who or what uses the key.")] = "",
+    expires: Annotated[
+        str | None,
+        typer.Option(
+            "--expires",
+            help="Lifetime: a whole number and s, m, h or d, e.g. 30d, 12h, 90m; afterwards servers answer "
+            "401 key_expired (default: never expires).",
+        ),
+    ] = None,
     store: StoreOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Create an API key; it is printed once (only its hash is stored)."""
+    from modelyard.registry.keys import parse_duration
+
     scopes = [s.strip() for item in scope for s in item.split(",") if s.strip()]
-    key = _open(store, db).create_key(scopes, rate, name)
+    if expires is not None:
+        parse_duration(expires)  # a bad lifetime fails before the registry is opened (or created)
+    reg = _open(store, db)
+    key = reg.create_key(scopes, rate, name, expires)
+    if expires is not None:
+        key_id = key.split("_")[1]
+        [row] = [r for r in reg.list_keys() if r["key_id"] == key_id]
+        err_console.print(f"the key expires at {row['expires_at']} (UTC).", highlight=False)
     err_console.print("store this key now; it cannot be shown again. Send it as `Authorization: Bearer KEY`.")
     print(key)
 
@@ -145,7 +162,8 @@ def create_key(
 @keys_app.command("list")
 @friendly_errors
 def list_keys(store: StoreOpt = None, db: DbOpt = None) -> None:
-    """List key ids, scopes and rate limits (never the secrets)."""
+    """List keys as JSON lines: id, scopes, rate limit, name, created, revoked, expires_at (null: never) and
+    expired (never the secrets)."""
     for row in _open(store, db).list_keys():
         print(json.dumps(row))
 

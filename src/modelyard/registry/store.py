@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from modelyard.registry.engine import RegistryEngine, default_store
-from modelyard.registry.keys import KEY_PREFIX, SCOPES, KeyInfo, KeyStore, parse_rate
+from modelyard.registry.keys import KEY_PREFIX, SCOPES, KeyInfo, KeyStore, parse_duration, parse_rate
 from modelyard.registry.predictions import PredictionStore, parse_since
 from modelyard.registry.versions import VersionInfo, VersionStore, tree_sha256
 
@@ -32,6 +32,7 @@ __all__ = [
     "VersionInfo",
     "default_store",
     "open_registry",
+    "parse_duration",
     "parse_rate",
     "parse_since",
     "tree_sha256",
@@ -126,9 +127,15 @@ class Registry:
 
     # --------------------------------------------------------------- API keys
 
-    def create_key(self, scopes: Sequence[str], rate: str | None = None, name: str = "") -> str:
+    def create_key(
+        self, scopes: Sequence[str], rate: str | None = None, name: str = "", expires: str | timedelta | None = None
+    ) -> str:
         """See :meth:`KeyStore.create_key`."""
-        return self.api_keys.create_key(scopes, rate, name)
+        return self.api_keys.create_key(scopes, rate, name, expires)
+
+    def lookup_key(self, key: str) -> KeyInfo | None:
+        """See :meth:`KeyStore.lookup_key` (includes expired keys; the server's key check)."""
+        return self.api_keys.lookup_key(key)
 
     def verify_key(self, key: str) -> KeyInfo | None:
         """See :meth:`KeyStore.verify_key`."""

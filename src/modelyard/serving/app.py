@@ -35,8 +35,10 @@ from fastapi.responses import JSONResponse, Response
 
 from modelyard import __version__
 from modelyard.config import ServeConfig
+from modelyard.errors import ConfigError
 from modelyard.explain.core import ExplainUnsupportedError
 from modelyard.serving.batcher import MicroBatcher
+from modelyard.serving.docs import OPENAPI_URL, install_docs, public_docs_paths
 from modelyard.serving.http_errors import RETRY_AFTER, ApiError, install_error_handlers, submit_batch
 from modelyard.serving.images import ImageRequestMiddleware
 from modelyard.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
@@ -286,6 +288,18 @@ class ModelRuntime:
         return explanation.to_dict()
 
 
+_DOCS_KEY_WITHOUT_AUTH = (
+    "serve.docs is 'key' but this server checks no API keys; set serve.auth: true (or serve NAME@ALIAS "
+    "from the registry), or serve.docs: public or off"
+)
+
+
+def _checks_api_keys(app: FastAPI) -> bool:
+    from modelyard.serving.security import ApiKeyMiddleware
+
+    return any(m.cls is ApiKeyMiddleware for m in app.user_middleware)
+
+
 def _explainable(classifier: Any) -> bool:
     return getattr(classifier, "model", None) is not None and getattr(classifier, "tokenizer", None) is not None
 
@@ -343,8 +357,11 @@ def create_app(
             reverse order after the batcher drained (so work queued by hooks is complete by then).
 
     Returns:
-        The FastAPI app; ``app.state`` holds ``config``, ``metrics``, ``runtime``, ``batcher`` and
-        ``prediction_hook`` (the combined hook, or ``None``; the image path reads it).
+        The FastAPI app; ``app.state`` holds ``config``, ``metrics``, ``runtime``, ``batcher``,
+        ``prediction_hook`` (the combined hook, or ``None``; the image path reads it) and ``public_paths``
+        (the docs paths an API-key check must let through, per ``cfg.docs``; see :mod:`.docs`).
+        With ``cfg.docs == "key"`` the app refuses to start unless API keys are checked
+        (:func:`modelyard.serving.security.install_auth`).
     """
     if cfg.max_texts_per_request > cfg.max_queue:
         logger.warning(
@@ -385,6 +402,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if cfg.docs == "key" and not _checks_api_keys(app):
+            raise ConfigError(_DOCS_KEY_WITHOUT_AUTH)
         # The extra lifespans wrap the serving one: started before the model loads, stopped after the drain.
         async with AsyncExitStack() as extras:
             for extra in lifespans:
@@ -398,8 +417,17 @@ def create_app(
         description="Text classification served by modelyard. Every error is "
         '`{"error": {"code": ..., "message": ...}}`.',
         lifespan=lifespan,
+        # FastAPI's own /docs loads Swagger UI from a CDN with an inline script; serving/docs.py serves it
+        # from the package instead (serve.docs: public | key | off).
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+        openapi_url=None if cfg.docs == "off" else OPENAPI_URL,
     )
+    install_docs(app, cfg.docs)
     app.state.config = cfg
+    # Paths the API-key middleware (serving/security.py install_auth) lets through without a key.
+    app.state.public_paths = public_docs_paths(cfg.docs)
     app.state.metrics = metrics
     app.state.runtime = runtime
     app.state.batcher = batcher
@@ -581,5 +609,10 @@ def serve(
         cfg: Serving settings.
         host: Interface to bind; defaults to ``cfg.host`` (loopback unless configured otherwise).
         port: TCP port; defaults to ``cfg.port``.
+
+    Raises:
+        ConfigError: ``cfg.docs`` is ``key``: this server checks no API keys (see ``serve.auth``).
     """
+    if cfg.docs == "key":  # this server has no API keys (serve.auth: true goes through install_auth)
+        raise ConfigError(_DOCS_KEY_WITHOUT_AUTH)
     run_server(create_app(load_classifier, cfg), cfg, host, port)

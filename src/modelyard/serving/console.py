@@ -4,7 +4,7 @@ The console is one static page (``console/index.html`` + ``console.js`` + ``cons
 package data; no build step, no CDN). It holds no data: the user pastes an API key, which the page
 keeps in ``sessionStorage`` and sends as ``Authorization: Bearer KEY`` to the same JSON API every
 client uses, so every panel is subject to the key's scopes and rate limit. Its responses carry a
-strict Content-Security-Policy (``default-src 'self'``, no inline script or style), so even a
+strict Content-Security-Policy (:mod:`.headers`: ``default-src 'self'``, no inline script or style), so even a
 logged text that contains markup cannot run script in the page (the page also only ever inserts
 text with ``textContent``).
 
@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.registry.names import RegistryError
 from modelyard.registry.store import Registry, parse_since
+from modelyard.serving.headers import SECURITY_HEADERS
 from modelyard.serving.http_errors import ApiError
 from modelyard.serving.jobs import CANCELLED, SUCCEEDED, TIMED_OUT, JobRunner
 from modelyard.serving.schemas import ErrorResponse
@@ -47,26 +48,16 @@ CONSOLE_FILES = {
 }
 """Public paths of the console and the package file each serves."""
 
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-"""Headers of every console response."""
-
 MAX_BUCKETS = 2000
 MAX_WINDOW = timedelta(days=366)
 _SINCE_PATTERN = r"^[1-9][0-9]{0,5}[smhd]$"
 _NICE_BUCKETS = (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 
 _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "No API key, or an unknown/revoked one (`unauthorized`)."},
+    401: {
+        "model": ErrorResponse,
+        "description": "No API key, an unknown/revoked one (`unauthorized`) or an expired one (`key_expired`).",
+    },
     403: {"model": ErrorResponse, "description": "The key lacks the `admin` scope (`forbidden`)."},
     422: {"model": ErrorResponse, "description": "Bad query parameter (`invalid_request`)."},
     429: {"model": ErrorResponse, "description": "The key's rate limit is exhausted (`rate_limited`)."},

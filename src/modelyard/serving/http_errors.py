@@ -126,7 +126,10 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 404:
-        message = f"no route {request.method} {request.url.path}; see /docs for the API"
+        message = f"no route {request.method} {request.url.path}"
+        cfg = getattr(request.app.state, "config", None)
+        if getattr(cfg, "docs", "public") != "off":  # serve.docs: off serves no /docs to point at
+            message += "; see /docs for the API"
     elif exc.status_code == 405:
         allow = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
         message = f"method {request.method} is not allowed on {request.url.path}" + (f"; use {allow}" if allow else "")

@@ -437,7 +437,7 @@ def create_production_app(
     )
     runtime = app.state.runtime
     if auth:
-        install_auth(app, registry.verify_key, cache_s=key_cache_s)
+        install_auth(app, registry.lookup_key, cache_s=key_cache_s)
     app.state.registry = registry
     app.state.predlog = predlog
     app.state.jobs = jobs

@@ -1,18 +1,21 @@
 """API-key authentication, scopes and per-key rate limits (pure ASGI middleware).
 
 Keys come from the registry (``modelyard keys create``), sent as ``Authorization: Bearer KEY`` or
-``X-API-Key: KEY``. Every route but ``/healthz``, ``/readyz`` and the console's static page (``GET /``,
-which holds no data) needs a key; which scope it needs is
-decided by :func:`required_scope`. Failures are JSON errors like every other: 401 ``unauthorized``
-(no key, unknown or revoked key), 403 ``forbidden`` (key lacks the scope), 429 ``rate_limited``
-with ``Retry-After`` (the key's token bucket is empty).
+``X-API-Key: KEY``. Every route but ``/healthz``, ``/readyz``, the console's static page (``GET /``,
+which holds no data) and, unless ``serve.docs`` is ``key``, the API docs (``/docs``, ``/openapi.json``;
+:mod:`.docs`) needs a key; which scope it needs is decided by :func:`required_scope`. Failures are
+JSON errors like every other: 401 ``unauthorized`` (no key, unknown or revoked key), 401 ``key_expired``
+(the key's lifetime, ``modelyard keys create --expires``, has passed), 403 ``forbidden`` (key lacks the
+scope), 429 ``rate_limited`` with ``Retry-After`` (the key's token bucket is empty).
 
 Revocation window: verified keys (and refusals) are cached per server process for
 ``key_cache_s`` seconds, so a revoked key keeps working for at most that long after
 ``modelyard keys revoke``, then answers 401. The lifetime is the ``key_cache_s`` argument of
 :func:`install_auth` / ``create_production_app``, else the environment variable
 ``MODELYARD_KEY_CACHE_SECONDS``, else :data:`KEY_CACHE_TTL_S` (5 s); ``0`` looks every request up
-in the registry.
+in the registry. Expiry is exact: the cached key carries its ``expires_at``, compared with the clock
+on every request (the verifier is ``Registry.lookup_key``, which returns expired keys too, so the server
+can tell ``key_expired`` from ``unauthorized``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard.registry.keys import KeyInfo
+from modelyard.registry.models import utcnow
 from modelyard.registry.names import RegistryError
 from modelyard.serving.http_errors import error_response
 from modelyard.serving.middleware import MetricsMiddleware
@@ -68,16 +72,18 @@ def key_cache_seconds(value: float | None = None) -> float:
     return float(value)
 
 
-def required_scope(path: str) -> str | None:
+def required_scope(path: str, public: frozenset[str] = PUBLIC_PATHS) -> str | None:
     """The scope a request path needs: ``None`` (public), ``predict``, ``feedback``, ``admin`` or ``any``.
 
     Args:
         path: The request path.
+        public: The paths that need no key (the app's: :data:`PUBLIC_PATHS` plus, unless ``serve.docs``
+            is ``key``, the API docs).
 
     Returns:
-        The scope; ``any`` means any valid key (the API docs).
+        The scope; ``any`` means any valid key (e.g. the API docs with ``serve.docs: key``).
     """
-    if path in PUBLIC_PATHS:
+    if path in public:
         return None
     if path == "/v1/feedback":
         return "feedback"
@@ -128,7 +134,7 @@ class KeyCache:
     Negative answers are cached too, so a flood of bad keys costs one lookup per key per TTL.
 
     Args:
-        verify: ``Registry.verify_key``.
+        verify: ``Registry.lookup_key``.
         ttl_s: Lifetime of an entry (see :func:`key_cache_seconds`); a key looked up at time ``t``
             is answered from the cache until ``t + ttl_s`` and looked up again after that.
         clock: Monotonic clock (tests pass a fake one).
@@ -146,7 +152,7 @@ class KeyCache:
         self._cache: OrderedDict[str, tuple[KeyInfo | None, float]] = OrderedDict()
 
     async def get(self, key: str) -> KeyInfo | None:
-        """The key's info, or ``None`` for an unknown/revoked key."""
+        """The key's info (possibly expired), or ``None`` for an unknown/revoked key."""
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
         now = self._clock()
         hit = self._cache.get(digest)
@@ -179,9 +185,11 @@ class ApiKeyMiddleware:
 
     Args:
         app: The wrapped ASGI app.
-        verify: ``Registry.verify_key`` (called off the event loop, results cached).
+        verify: ``Registry.lookup_key`` (called off the event loop, results cached); it may return an
+            expired key's info, refused here with ``key_expired``.
         buckets: Rate-limit state (default: a fresh one).
         cache_s: Key-cache lifetime in seconds (``None``: :func:`key_cache_seconds`).
+        public_paths: Paths that need no key (default :data:`PUBLIC_PATHS`).
     """
 
     def __init__(
@@ -190,16 +198,18 @@ class ApiKeyMiddleware:
         verify: Callable[[str], KeyInfo | None],
         buckets: TokenBuckets | None = None,
         cache_s: float | None = None,
+        public_paths: frozenset[str] = PUBLIC_PATHS,
     ) -> None:
         self.app = app
         self.keys = KeyCache(verify, key_cache_seconds(cache_s))
         self.buckets = buckets or TokenBuckets()
+        self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        needed = required_scope(scope["path"])
+        needed = required_scope(scope["path"], self.public_paths)
         if needed is None:
             await self.app(scope, receive, send)
             return
@@ -218,6 +228,17 @@ class ApiKeyMiddleware:
         info = await self.keys.get(key)
         if info is None:
             resp = error_response(401, "unauthorized", "the API key is unknown or revoked", headers=challenge)
+            await resp(scope, receive, send)
+            return
+        if info.expired(utcnow()):  # checked on every request: a cached key expires on time too
+            assert info.expires_at is not None
+            resp = error_response(
+                401,
+                "key_expired",
+                f"the API key expired at {info.expires_at.isoformat(timespec='seconds')}; "
+                "ask for a new one (`modelyard keys create`)",
+                headers=challenge,
+            )
             await resp(scope, receive, send)
             return
         if needed != "any" and not info.allows(needed):
@@ -251,7 +272,8 @@ def install_auth(app: object, verify: Callable[[str], KeyInfo | None], *, cache_
 
     Args:
         app: A FastAPI app from :func:`modelyard.serving.create_app` (not yet started).
-        verify: ``Registry.verify_key``.
+        verify: ``Registry.lookup_key`` (expired keys answer 401 ``key_expired``; with
+            ``Registry.verify_key`` they would answer 401 ``unauthorized``).
         cache_s: How long a verified key is trusted without asking the registry again, i.e. how long a
             revoked key may keep working (``None``: ``$MODELYARD_KEY_CACHE_SECONDS`` or 5 s).
 
@@ -261,7 +283,9 @@ def install_auth(app: object, verify: Callable[[str], KeyInfo | None], *, cache_
     cache_s = key_cache_seconds(cache_s)
     from starlette.middleware import Middleware
 
+    # The API docs are public unless serve.docs is `key` (create_app puts their paths in app.state).
+    public = PUBLIC_PATHS | getattr(app.state, "public_paths", frozenset())  # type: ignore[attr-defined]
     stack = app.user_middleware  # type: ignore[attr-defined]
     # user_middleware[0] is the outermost layer; put auth right after the metrics layer.
     at = next((i + 1 for i, m in enumerate(stack) if m.cls is MetricsMiddleware), 0)
-    stack.insert(at, Middleware(ApiKeyMiddleware, verify=verify, cache_s=cache_s))
+    stack.insert(at, Middleware(ApiKeyMiddleware, verify=verify, cache_s=cache_s, public_paths=public))
