@@ -347,7 +347,8 @@ def test_console_end_to_end_in_headless_chromium(live_server: tuple[str, Any, An
             assert page.locator("#chart-mix rect.bar-rect").count() >= 1
             expect(page.locator("#drift-status")).to_contain_text("no drift report yet")
             page.click("#drift-run")
-            expect(page.locator("#drift-status")).to_contain_text("insufficient_data")
+            # the run is a job in a child process (imports the monitor, scores the reference): seconds, not ms
+            expect(page.locator("#drift-status")).to_contain_text("insufficient_data", timeout=60_000)
             assert not page.locator("#traffic-error").is_visible() and not page.locator("#drift-error").is_visible()
 
             # A wrong key: the 401 is shown in the key status and in every panel.
