@@ -315,3 +315,25 @@ def test_auth_runs_before_every_other_middleware_but_metrics(reg) -> None:
     classes = [m.cls for m in production_app(reg).user_middleware]
     # outermost first: metrics count the 401s, and no body/image handler runs before the key check
     assert classes[:2] == [MetricsMiddleware, ApiKeyMiddleware], classes
+
+
+def test_in_flight_requests_per_key_are_capped_and_other_keys_are_unaffected(reg, keys: dict[str, str]) -> None:
+    other = reg.create_key(["predict"])
+    app = production_app(reg, cfg={"max_in_flight_per_key": 2, "max_batch_size": 1})
+
+    async def main() -> tuple[list[Any], Any, Any]:
+        async with running(app) as c:
+            app.state.runtime.swap(_Slow(app.state.runtime.loaded.classifier))
+            same = [c.post("/v1/predict", json={"texts": ["a"]}, headers=bearer(keys["client"])) for _ in range(6)]
+            others = c.post("/v1/predict", json={"texts": ["b"]}, headers=bearer(other))
+            *answers, second_key = await asyncio.gather(*same, others)
+            after = await c.post("/v1/predict", json={"texts": ["c"]}, headers=bearer(keys["client"]))
+            return answers, second_key, after
+
+    answers, second_key, after = run(main())
+    codes = [r.status_code for r in answers]
+    assert codes.count(200) == 2 and codes.count(429) == 4, codes
+    refused = next(r for r in answers if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "too_many_in_flight" and refused.headers["Retry-After"] == "1"
+    assert second_key.status_code == 200  # the cap is per key
+    assert after.status_code == 200  # the count went back to zero (no leak)

@@ -266,7 +266,7 @@ def serve(
         from modelyard.serving.security import install_auth
 
         web = create_app(loader, cfg)
-        install_auth(web, open_registry(store, db).lookup_key)
+        install_auth(web, open_registry(store, db).lookup_key, max_in_flight=cfg.max_in_flight_per_key)
         run_app(web, cfg, host, port)
         return
     run_serve(loader, cfg, host=host, port=port)

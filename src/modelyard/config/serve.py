@@ -38,6 +38,9 @@ class ServeConfig(_Stage):
     max_connections: int = Field(
         512, ge=1, description="Open connections + requests in flight beyond this are answered 503 at once."
     )
+    max_in_flight_per_key: int = Field(
+        64, ge=1, description="Requests one API key may have in flight at once; more → HTTP 429 (with auth)."
+    )
     max_header_bytes: int = Field(16384, ge=1024, description="Request line + headers larger than this → 400 + close.")
     auth: bool = Field(
         False,

@@ -437,7 +437,7 @@ def create_production_app(
     )
     runtime = app.state.runtime
     if auth:
-        install_auth(app, registry.lookup_key, cache_s=key_cache_s)
+        install_auth(app, registry.lookup_key, cache_s=key_cache_s, max_in_flight=cfg.max_in_flight_per_key)
     app.state.registry = registry
     app.state.predlog = predlog
     app.state.jobs = jobs

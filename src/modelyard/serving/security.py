@@ -190,6 +190,8 @@ class ApiKeyMiddleware:
         buckets: Rate-limit state (default: a fresh one).
         cache_s: Key-cache lifetime in seconds (``None``: :func:`key_cache_seconds`).
         public_paths: Paths that need no key (default :data:`PUBLIC_PATHS`).
+        max_in_flight: Requests one key may have in flight at once; more → 429 ``too_many_in_flight``
+            (``None``: no cap). Rate limits bound requests per second; this bounds slow ones piling up.
     """
 
     def __init__(
@@ -199,11 +201,14 @@ class ApiKeyMiddleware:
         buckets: TokenBuckets | None = None,
         cache_s: float | None = None,
         public_paths: frozenset[str] = PUBLIC_PATHS,
+        max_in_flight: int | None = None,
     ) -> None:
         self.app = app
         self.keys = KeyCache(verify, key_cache_seconds(cache_s))
         self.buckets = buckets or TokenBuckets()
         self.public_paths = public_paths
+        self.max_in_flight = max_in_flight
+        self.in_flight: dict[str, int] = {}  # key id → requests being answered (one event loop: no lock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -262,11 +267,36 @@ class ApiKeyMiddleware:
                 )
                 await resp(scope, receive, send)
                 return
+        busy = self.in_flight.get(info.key_id, 0)
+        if self.max_in_flight is not None and busy >= self.max_in_flight:
+            resp = error_response(
+                429,
+                "too_many_in_flight",
+                f"this API key already has {busy} requests in flight (the limit is {self.max_in_flight}); "
+                "wait for answers before sending more",
+                headers={"Retry-After": "1"},
+            )
+            await resp(scope, receive, send)
+            return
         scope.setdefault("state", {})["api_key"] = info
-        await self.app(scope, receive, send)
+        self.in_flight[info.key_id] = busy + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            left = self.in_flight[info.key_id] - 1
+            if left:
+                self.in_flight[info.key_id] = left
+            else:
+                del self.in_flight[info.key_id]
 
 
-def install_auth(app: object, verify: Callable[[str], KeyInfo | None], *, cache_s: float | None = None) -> None:
+def install_auth(
+    app: object,
+    verify: Callable[[str], KeyInfo | None],
+    *,
+    cache_s: float | None = None,
+    max_in_flight: int | None = None,
+) -> None:
     """Add :class:`ApiKeyMiddleware` inside the metrics middleware (so 401/403/429 are counted) and
     before the body guard (so an unauthenticated body is never read).
 
@@ -276,6 +306,7 @@ def install_auth(app: object, verify: Callable[[str], KeyInfo | None], *, cache_
             ``Registry.verify_key`` they would answer 401 ``unauthorized``).
         cache_s: How long a verified key is trusted without asking the registry again, i.e. how long a
             revoked key may keep working (``None``: ``$MODELYARD_KEY_CACHE_SECONDS`` or 5 s).
+        max_in_flight: Requests one key may have in flight at once (``serve.max_in_flight_per_key``).
 
     Raises:
         RegistryError: A negative or malformed lifetime (checked now, not at the first request).
@@ -288,4 +319,7 @@ def install_auth(app: object, verify: Callable[[str], KeyInfo | None], *, cache_
     stack = app.user_middleware  # type: ignore[attr-defined]
     # user_middleware[0] is the outermost layer; put auth right after the metrics layer.
     at = next((i + 1 for i, m in enumerate(stack) if m.cls is MetricsMiddleware), 0)
-    stack.insert(at, Middleware(ApiKeyMiddleware, verify=verify, cache_s=cache_s, public_paths=public))
+    stack.insert(
+        at,
+        Middleware(ApiKeyMiddleware, verify=verify, cache_s=cache_s, public_paths=public, max_in_flight=max_in_flight),
+    )
