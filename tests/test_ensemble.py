@@ -305,24 +305,27 @@ def test_ensemble_is_served(ensemble_run: Path) -> None:
 
 
 def test_registry_checks_each_ensemble_member(ensemble_run: Path, tmp_path: Path) -> None:
-    """Nested member folders are accepted; the safetensors rule applies to every member on its own."""
+    """Nested member folders are accepted; each member passes its own kind's check (tfidf: JSON + pickle-free .npz)."""
     import shutil
-
-    from safetensors.numpy import save_file
 
     from modelyard.registry.artifacts import validate_model_dir
     from modelyard.registry.names import RegistryError
 
     model = tmp_path / "model"
     shutil.copytree(ensemble_run / "model", model)
-    with pytest.raises(RegistryError, match=r"members/0: no \*\.safetensors"):  # tfidf members, like tfidf runs
+    files = validate_model_dir(model)  # two tfidf-logreg members, admitted in their own format
+    assert {Path(f"members/{i}/{n}") for i in (0, 1) for n in TFIDF_FILES} <= set(files)
+    assert not any(f.suffix == ".safetensors" for f in files)
+
+    (model / "members" / "1" / "weights.npz").unlink()
+    with pytest.raises(RegistryError, match=r"members\[1\] at members/1: no weights.npz"):
         validate_model_dir(model)
-    save_file({"w": np.zeros(2, dtype=np.float32)}, str(model / "members" / "0" / "model.safetensors"))
-    with pytest.raises(RegistryError, match=r"members/1: no \*\.safetensors"):
+    shutil.copy(ensemble_run / "model" / "members" / "1" / "weights.npz", model / "members" / "1" / "weights.npz")
+    with np.load(model / "members" / "0" / "weights.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    np.savez(model / "members" / "0" / "weights.npz", **{**arrays, "coef": arrays["coef"][:, :-1]})
+    with pytest.raises(RegistryError, match=r"members\[0\] at members/0: weights.npz: coef \(1, \d+\)"):
         validate_model_dir(model)
-    save_file({"w": np.zeros(2, dtype=np.float32)}, str(model / "members" / "1" / "model.safetensors"))
-    files = validate_model_dir(model)
-    assert Path("members/1/weights.npz") in files and Path("modelyard.json") in files
 
 
 def test_identical_hf_encoder_members_train_with_different_seeds(tmp_path: Path, tiny_backbone: Path) -> None:

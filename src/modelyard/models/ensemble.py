@@ -343,12 +343,16 @@ def _check_artifacts(model_dir: Path, meta: dict[str, Any]) -> None:
         if not (sub / MODEL_META).is_file():
             raise ValueError(f"members[{i}] ({rel}): no {MODEL_META}")
         sub_meta = read_json(sub / MODEL_META)
-        kind = kind_of_meta(sub_meta, sub)
-        if kind.check_artifacts is not None:
-            try:
-                kind.check_artifacts(sub, sub_meta)
-            except ValueError as err:
-                raise ValueError(f"members[{i}] at {rel}: {err}") from None
+        try:
+            kind = kind_of_meta(sub_meta, sub)
+        except ModelError as err:
+            raise ValueError(f"members[{i}] at {rel}: {err}") from None
+        if kind.check_artifacts is None:
+            raise ValueError(f"members[{i}] at {rel}: model kind '{kind.name}' declares no safe artefact format")
+        try:
+            kind.check_artifacts(sub, sub_meta)
+        except ValueError as err:
+            raise ValueError(f"members[{i}] at {rel}: {err}") from None
 
 
 KIND = register_kind(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from modelyard._internal.io import write_json
+from modelyard._internal.io import read_json, write_json
 from modelyard._internal.layout import MODEL_META
 from modelyard.kinds import ModelKind, register_kind
-from modelyard.models.image_base import ImageModel, ImageSettings, image_builder
+from modelyard.models.image_base import ImageModel, ImageModelConfig, ImageSettings, image_builder
 from modelyard.models.image_classifier import ImageClassifier
 
 
@@ -37,8 +37,37 @@ def _load_image_classifier(model_dir: Path, meta: dict[str, Any], *, device: str
 
 
 def _check_image_weights(model_dir: Path, meta: dict[str, Any]) -> None:
-    if not (model_dir / "model.safetensors").is_file():
-        raise ValueError("no model.safetensors weights; only safetensors models can be registered")
+    """The registry's admission check: ``config.json`` rebuilds this architecture and ``model.safetensors`` opens.
+
+    ``config.json`` must parse into an :class:`ImageModelConfig` of the kind recorded in ``modelyard.json`` with one
+    output per label; the safetensors header is read (no tensor data) and must hold tensors.
+
+    Raises:
+        ValueError: naming the file and the problem.
+    """
+    from safetensors import safe_open
+
+    config_path, weights_path = model_dir / "config.json", model_dir / "model.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise ValueError(f"no {path.name}; an image model is config.json + model.safetensors")
+    try:
+        config = ImageModelConfig(**read_json(config_path))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
+        raise ValueError(f"config.json does not describe an image model ({err})") from None
+    if config.architecture != meta.get("model_type"):
+        raise ValueError(
+            f"config.json is a '{config.architecture}' model, modelyard.json says '{meta.get('model_type')}'"
+        )
+    if config.num_labels != len(meta.get("labels") or []):
+        raise ValueError(f"config.json has {config.num_labels} outputs for {len(meta.get('labels') or [])} labels")
+    try:
+        with safe_open(str(weights_path), framework="numpy") as weights:
+            names = list(weights.keys())
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a malformed header
+        raise ValueError(f"model.safetensors cannot be opened ({str(err).splitlines()[0]})") from None
+    if not names:
+        raise ValueError("model.safetensors holds no tensors")
 
 
 def register_image_kind(cls: type[ImageModel]) -> ModelKind:

@@ -22,7 +22,7 @@ from modelyard.config import ModelSettings, PromptConfig
 from modelyard.errors import ConfigError
 from modelyard.kinds import FitContext, FitResult, ModelKind, register_kind
 from modelyard.llm.cache import resolve_lm
-from modelyard.llm.classifier import load_prompt_model, save_prompt_model
+from modelyard.llm.classifier import SHOTS_FILE, load_prompt_model, save_prompt_model
 
 # Texts scored between two progress updates (the LM is slow on CPU: show an ETA, not a frozen screen).
 _CHUNK = 32
@@ -188,9 +188,51 @@ def _lm_files(model_dir: Path, meta: dict[str, Any]) -> list[Path]:
 
 
 def _check_artifacts(model_dir: Path, meta: dict[str, Any]) -> None:
-    # A prompt model holds no weights of its own: JSON (template, verbalizers) + a parquet shot pool;
-    # its LM is resolved by name at load time.
-    return None
+    """The registry's admission check: the JSON settings are complete and the shot pool is a readable parquet table.
+
+    A prompt model holds no weights of its own (its LM is resolved by name at load time): ``modelyard.json``
+    carries the template, verbalizers and shot settings, and ``shots.parquet`` (when ``shots.k > 0``) the labelled
+    examples. The pool is read with pyarrow and must hold only text columns, among them ``text`` and ``label``: a
+    column of any other type (a Python-object extension type is a pickle) is refused, as are labels the model
+    does not predict and fewer rows than ``shots.k``.
+
+    Raises:
+        ValueError: naming the setting or file and the problem.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2:
+        raise ValueError(f"{MODEL_META}: a prompt model needs a list of at least two labels")
+    for key in ("backbone", "template"):
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            raise ValueError(f"{MODEL_META}: `{key}` must be a non-empty string")
+    verbalizers = meta.get("verbalizers")
+    if not isinstance(verbalizers, dict) or sorted(verbalizers) != sorted(labels):
+        raise ValueError(f"{MODEL_META}: `verbalizers` must name every label exactly once ({labels})")
+    shots = meta.get("shots")
+    k = shots.get("k") if isinstance(shots, dict) else None
+    if not isinstance(k, int) or k < 0:
+        raise ValueError(f"{MODEL_META}: `shots.k` must be a count >= 0")
+    pool = model_dir / SHOTS_FILE
+    if not pool.is_file():
+        if k > 0:
+            raise ValueError(f"shots.k is {k} but there is no {SHOTS_FILE} (the shot pool)")
+        return
+    try:
+        table = pq.read_table(pool)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise ValueError(f"{SHOTS_FILE} is not a readable parquet table ({err})") from None
+    for f in table.schema:
+        if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_string_view(f.type)):
+            raise ValueError(f"{SHOTS_FILE}: column '{f.name}' has type {f.type}; a shot pool holds only text columns")
+    if not {"text", "label"} <= set(table.column_names):
+        raise ValueError(f"{SHOTS_FILE} needs columns text and label (has {', '.join(table.column_names)})")
+    if table.num_rows < k:
+        raise ValueError(f"{SHOTS_FILE} has {table.num_rows} examples, fewer than shots.k={k}")
+    if unknown := sorted(set(table.column("label").to_pylist()) - set(labels)):
+        raise ValueError(f"{SHOTS_FILE} has labels the model does not predict: {unknown[:5]}")
 
 
 KIND = register_kind(

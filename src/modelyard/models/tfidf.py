@@ -32,7 +32,7 @@ from modelyard.data.chinese import segment
 from modelyard.data.cleaning import clean_text
 from modelyard.errors import ModelError
 from modelyard.kinds import FitContext, FitResult, ModelKind, register_kind
-from modelyard.models.text_classifier import check_safetensors_weights, text_model_metadata
+from modelyard.models.text_classifier import text_model_metadata
 
 VECTORIZER_FILE = "vectorizer.json"
 WEIGHTS_FILE = "weights.npz"
@@ -323,6 +323,52 @@ def _load(model_dir: Path, meta: dict[str, Any], *, device: str = "auto", batch_
     return TfidfClassifier(model_dir)
 
 
+def _check_artifacts(model_dir: Path, meta: dict[str, Any]) -> None:
+    """The registry's admission check: ``vectorizer.json`` parses and ``weights.npz`` loads without pickle.
+
+    Every array of ``weights.npz`` is read with ``np.load(..., allow_pickle=False)`` (an object array, which numpy
+    stores as a pickle, is refused by numpy itself), and the arrays must be the ones :class:`TfidfClassifier`
+    loads, with matching shapes: one idf per term, one coefficient per feature and class row, one intercept per row.
+
+    Raises:
+        ValueError: naming the file and the problem.
+    """
+    spec_path, weights_path = model_dir / VECTORIZER_FILE, model_dir / WEIGHTS_FILE
+    for path in (spec_path, weights_path):
+        if not path.is_file():
+            raise ValueError(f"no {path.name}; a tfidf-logreg model is {VECTORIZER_FILE} + {WEIGHTS_FILE}")
+    try:
+        spec = read_json(spec_path)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{VECTORIZER_FILE} is not valid JSON ({err})") from None
+    missing = [k for k in ("analyzer", "ngram_range", "sublinear_tf") if not isinstance(spec, dict) or k not in spec]
+    if missing:
+        raise ValueError(f"{VECTORIZER_FILE} lacks the analyzer settings {missing}")
+    needed = ["terms", "idf", "coef", "intercept"] + (["word_terms", "word_idf"] if spec.get("word") else [])
+    try:
+        with np.load(weights_path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}  # reads every array: object arrays raise here
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{WEIGHTS_FILE} cannot be loaded without pickle ({err})") from None
+    if missing := [name for name in needed if name not in arrays]:
+        raise ValueError(f"{WEIGHTS_FILE} lacks the arrays {missing} (has {sorted(arrays)})")
+    n_features = 0
+    for terms, idf in (("terms", "idf"), ("word_terms", "word_idf")):
+        if terms not in needed:
+            continue
+        if arrays[terms].dtype.kind != "U" or arrays[idf].shape != arrays[terms].shape:
+            raise ValueError(f"{WEIGHTS_FILE}: {terms} must be strings with one {idf} value each")
+        n_features += len(arrays[terms])
+    coef, intercept = arrays["coef"], arrays["intercept"]
+    n_labels = len(meta.get("labels") or [])
+    rows = 1 if n_labels == 2 else n_labels
+    if coef.ndim != 2 or coef.shape != (rows, n_features) or intercept.shape != (rows,):
+        raise ValueError(
+            f"{WEIGHTS_FILE}: coef {coef.shape} / intercept {intercept.shape} do not fit {n_features} features and "
+            f"{n_labels} labels (expected coef ({rows}, {n_features}), intercept ({rows},))"
+        )
+
+
 KIND = register_kind(
     ModelKind(
         name="tfidf-logreg",
@@ -330,9 +376,7 @@ KIND = register_kind(
         modality="text",
         fit=fit_tfidf_run,
         load=_load,
-        # Registry admission still asks for safetensors, as before the kind registry: the JSON + .npz format
-        # (loaded with allow_pickle=False) is safe, and admitting it is a decision of its own (issue #22).
-        check_artifacts=check_safetensors_weights,
+        check_artifacts=_check_artifacts,
         display_name=lambda cfg: "tfidf-logreg",
         supports=frozenset({"distill_teacher", "ensemble_member"}),
     )

@@ -24,13 +24,16 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from modelyard._internal.io import read_json
 from modelyard._internal.layout import RECIPE
 from modelyard.config import apply_overrides, recipe_from_dict
 from modelyard.data import PreparedData
 from modelyard.evaluation.metrics import compute_metrics
+from modelyard.kinds import kind_of_meta
 from modelyard.models.loading import load
 from modelyard.registry.names import RegistryError
 from modelyard.registry.store import Registry
+from modelyard.rundir import RunDir
 from modelyard.training.run import load_splits, train
 
 
@@ -151,7 +154,8 @@ def retrain(
         The decision record (also in the audit trail as action ``retrain``).
 
     Raises:
-        RegistryError: Unknown app/alias, no feedback, or a bad metric/margin.
+        RegistryError: Unknown app/alias, no feedback, a bad metric/margin, or an image model (its feedback
+            carries no pixels to learn from).
     """
     import yaml
 
@@ -164,6 +168,11 @@ def retrain(
     feedback = registry.feedback(app)
     if not feedback:
         raise RegistryError(f"app '{app}' has no feedback yet; nothing to retrain on (POST /v1/feedback)")
+    if kind_of_meta(read_json(RunDir(champion.path).model_meta_path), champion.path).modality != "text":
+        raise RegistryError(
+            f"app '{app}' v{champion.version} is an image model: its feedback names each image by type, size and "
+            "sha256 only (the prediction log never keeps pixels), so there are no feedback images to retrain on"
+        )
     splits = load_splits(champion.path)
     labels = list(champion.labels)
     data, hold, counts = build_training_data(splits, feedback, labels, holdout)
