@@ -18,7 +18,10 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402  (schem
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.python import asgi  # noqa: E402
-from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from modelyard.config import ServeConfig  # noqa: E402
 from tests.job_targets import quick_monitor  # noqa: E402
@@ -26,6 +29,8 @@ from tests.production_helpers import make_registry, production_app  # noqa: E402
 
 MAX_EXAMPLES = 20
 PUBLIC = {"/healthz", "/readyz"}
+# Every answer is a documented status of its operation, with the documented body.
+CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 
 
 def _wait_ready(app: Any) -> None:
@@ -113,7 +118,7 @@ def prod(tmp_path_factory: pytest.TempPathFactory, tiny_trained_run: Path) -> It
 
 def test_fuzz_plain_server_no_5xx(plain_app: Any) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", plain_app)
-    counts = fuzz(schema, {}, [not_a_server_error, response_schema_conformance])
+    counts = fuzz(schema, {}, CHECKS)
     print("cases per operation:", counts)  # shown with -s
     assert {"POST /v1/predict", "POST /v1/explain", "GET /v1/model", "GET /readyz"} <= set(counts)
     assert all(n >= 1 for n in counts.values()), counts
@@ -124,7 +129,7 @@ def test_fuzz_production_server_with_admin_key_no_5xx(prod: tuple[Any, Any, str]
     headers = {"Authorization": f"Bearer {key}"}
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=headers)
     before = reg.count("predictions")
-    counts = fuzz(schema, headers, [not_a_server_error, response_schema_conformance])
+    counts = fuzz(schema, headers, CHECKS)
     print("cases per operation:", counts)  # shown with -s
     expected = {"POST /v1/feedback", "GET /admin/v1/versions", "GET /admin/v1/traffic", "POST /admin/v1/drift"}
     assert expected <= set(counts), counts
@@ -135,7 +140,7 @@ def test_fuzz_production_server_with_admin_key_no_5xx(prod: tuple[Any, Any, str]
 def test_fuzz_production_server_without_key_only_401(prod: tuple[Any, Any, str]) -> None:
     app, _, key = prod
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Authorization": f"Bearer {key}"})
-    counts = fuzz(schema, {}, [not_a_server_error, _only_auth_errors])
+    counts = fuzz(schema, {}, [*CHECKS, _only_auth_errors])
     print("cases per operation:", counts)  # shown with -s
     assert len(counts) >= 10
 

@@ -43,6 +43,7 @@ from modelyard.serving.http_errors import RETRY_AFTER, ApiError, install_error_h
 from modelyard.serving.images import ImageRequestMiddleware
 from modelyard.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from modelyard.serving.middleware import JsonBodyGuardMiddleware, MetricsMiddleware
+from modelyard.serving.openapi import install_openapi
 from modelyard.serving.schemas import (
     ErrorResponse,
     ExplainRequest,
@@ -425,6 +426,8 @@ def create_app(
         openapi_url=None if cfg.docs == "off" else OPENAPI_URL,
     )
     install_docs(app, cfg.docs)
+    # /openapi.json: every status each route can answer, the API-key scheme, limits and labels (serving/openapi.py)
+    install_openapi(app, cfg, _checks_api_keys)
     app.state.config = cfg
     # Paths the API-key middleware (serving/security.py install_auth) lets through without a key.
     app.state.public_paths = public_docs_paths(cfg.docs)
