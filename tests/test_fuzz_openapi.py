@@ -169,3 +169,38 @@ def test_inputs_outside_the_fuzzers_alphabet_are_4xx_not_5xx(prod: tuple[Any, An
         assert r.status_code == 422 and "before year 1" in r.json()["error"]["message"]
         ok = client.post("/v1/predict", data=b'{"texts": ["fine \\u00e9\\u4e2d"]}', headers=auth)
         assert ok.status_code == 200, ok.text
+
+
+def test_stateful_predict_then_feedback_with_the_returned_id(prod: tuple[Any, Any, str]) -> None:
+    """Schemathesis' stateful phase, in process: the OpenAPI link from ``POST /v1/predict`` (``predictions[0].id``
+    and ``.label``) to ``POST /v1/feedback`` chains real calls; every answer is a documented status with its
+    documented body, and feedback on a prediction just made (same key) is accepted."""
+    app, _, key = prod
+    headers = {"Authorization": f"Bearer {key}"}
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=headers)
+    feedback: list[int] = []
+
+    class PredictThenFeedback(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"headers": headers, "timeout": 60}
+
+        def after_call(self, response: Any, case: Any) -> None:
+            if case.path == "/v1/feedback":
+                feedback.append(response.status_code)
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
+            case.validate_response(response, checks=CHECKS)
+
+    PredictThenFeedback.run(
+        settings=settings(
+            max_examples=MAX_EXAMPLES,
+            stateful_step_count=4,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    print("feedback statuses:", sorted(feedback))  # shown with -s
+    assert 202 in feedback, feedback  # the link was followed with a real prediction id and label
