@@ -1,6 +1,7 @@
 """Schemathesis fuzzing of the published OpenAPI spec, in process (ASGI, no network): no operation of the
-plain server or of the production server (with an admin key) answers 5xx, responses match their
-documented schemas, and without a key every non-public operation answers only 401.
+plain server or of the production server (with an admin key) answers 5xx, every answer is a status the operation
+documents (``status_code_conformance``) with the documented body, without a key every non-public operation
+answers only 401, and the stateful phase follows the OpenAPI link from a prediction to its feedback.
 
 Bounded for CI: derandomized generation (same cases every run), a few examples per operation."""
 
