@@ -51,14 +51,16 @@ def _only_auth_errors(ctx: Any, response: Any, case: Any) -> bool:
     return True
 
 
-def _runner(operation: Any, headers: dict[str, str], checks: list[Callable[..., Any]], seen: list[int]) -> Any:
+def _runner(
+    operation: Any, headers: dict[str, str], checks: list[Callable[..., Any]], seen: list[int], examples: int
+) -> Any:
     """A Hypothesis test running derandomized valid and invalid cases of one operation."""
     # Valid requests exercise the handlers; schema-violating ones the validation and error paths.
     strategy = operation.as_strategy(GenerationMode.POSITIVE) | operation.as_strategy(GenerationMode.NEGATIVE)
 
     @given(case=strategy)
     @settings(
-        max_examples=MAX_EXAMPLES,
+        max_examples=examples,
         derandomize=True,
         database=None,
         deadline=None,
@@ -73,8 +75,10 @@ def _runner(operation: Any, headers: dict[str, str], checks: list[Callable[..., 
     return run_operation
 
 
-def fuzz(schema: Any, headers: dict[str, str], checks: list[Callable[..., Any]]) -> dict[str, int]:
-    """Run every operation of ``schema`` for :data:`MAX_EXAMPLES` derandomized cases; return cases per operation.
+def fuzz(
+    schema: Any, headers: dict[str, str], checks: list[Callable[..., Any]], examples: int = MAX_EXAMPLES
+) -> dict[str, int]:
+    """Run every operation of ``schema`` for ``examples`` derandomized cases; return cases per operation.
 
     Raises:
         AssertionError: naming every operation whose checks failed, with the first failure of each.
@@ -86,7 +90,7 @@ def fuzz(schema: Any, headers: dict[str, str], checks: list[Callable[..., Any]])
         label = f"{operation.method.upper()} {operation.path}"
         seen: list[int] = []
         try:
-            _runner(operation, headers, checks, seen)()
+            _runner(operation, headers, checks, seen, examples)()
         except Exception as err:  # schemathesis raises its own failure types; collect them all
             failures[label] = str(err)[:2000]
         counts[label] = len(seen)
@@ -144,6 +148,28 @@ def test_fuzz_production_server_without_key_only_401(prod: tuple[Any, Any, str])
     counts = fuzz(schema, {}, [*CHECKS, _only_auth_errors])
     print("cases per operation:", counts)  # shown with -s
     assert len(counts) >= 10
+
+
+def test_fuzz_production_server_with_a_narrow_slow_key_answers_documented_403_and_429(
+    prod: tuple[Any, Any, str],
+) -> None:
+    """A predict-only key limited to 1 request an hour: admin and feedback operations answer 403, predict and
+    explain 429 after the first request; both are documented statuses of those operations (with Retry-After)."""
+    app, reg, admin = prod
+    key = reg.create_key(["predict"], rate="1/h")
+    headers = {"Authorization": f"Bearer {key}"}
+    statuses: set[int] = set()
+
+    def record(ctx: Any, response: Any, case: Any) -> bool:
+        statuses.add(response.status_code)
+        if response.status_code == 429:
+            value = response.headers["retry-after"]
+            assert int(value[0] if isinstance(value, list) else value) >= 1, value
+        return True
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Authorization": f"Bearer {admin}"})
+    fuzz(schema, headers, [*CHECKS, record], examples=5)
+    assert {403, 429} <= statuses, statuses
 
 
 def test_inputs_outside_the_fuzzers_alphabet_are_4xx_not_5xx(prod: tuple[Any, Any, str]) -> None:
