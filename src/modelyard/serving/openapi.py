@@ -35,7 +35,7 @@ HEADER_SCHEME = "ApiKeyHeader"
 _BODY_METHODS = {"post", "put", "patch"}
 _RETRY_AFTER = {
     "Retry-After": {
-        "description": "Seconds to wait before retrying.",
+        "description": "Seconds to wait before retrying; sent when a retry can succeed.",
         "schema": {"type": "integer", "minimum": 1},
     }
 }
