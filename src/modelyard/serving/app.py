@@ -43,6 +43,7 @@ from modelyard.serving.http_errors import RETRY_AFTER, ApiError, install_error_h
 from modelyard.serving.images import ImageRequestMiddleware
 from modelyard.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from modelyard.serving.middleware import JsonBodyGuardMiddleware, MetricsMiddleware
+from modelyard.serving.openapi import install_openapi
 from modelyard.serving.schemas import (
     ErrorResponse,
     ExplainRequest,
@@ -308,9 +309,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in {
         413: "Too many texts (`too_many_texts`), a text too long (`text_too_long`) or body too large "
-        "(`body_too_large`).",
-        415: "Content-Type is not application/json (`unsupported_media_type`).",
-        422: "Malformed JSON (`invalid_json`) or schema violation (`invalid_request`).",
+        "(`body_too_large`); image models: too many images (`too_many_images`), an image too large "
+        "(`image_too_large`, `image_too_many_pixels`).",
+        415: "Content-Type is not application/json (`unsupported_media_type`; image models also take "
+        "multipart/form-data) or, image models, not a supported image (`unsupported_image`).",
+        422: "Malformed JSON (`invalid_json`) or schema violation (`invalid_request`); image models: bad base64 "
+        "(`invalid_base64`) or no images.",
         500: "The model failed on the batch holding this request (`prediction_failed`).",
         503: "Model not loaded yet (`model_not_ready`), queue full (`overloaded`) or shutting down "
         "(`shutting_down`); honour Retry-After.",
@@ -425,6 +429,8 @@ def create_app(
         openapi_url=None if cfg.docs == "off" else OPENAPI_URL,
     )
     install_docs(app, cfg.docs)
+    # /openapi.json: every status each route can answer, the API-key scheme, limits and labels (serving/openapi.py)
+    install_openapi(app, cfg, _checks_api_keys)
     app.state.config = cfg
     # Paths the API-key middleware (serving/security.py install_auth) lets through without a key.
     app.state.public_paths = public_docs_paths(cfg.docs)

@@ -138,7 +138,9 @@ class ErrorBody(BaseModel):
         description="Stable machine-readable code: invalid_request, invalid_json, too_many_texts, "
         "text_too_long, body_too_large, unsupported_media_type, model_not_ready, overloaded, "
         "shutting_down, prediction_failed, explain_unsupported, explain_failed, not_found, method_not_allowed, "
-        "internal_error …",
+        "bad_request, internal_error; with API keys: unauthorized, key_expired, forbidden, rate_limited; "
+        "production server: prediction_not_found, job_not_found, drift_unavailable, job_timed_out; image models: "
+        "too_many_images, image_too_large, image_too_many_pixels, unsupported_image, invalid_base64.",
     )
     message: str = Field(..., description="Human-readable explanation, naming the field and the fix.")
     limit: int | None = Field(None, description="The limit that was exceeded (413 responses).")
