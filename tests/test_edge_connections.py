@@ -5,6 +5,7 @@ is refused and nothing smuggled after it is served, kept-alive idle connections 
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -145,3 +146,16 @@ def test_a_kept_alive_idle_connection_closes_and_the_connection_cap_answers_503(
     finally:
         for h in held:
             h.close()
+
+
+def test_a_request_h11_cannot_parse_gets_the_json_error_and_a_close(server: tuple[int, Any]) -> None:
+    port, _ = server
+    for raw in (b"NOT AN HTTP REQUEST\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"):
+        s = _connect(port)
+        s.sendall(raw)
+        closed, took, got = _closed_within(s, 5.0)
+        assert closed, (took, got)
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head.lower(), got
+        assert b"nosniff" in head.lower() and b"connection: close" in head.lower()
+        assert json.loads(body)["error"]["code"] == "bad_request"

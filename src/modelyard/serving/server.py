@@ -7,6 +7,7 @@ Where each limit comes from (all in the ``serve`` section):
 * ``max_header_bytes`` → h11 ``max_incomplete_event_size`` (a larger request head: 400 and close);
 * ``header_timeout_s`` / ``body_timeout_s`` → :class:`GuardedH11Protocol` below: uvicorn has no read
   timeouts, so a connection that trickles its headers or body (slow-loris) would otherwise stay open;
+* a request h11 cannot parse → the JSON error ``400 bad_request`` (not uvicorn's plain text), then close;
 * a request with both ``Content-Length`` and ``Transfer-Encoding`` → :class:`FramingMiddleware`: 400 and
   ``Connection: close``, so nothing smuggled after it on the connection is served;
 * ``max_body_bytes`` → the JSON and image middleware (413).
@@ -18,6 +19,7 @@ Behind a reverse proxy, set the proxy's own client timeouts at or below these, l
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import h11
@@ -81,6 +83,24 @@ class GuardedH11Protocol(H11Protocol):
                 self._arm("body", self.body_timeout_s)
         else:  # the request is complete (DONE) or the connection is ending
             self._disarm()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (bad request line, oversized head, bad chunk framing): the documented JSON
+        error instead of uvicorn's plain-text body, then close (as uvicorn does)."""
+        body = json.dumps(
+            {"error": {"code": "bad_request", "message": f"malformed HTTP request ({msg.rstrip('.')}); fix the client"}}
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"connection", b"close"),
+        ]
+        try:
+            for event in (h11.Response(status_code=400, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+        except h11.LocalProtocolError:  # h11 cannot answer in its current state: just close
+            pass
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         self._disarm()  # uvicorn's keep-alive timer takes over until the next request's first byte
