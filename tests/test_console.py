@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -20,6 +17,7 @@ import pytest
 
 from tests.conftest import synthetic_sentiment
 from tests.production_helpers import bearer, make_registry, production_app, run, running
+from tests.production_helpers import live_server as live_server_at
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -239,39 +237,17 @@ def test_concurrent_drift_requests_share_one_bounded_run(
 # ---------------------------------------------------------------------------------------------- browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def live_server(tmp_path: Path, tiny_trained_run: Path) -> Iterator[tuple[str, Any, Any, dict[str, str]]]:
     """The real production server (uvicorn, loopback, a free port) in a thread."""
-    import uvicorn
 
     reg = make_registry(tmp_path, tiny_trained_run, versions=2)
     keys = {"admin": reg.create_key(["admin"]), "client": reg.create_key(["predict", "feedback"])}
     app = production_app(reg)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not become ready"
-        time.sleep(0.1)
     try:
-        yield base, app, reg, keys
+        with live_server_at(app) as base:
+            yield base, app, reg, keys
     finally:
-        server.should_exit = True
-        thread.join(30)
         reg.close()
 
 

@@ -4,13 +4,8 @@ production server; and Swagger UI rendered in headless Chromium with every non-l
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -23,7 +18,7 @@ from modelyard.config import ServeConfig
 from modelyard.errors import ConfigError
 from modelyard.serving import create_app, docs
 from modelyard.serving.headers import CONTENT_SECURITY_POLICY
-from tests.production_helpers import bearer, make_registry, production_app, run, running
+from tests.production_helpers import bearer, live_server, make_registry, production_app, run, running
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 DOCS_PATHS = ["/docs", *sorted(set(docs.DOCS_FILES) - {"/docs"}), "/openapi.json"]
@@ -194,42 +189,10 @@ def test_serve_cli_honours_serve_docs(reg, tiny_trained_run: Path, monkeypatch: 
 # ---------------------------------------------------------------------------------------------- browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _live(app: Any) -> Iterator[str]:
-    """``app`` under uvicorn on a free loopback port, in a thread; yields its base URL once ready."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not become ready"
-        time.sleep(0.1)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed: apt-get install chromium")
 def test_swagger_ui_renders_offline_in_headless_chromium(reg) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
-    with _live(production_app(reg)) as base, sync_api.sync_playwright() as pw:
+    with live_server(production_app(reg)) as base, sync_api.sync_playwright() as pw:
         origin = urlsplit(base).netloc
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:
