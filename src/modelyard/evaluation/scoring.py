@@ -10,7 +10,7 @@ import pandas as pd
 
 from modelyard._internal.io import write_json
 from modelyard._internal.layout import METRICS, PREDICTIONS, REPORT
-from modelyard.evaluation.metrics import compute_metrics
+from modelyard.evaluation.metrics import compute_metrics, mean_nll
 from modelyard.evaluation.predictions import prediction_frame
 from modelyard.evaluation.report import write_report
 
@@ -29,13 +29,33 @@ def score_and_write(
 
     Returns ``(metrics, predictions frame)``; shared by text and image evaluation.
     """
+    scored = {
+        name: (list(inputs if refs is None else refs), y, clf.predict_proba(list(inputs)))
+        for name, (inputs, y, refs) in splits.items()
+    }
+    return write_scored(out_dir, title, list(clf.labels), scored, history, steps, info)
+
+
+def write_scored(
+    out_dir: Path,
+    title: str,
+    labels: list[str],
+    scored: dict[str, tuple[list[Any], np.ndarray, np.ndarray]],
+    history: list[dict[str, Any]],
+    steps: list[dict[str, Any]],
+    info: dict[str, Any],
+) -> tuple[dict[str, Any], Any]:
+    """Write ``metrics.json``, ``predictions.parquet`` (atomically) and ``report.html`` for splits already scored
+    (``name → (row texts or references, gold ids, probabilities)``); log-loss is the mean NLL of the gold class.
+
+    Shared by ``modelyard evaluate`` (text and images) and the runs of one-shot model kinds.
+    """
     metrics: dict[str, Any] = {}
     frames = []
-    for name, (inputs, y, refs) in splits.items():
-        probs = clf.predict_proba(list(inputs))
-        loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))))
-        metrics[name] = compute_metrics(y, probs, clf.labels, loss=loss)
-        frames.append(prediction_frame(name, list(inputs if refs is None else refs), y, probs, clf.labels))
+    for name, (refs, y, probs) in scored.items():
+        probs = np.asarray(probs, dtype=np.float64)
+        metrics[name] = compute_metrics(y, probs, labels, loss=mean_nll(probs, y))
+        frames.append(prediction_frame(name, list(refs), y, probs, labels))
     predictions = pd.concat(frames, ignore_index=True)
     write_json(out_dir / METRICS, metrics)
     tmp = out_dir / ".predictions.parquet.tmp"
@@ -45,7 +65,7 @@ def score_and_write(
         out_dir / REPORT,
         title=title,
         metrics=metrics,
-        labels=clf.labels,
+        labels=labels,
         history=history,
         steps=steps,
         predictions=predictions,

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from rich.console import Console
 
 from modelyard._internal.io import atomic_write_text, write_json
@@ -30,9 +29,7 @@ from modelyard._internal.layout import (
     INCOMPLETE,
     LABELS,
     MANIFEST,
-    METRICS,
     MODEL_DIR,
-    PREDICTIONS,
     REPORT,
 )
 from modelyard._internal.rundir import discard_run, finish_run, run_manifest, start_run
@@ -41,9 +38,9 @@ from modelyard.data import prepare_data
 from modelyard.data.images import prepare_images, write_image_splits
 from modelyard.errors import ModelyardError
 from modelyard.evaluation.image_report import add_mistake_grid
-from modelyard.evaluation.metrics import compute_metrics, mean_nll
-from modelyard.evaluation.predictions import prediction_frame, print_metrics
+from modelyard.evaluation.predictions import print_metrics
 from modelyard.evaluation.report import write_report
+from modelyard.evaluation.scoring import write_scored
 from modelyard.kinds import FitContext, get_kind
 from modelyard.rundir import RunDir
 from modelyard.training.loop import FineTuneRecipe, TrainingInterrupted
@@ -169,34 +166,18 @@ def write_fit_outputs(
     """
     labels = list(data.labels)
     index = {label: i for i, label in enumerate(labels)}
-    metrics: dict[str, Any] = {}
-    frames = []
+    scored = {}
     for split in ("valid", "test"):
         frame = getattr(data, split)
-        texts = frame["text"].tolist()
         y = np.array([index[x] for x in frame["label"]], dtype=np.int64)
-        p = np.asarray(probs[split], dtype=np.float64)
-        metrics[split] = compute_metrics(y, p, labels, loss=mean_nll(p, y))
-        frames.append(prediction_frame(split, texts, y, p, labels))
-    write_json(run_dir / METRICS, metrics)
-    predictions = pd.concat(frames, ignore_index=True)
-    predictions.to_parquet(run_dir / PREDICTIONS, index=False)
-    write_json(run_dir / HISTORY, [])
+        scored[split] = (frame["text"].tolist(), y, probs[split])
     sizes = " / ".join(str(len(getattr(data, s))) for s in ("train", "valid", "test"))
     report_info = {"run": run_id, "recipe name": recipe.name, **info}
     report_info.setdefault("data", recipe.data.path)
     if not any(k.endswith("/ valid / test") for k in report_info):
         report_info["train / valid / test"] = sizes
-    write_report(
-        run_dir / REPORT,
-        title=f"{recipe.name} · {run_id}",
-        metrics=metrics,
-        labels=labels,
-        history=[],
-        steps=[],
-        predictions=predictions,
-        info=report_info,
-    )
+    write_json(run_dir / HISTORY, [])
+    metrics, _ = write_scored(run_dir, f"{recipe.name} · {run_id}", labels, scored, [], [], report_info)
     manifest = run_manifest(
         recipe,
         run_id,
