@@ -130,7 +130,7 @@ def test_content_length_with_transfer_encoding_is_refused_and_the_smuggled_reque
     assert got.count(b"HTTP/1.1") == 1  # the GET /v1/model hidden in the body got no answer
 
 
-def test_a_kept_alive_idle_connection_closes_and_the_connection_cap_answers_503(server: tuple[int, Any]) -> None:
+def test_a_kept_alive_idle_connection_closes_and_the_connection_cap_answers_json_503(server: tuple[int, Any]) -> None:
     port, _ = server
     s = _connect(port)
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -142,10 +142,23 @@ def test_a_kept_alive_idle_connection_closes_and_the_connection_cap_answers_503(
     try:
         extra = _connect(port)
         extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert extra.recv(65536).startswith(b"HTTP/1.1 503")
+        closed, took, got = _closed_within(extra, 5.0)
+        assert closed, (took, got)
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), got
+        assert b"application/json" in head.lower() and b"nosniff" in head.lower(), head
+        assert b"retry-after: 1" in head.lower() and b"connection: close" in head.lower(), head
+        assert json.loads(body)["error"]["code"] == "overloaded"
     finally:
         for h in held:
             h.close()
+    # below the cap again, requests are served
+    s = _connect(port)
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        s.close()
 
 
 def test_a_request_h11_cannot_parse_gets_the_json_error_and_a_close(server: tuple[int, Any]) -> None:

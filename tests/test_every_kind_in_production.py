@@ -15,11 +15,9 @@ recipe is included only where ``importlib.util.find_spec`` finds ``gemma3_270m_q
 ``chinese_sentiment_bert.yaml`` fine-tunes the output of ``pretrain_chinese.yaml``; that backbone is
 pretrained here first (shrunk to a few steps) and passed as ``model.backbone``, as the recipe's header says.
 
-Image models (``fashion_mnist.yaml``) are served, logged and take feedback like text models, but the
-prediction log keeps a description of each image (type, size, sha256), never its pixels, so there is nothing
-to retrain on: ``ops.retrain`` refuses them with a message saying so, and that case is an expected failure
-(xfail) until images from feedback are kept (issue #22). The refusal itself is asserted, so the day image
-retraining works the test fails until this module is updated.
+Image models (``fashion_mnist.yaml``) go through the same loop. The prediction log keeps a description of
+each image (type, size, sha256), never its pixels, so the feedback here sends each image back with its label
+(``POST /v1/feedback {"image": …}``, checked against the logged sha256), which is what retraining learns from.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ from modelyard.errors import ModelyardError
 from modelyard.kinds import get_kind
 from modelyard.llm.cache import cache_root
 from modelyard.ops.retrain import retrain
-from modelyard.registry import RegistryError
 from modelyard.training.run import load_splits, train
 from tests.production_helpers import bearer, make_registry, production_app, run, running
 
@@ -220,12 +217,10 @@ def _serve_predict_feedback(reg: Any, body: dict[str, Any], truth: list[str]) ->
             predicted = await client.post("/v1/predict", json=body, headers=bearer(key))
             anonymous = await client.post("/v1/predict", json=body)
             feedback = []
-            for pred, label in zip(predicted.json().get("predictions", []), truth, strict=False):
-                feedback.append(
-                    await client.post(
-                        "/v1/feedback", json={"prediction_id": pred["id"], "label": label}, headers=bearer(key)
-                    )
-                )
+            images = body.get("images") or [None] * len(truth)
+            for pred, label, image in zip(predicted.json().get("predictions", []), truth, images, strict=False):
+                item = {"prediction_id": pred["id"], "label": label, **({"image": image} if image else {})}
+                feedback.append(await client.post("/v1/feedback", json=item, headers=bearer(key)))
             assert app.state.predlog.flush(30)
             return predicted, anonymous, feedback
 
@@ -258,19 +253,12 @@ def test_recipe_trains_registers_serves_takes_feedback_and_retrains(
         assert [r.status_code for r in feedback] == [202, 202, 202], [r.text for r in feedback]
         assert [f["label"] for f in reg.feedback("demo")] == truth
 
-        if get_kind(recipe.model.type).modality == "image":
-            with pytest.raises(RegistryError, match=r"is an image model: .*never keeps pixels"):
-                retrain(reg, "demo", output_dir=tmp_path / "retrain")
-            assert reg.audit_trail("demo", "retrain") == [] and reg.resolve("demo", "production").version == 1
-            pytest.xfail(
-                "retraining an image model from feedback needs the images, which the prediction log never keeps"
-            )
-
         decision = retrain(reg, "demo", output_dir=tmp_path / "retrain")
         recorded = reg.audit_trail("demo", "retrain")
         assert len(recorded) == 1 and recorded[0]["detail"] == decision
         assert decision["champion"] == 1 and decision["challenger"] == 2 and "test" in decision["checks"]
-        assert decision["data"]["feedback_texts"] == 3
+        image = get_kind(recipe.model.type).modality == "image"
+        assert decision["data"]["feedback_images" if image else "feedback_texts"] == 3, decision["data"]
         assert decision["promoted"] == all(decision["checks"].values())
         assert reg.resolve("demo", "production").version == (2 if decision["promoted"] else 1)
         assert reg.get_version("demo", 2).labels == champion.labels

@@ -92,7 +92,7 @@ class _SlowRegistry:
         self.gate = threading.Event()
         self.rows: list[dict] = []
 
-    def log_predictions(self, rows, feedback=()) -> None:  # noqa: ANN001
+    def log_predictions(self, rows, feedback=(), images=()) -> None:  # noqa: ANN001
         assert self.gate.wait(20)
         self.rows.extend(rows)
 

@@ -19,6 +19,8 @@ from modelyard.cli import app as cli_app
 from modelyard.registry import RegistryError, open_registry, safe_join, validate_name
 from modelyard.registry.artifacts import looks_like_pickle, validate_model_dir
 
+HEAD = "0003"  # the newest registry migration (feedback_images)
+
 POSTGRES_URL = os.environ.get("MODELYARD_TEST_POSTGRES_URL")
 needs_postgres = pytest.mark.skipif(
     not POSTGRES_URL, reason="MODELYARD_TEST_POSTGRES_URL is not set (start one with: source .ci/postgres.sh)"
@@ -265,7 +267,7 @@ def test_migrations_match_models_and_reopen_is_idempotent(tmp_path: Path) -> Non
     from modelyard.registry.models import Base
 
     reg = open_registry(tmp_path / "s")
-    assert reg.schema_revision() == "0002"
+    assert reg.schema_revision() == HEAD
     with reg.engine.reader.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], diff
@@ -273,7 +275,7 @@ def test_migrations_match_models_and_reopen_is_idempotent(tmp_path: Path) -> Non
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
     reg.close()
     again = open_registry(tmp_path / "s")
-    assert again.schema_revision() == "0002" and again.count("apps") == 0
+    assert again.schema_revision() == HEAD and again.count("apps") == 0
 
 
 def _migrate_to(url: str, revision: str, down: bool = False) -> None:
@@ -325,7 +327,7 @@ def check_key_expiry_migration(tmp_path: Path, db: str | None) -> None:
 
     reg = open_registry(store, db)  # migrates to head
     try:
-        assert reg.schema_revision() == "0002"
+        assert reg.schema_revision() == HEAD
         with reg.engine.reader.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         info = reg.verify_key(old_key)
@@ -476,7 +478,7 @@ def test_four_concurrent_writer_processes_postgres_one_minute(tiny_trained_run: 
 @needs_postgres
 def test_lifecycle_on_postgres(tiny_trained_run: Path, tmp_path: Path) -> None:
     reg = open_registry(tmp_path / "store", _fresh_postgres_db())
-    assert reg.schema_revision() == "0002"
+    assert reg.schema_revision() == HEAD
     assert reg.register(tiny_trained_run, "pg").version == 1
     assert reg.register(tiny_trained_run, "pg").version == 2
     reg.promote("pg", 1)

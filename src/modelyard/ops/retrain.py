@@ -2,11 +2,12 @@
 
 1. The champion is the version behind the alias (``production``); its registered splits are the
    original data and its ``recipe.yaml`` is the recipe.
-2. Feedback (the latest label per prediction, then per normalised text) is split deterministically
-   into a training part and a held-out slice (``holdout`` fraction, by text hash).
-3. Training data = the champion's train split with feedback applied: a text the user labelled
-   takes the feedback label (conflicts resolved in favour of feedback), new texts are added,
-   duplicates dropped; texts of the original test split or the feedback hold-out never enter it.
+2. Feedback (the latest label per prediction, then per normalised text or per image) is split
+   deterministically into a training part and a held-out slice (``holdout`` fraction, by hash).
+3. Training data = the champion's train split with feedback applied (``ops/feedback_data.py``): an
+   item the user labelled takes the feedback label (conflicts resolved in favour of feedback), new
+   items are added; items of the original test split or the feedback hold-out never enter it. Image
+   feedback counts only where the client sent the image back with it (the log keeps no pixels).
 4. The challenger is trained with the champion's recipe (``modelyard.training.run.train`` on
    these exact splits), registered, and both models are scored on the original test split and on
    the feedback hold-out. It is promoted only if on both it is not worse than the champion by more
@@ -15,8 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -27,102 +26,51 @@ from rich.console import Console
 from modelyard._internal.io import read_json
 from modelyard._internal.layout import RECIPE
 from modelyard.config import apply_overrides, recipe_from_dict
-from modelyard.data import PreparedData
 from modelyard.evaluation.metrics import compute_metrics
 from modelyard.kinds import kind_of_meta
 from modelyard.models.loading import load
+from modelyard.ops.feedback_data import build_image_training_data, build_training_data, text_key
 from modelyard.registry.names import RegistryError
 from modelyard.registry.store import Registry
 from modelyard.rundir import RunDir
 from modelyard.training.run import load_splits, train
 
-
-def text_key(text: str) -> str:
-    """Dedup key of a text: NFKC, whitespace collapsed, case kept."""
-    return " ".join(unicodedata.normalize("NFKC", str(text)).split())
+__all__ = ["build_image_training_data", "build_training_data", "retrain", "text_key"]
 
 
-def _holdout(key: str) -> float:
-    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
-
-
-def build_training_data(
-    splits: Any, feedback: list[dict[str, Any]], labels: list[str], holdout: float
-) -> tuple[Any, pd.DataFrame, dict[str, int]]:
-    """Apply feedback to the champion's splits.
-
-    Args:
-        splits: The champion's :class:`~modelyard.data.PreparedData`.
-        feedback: ``Registry.feedback`` rows (``text``, ``label``, ``at``).
-        labels: The champion's labels; feedback with another label is ignored (counted).
-        holdout: Fraction of feedback texts held out for evaluation.
-
-    Returns:
-        ``(prepared data for the challenger, feedback hold-out frame, counts)``.
-    """
-
-    counts = {"feedback_rows": len(feedback), "feedback_unknown_label": 0}
-    latest: dict[str, tuple[Any, str]] = {}
-    for row in feedback:
-        if row["label"] not in labels:
-            counts["feedback_unknown_label"] += 1
-            continue
-        key = text_key(row["text"])
-        if key and (key not in latest or row["at"] >= latest[key][0]):
-            latest[key] = (row["at"], row["label"])
-    test_keys = {text_key(t) for t in splits.test["text"]}
-    held = {k: lab for k, (_, lab) in latest.items() if _holdout(k) < holdout and k not in test_keys}
-    learn = {k: lab for k, (_, lab) in latest.items() if k not in held and k not in test_keys}
-    counts["feedback_texts"] = len(latest)
-    counts["feedback_in_test_ignored"] = sum(1 for k in latest if k in test_keys)
-    counts["feedback_holdout"] = len(held)
-
-    def apply(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-        frame = frame.copy()
-        keys = frame["text"].map(text_key)
-        frame = frame[~keys.isin(held)]  # hold-out texts must not be trained on
-        keys = frame["text"].map(text_key)
-        fb = keys.map(learn)
-        conflicts = int((fb.notna() & (fb != frame["label"])).sum())
-        frame.loc[fb.notna(), "label"] = fb[fb.notna()]
-        before = len(frame)
-        frame = frame.assign(_k=keys).drop_duplicates("_k", keep="last").drop(columns="_k")
-        return frame, conflicts, before - len(frame)
-
-    train, c_train, d_train = apply(splits.train)
-    valid, c_valid, d_valid = apply(splits.valid)
-    seen = set(train["text"].map(text_key)) | set(valid["text"].map(text_key))
-    new = pd.DataFrame(
-        [{"text": k, "label": lab} for k, lab in learn.items() if k not in seen], columns=["text", "label"]
-    )
-    counts.update(
-        conflicts_resolved_for_feedback=c_train + c_valid,
-        duplicates_dropped=d_train + d_valid,
-        feedback_added=len(new),
-        train_rows=len(train) + len(new),
-    )
-    train = pd.concat([train, new], ignore_index=True)
-    report = {**(splits.report or {}), "retrain": counts}
-    prepared = PreparedData(
-        train=train.reset_index(drop=True),
-        valid=valid.reset_index(drop=True),
-        test=splits.test.reset_index(drop=True),
-        labels=list(labels),
-        report=report,
-        fingerprints=dict(splits.fingerprints or {}),
-    )
-    hold = pd.DataFrame([{"text": k, "label": lab} for k, lab in held.items()], columns=["text", "label"])
-    return prepared, hold, counts
-
-
-def _score(clf: Any, frame: pd.DataFrame, labels: list[str]) -> dict[str, Any] | None:
-
-    if frame.empty:
+def _score(clf: Any, part: Any, labels: list[str]) -> dict[str, Any] | None:
+    """Accuracy and macro-F1 of ``clf`` on a text frame (``text``, ``label``) or an image split."""
+    if len(part) == 0:
         return None
-    probs = np.asarray(clf.predict_proba(frame["text"].astype(str).tolist()), dtype=np.float64)
-    y = np.array([labels.index(lab) for lab in frame["label"]])
+    if isinstance(part, pd.DataFrame):
+        inputs: list[Any] = part["text"].astype(str).tolist()
+        y = np.array([labels.index(lab) for lab in part["label"]])
+    else:  # ImageSplit: uint8 (N, C, H, W) and label ids
+        inputs, y = list(part.images), np.asarray(part.labels)
+    probs = np.asarray(clf.predict_proba(inputs), dtype=np.float64)
     m = compute_metrics(y, probs, labels)
     return {k: m[k] for k in ("accuracy", "macro_f1", "n") if k in m}
+
+
+def _feedback_data(
+    registry: Registry, app: str, champion: Any, feedback: list[dict[str, Any]], holdout: float
+) -> tuple[Any, Any, Any, dict[str, int]]:
+    """``(champion splits, challenger data, feedback hold-out, counts)`` for a text or an image model."""
+    splits = load_splits(champion.path)
+    labels = list(champion.labels)
+    if kind_of_meta(read_json(RunDir(champion.path).model_meta_path), champion.path).modality != "image":
+        return (splits, *build_training_data(splits, feedback, labels, holdout))
+    clf = load(champion.path)
+    data, hold, counts = build_image_training_data(
+        splits, feedback, labels, holdout, registry.feedback_image, clf.to_array
+    )
+    if not counts["feedback_images"]:
+        raise RegistryError(
+            f"app '{app}' v{champion.version} is an image model and none of its {len(feedback)} feedback items "
+            "carries its image (the prediction log never keeps pixels); send the image back with the feedback: "
+            'POST /v1/feedback {"prediction_id": ..., "label": ..., "image": "<base64 of the same file>"}'
+        )
+    return splits, data, hold, counts
 
 
 def retrain(
@@ -154,8 +102,8 @@ def retrain(
         The decision record (also in the audit trail as action ``retrain``).
 
     Raises:
-        RegistryError: Unknown app/alias, no feedback, a bad metric/margin, or an image model (its feedback
-            carries no pixels to learn from).
+        RegistryError: Unknown app/alias, no feedback, a bad metric/margin, or an image model none of
+            whose feedback carries its image.
     """
     import yaml
 
@@ -168,14 +116,8 @@ def retrain(
     feedback = registry.feedback(app)
     if not feedback:
         raise RegistryError(f"app '{app}' has no feedback yet; nothing to retrain on (POST /v1/feedback)")
-    if kind_of_meta(read_json(RunDir(champion.path).model_meta_path), champion.path).modality != "text":
-        raise RegistryError(
-            f"app '{app}' v{champion.version} is an image model: its feedback names each image by type, size and "
-            "sha256 only (the prediction log never keeps pixels), so there are no feedback images to retrain on"
-        )
-    splits = load_splits(champion.path)
     labels = list(champion.labels)
-    data, hold, counts = build_training_data(splits, feedback, labels, holdout)
+    splits, data, hold, counts = _feedback_data(registry, app, champion, feedback, holdout)
     console.print(f"retrain {app}: champion v{champion.version}; data {counts}", highlight=False)
 
     raw = yaml.safe_load((champion.path / RECIPE).read_text(encoding="utf-8"))

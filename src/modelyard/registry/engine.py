@@ -29,6 +29,7 @@ from modelyard.registry.models import (
     ApiKey,
     App,
     AuditEvent,
+    FeedbackImage,
     FeedbackRecord,
     ModelVersion,
     PredictionRecord,
@@ -47,6 +48,7 @@ _TABLES = {
     "api_keys": ApiKey,
     "predictions": PredictionRecord,
     "feedback": FeedbackRecord,
+    "feedback_images": FeedbackImage,
 }
 
 
@@ -183,7 +185,7 @@ class RegistryEngine:
 
         Args:
             table: ``apps``, ``model_versions``, ``aliases``, ``audit_events``, ``api_keys``,
-                ``predictions`` or ``feedback``.
+                ``predictions``, ``feedback`` or ``feedback_images``.
         """
         with self.read() as session:
             return int(session.scalar(select(func.count()).select_from(_TABLES[table])) or 0)

@@ -6,7 +6,18 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -114,3 +125,18 @@ class FeedbackRecord(Base):
     app: Mapped[str] = mapped_column(String(128), nullable=False)
     key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     label: Mapped[str] = mapped_column(String(256), nullable=False)
+
+
+class FeedbackImage(Base):
+    """An image a client sent back with its feedback (the prediction log itself keeps only its sha256).
+
+    Content-addressed: the same image given as feedback twice is stored once. Only images whose hash equals
+    the logged prediction's are accepted, so this holds nothing the model was not asked about.
+    """
+
+    __tablename__ = "feedback_images"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app: Mapped[str] = mapped_column(String(128), nullable=False)
+    media_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 
 from modelyard.registry.engine import RegistryEngine
-from modelyard.registry.models import FeedbackRecord, PredictionRecord
+from modelyard.registry.models import FeedbackImage, FeedbackRecord, PredictionRecord
 from modelyard.registry.names import RegistryError
 
 
@@ -47,9 +47,18 @@ class PredictionStore:
     def __init__(self, engine: RegistryEngine) -> None:
         self._engine = engine
 
-    def log_predictions(self, rows: Sequence[dict[str, Any]], feedback: Sequence[dict[str, Any]] = ()) -> None:
-        """Insert prediction rows (and feedback rows) in one transaction (the log writer's batch)."""
-        if not rows and not feedback:
+    def log_predictions(
+        self,
+        rows: Sequence[dict[str, Any]],
+        feedback: Sequence[dict[str, Any]] = (),
+        images: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Insert prediction rows, feedback rows and feedback images in one transaction (the log writer's batch).
+
+        ``images`` are ``{"sha256", "app", "media_type", "data", "at"}``; one already stored (same sha256) is
+        kept as it is (content-addressed).
+        """
+        if not rows and not feedback and not images:
             return
 
         def do() -> None:
@@ -58,6 +67,11 @@ class PredictionStore:
                     session.execute(insert(PredictionRecord), list(rows))
                 if feedback:
                     session.execute(insert(FeedbackRecord), list(feedback))
+                unique = {im["sha256"]: im for im in images}
+                # a concurrent writer storing the same image makes this IntegrityError, retried (and then skipped)
+                for sha in sorted(unique):
+                    if session.get(FeedbackImage, sha) is None:
+                        session.add(FeedbackImage(**unique[sha]))
 
         self._engine.retry(do)
 
@@ -78,6 +92,12 @@ class PredictionStore:
                 "scores": p.scores,
                 "latency_ms": p.latency_ms,
             }
+
+    def feedback_image(self, sha256: str) -> tuple[str, bytes] | None:
+        """``(media_type, bytes)`` of an image sent with feedback, or ``None`` when none was sent."""
+        with self._engine.read() as session:
+            im = session.get(FeedbackImage, sha256)
+            return None if im is None else (im.media_type, bytes(im.data))
 
     def predictions(self, app: str, since: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Logged predictions of an app (newest last), optionally since a time."""

@@ -151,9 +151,18 @@ class Registry:
 
     # --------------------------------------------------------------- prediction log and feedback
 
-    def log_predictions(self, rows: Sequence[dict[str, Any]], feedback: Sequence[dict[str, Any]] = ()) -> None:
+    def log_predictions(
+        self,
+        rows: Sequence[dict[str, Any]],
+        feedback: Sequence[dict[str, Any]] = (),
+        images: Sequence[dict[str, Any]] = (),
+    ) -> None:
         """See :meth:`PredictionStore.log_predictions`."""
-        self.prediction_log.log_predictions(rows, feedback)
+        self.prediction_log.log_predictions(rows, feedback, images)
+
+    def feedback_image(self, sha256: str) -> tuple[str, bytes] | None:
+        """See :meth:`PredictionStore.feedback_image`."""
+        return self.prediction_log.feedback_image(sha256)
 
     def prediction(self, prediction_id: str) -> dict[str, Any] | None:
         """See :meth:`PredictionStore.prediction`."""

@@ -34,14 +34,15 @@ from modelyard._internal.layout import (
     SPLITS_DIR,
 )
 from modelyard._internal.rundir import find_run
-from modelyard.registry.artifacts import looks_like_pickle, validate_model_dir
+from modelyard.registry.artifacts import check_zip_members, looks_like_pickle, validate_model_dir
 from modelyard.registry.engine import RegistryEngine, add_audit_event
 from modelyard.registry.models import Alias, App, AuditEvent, ModelVersion, utcnow
 from modelyard.registry.names import RegistryError, safe_join, validate_alias, validate_name
 
 # Run files copied next to the model: what serving, monitoring and retraining need from the run.
 _RUN_FILES = (METRICS, MANIFEST, RECIPE, DATA_REPORT, FINGERPRINTS)
-_RUN_SPLITS = ("train.parquet", "valid.parquet", "test.parquet", "labels.json")
+# text runs keep their splits as Parquet, image runs as .npz (uint8 arrays, no object arrays: checked below)
+_RUN_SPLITS = tuple(f"{n}.{ext}" for ext in ("parquet", "npz") for n in ("train", "valid", "test")) + ("labels.json",)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class VersionStore:
                 raise RegistryError(f"{src}: the content is a pickle; pickles are never loaded")
             if rel.suffix == ".parquet" and head[:4] != b"PAR1":
                 raise RegistryError(f"{src}: not a Parquet file (no PAR1 magic)")
+            if rel.suffix == ".npz":
+                check_zip_members(src)  # np.load(allow_pickle=False) later; refuse object arrays now
         metrics = _read_json_or(run / METRICS, {})
         manifest = _read_json_or(run / MANIFEST, {})
         meta = _read_json_or(run / MODEL_DIR / MODEL_META, {})

@@ -218,7 +218,13 @@ def create_app(
     install_error_handlers(app)
     # CORS is deliberately off: browsers on other origins must not call the model; put a proxy in
     # front if a web page needs it. Middleware added last runs first, so metrics see every response.
-    app.add_middleware(JsonBodyGuardMiddleware, max_body_bytes=cfg.max_body_bytes, routes=app.router.routes)
+    app.add_middleware(
+        JsonBodyGuardMiddleware,
+        max_body_bytes=cfg.max_body_bytes,
+        routes=app.router.routes,
+        # feedback on an image prediction may carry the image back (base64): room for one at its limit
+        path_limits={"/v1/feedback": max(cfg.max_body_bytes, cfg.max_image_bytes * 4 // 3 + 4096)},
+    )
     # Image models: multipart / {"images": [base64]} requests to /v1/predict (serving/images.py).
     app.add_middleware(ImageRequestMiddleware, runtime=runtime, batcher=batcher, cfg=cfg)
     app.add_middleware(FramingMiddleware)  # CL + TE together: 400 and close, before anything reads a body

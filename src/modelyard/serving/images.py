@@ -27,6 +27,7 @@ import binascii
 import hashlib
 import io
 import json
+import re
 import time
 from typing import Any
 
@@ -68,10 +69,51 @@ def describe_image(data: bytes, img: Any) -> str:
         >>> describe_image(png_bytes, Image.open(io.BytesIO(png_bytes)))  # doctest: +SKIP
         'image/png 28x28 sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08'
     """
+    return f"{_mime(img)} {img.width}x{img.height} sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+_DESCRIPTION = re.compile(r"^image/[\w.+-]+ \d+x\d+ sha256:([0-9a-f]{64})$")
+
+
+def described_sha256(description: str) -> str | None:
+    """The sha256 in a :func:`describe_image` description, or ``None`` when the text is not one.
+
+    Example:
+        >>> described_sha256("image/png 28x28 sha256:" + "ab" * 32) == "ab" * 32
+        True
+        >>> described_sha256("a review") is None
+        True
+    """
+    match = _DESCRIPTION.match(description or "")
+    return match.group(1) if match else None
+
+
+def feedback_image(item: str, expected_sha256: str, cfg: ServeConfig) -> tuple[bytes, str]:
+    """The image sent back with feedback: base64 → bytes, which must hash to the logged prediction's sha256.
+
+    Returns:
+        ``(bytes, media type)``.
+
+    Raises:
+        ApiError: 422 ``invalid_base64``, 422 ``image_mismatch`` (another image than the one predicted),
+            413 ``image_too_large``.
+    """
+    data = _decode_base64(item, 0)
+    if hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise ApiError(
+            422,
+            "image_mismatch",
+            "body.image is not the image of this prediction (its sha256 differs); send the same bytes you sent "
+            "to /v1/predict",
+        )
+    img = open_image(data, "body.image", cfg, 0)  # the same bytes passed these checks at predict time
+    return data, _mime(img)
+
+
+def _mime(img: Any) -> str:
     from PIL import Image
 
-    mime = Image.MIME.get(img.format or "", f"image/{(img.format or 'unknown').lower()}")
-    return f"{mime} {img.width}x{img.height} sha256:{hashlib.sha256(data).hexdigest()}"
+    return Image.MIME.get(img.format or "", f"image/{(img.format or 'unknown').lower()}")
 
 
 def open_image(data: bytes, where: str, cfg: ServeConfig, index: int) -> Any:
@@ -265,7 +307,8 @@ class ImageRequestMiddleware:
             for row in probs
         ]
         # The production server logs every prediction and returns its id (serving/production.py), like for
-        # texts; an image is logged as its description (type, size, sha256), never its pixels.
+        # texts; an image is logged as its description (type, size, sha256), never its pixels (a client that
+        # gives feedback may send the image back with it: serving/production.py).
         hook = getattr(getattr(scope.get("app"), "state", None), "prediction_hook", None)
         if hook is not None:
             ids = hook(Request(scope), descriptions, probs, loaded, time.perf_counter() - started, mask=False)

@@ -121,18 +121,22 @@ class JsonBodyGuardMiddleware:
         max_body_bytes: Largest body accepted; larger → 413 ``body_too_large``.
         routes: The app's routes; the content-type check applies only to requests that hit one with
             a body-carrying method, so unknown paths still get their 404.
+        path_limits: Larger caps for some paths (``/v1/feedback`` may carry an image back).
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, routes: list[BaseRoute]) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, routes: list[BaseRoute], path_limits: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.routes = routes
+        self.path_limits = dict(path_limits or {})
 
-    def _too_large(self) -> tuple[int, str, str]:
+    def _too_large(self, limit: int) -> tuple[int, str, str]:
         return (
             413,
             "body_too_large",
-            f"request body exceeds the limit of {self.max_body_bytes} bytes (max_body_bytes); "
+            f"request body exceeds the limit of {limit} bytes (max_body_bytes); "
             "send fewer or shorter texts per request",
         )
 
@@ -142,6 +146,7 @@ class JsonBodyGuardMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         method = scope["method"]
+        limit = self.path_limits.get(scope["path"], self.max_body_bytes)
         _, hits_route = route_template(self.routes, scope)
         if method in _BODY_METHODS and hits_route:
             content_type = headers.get("content-type", "")
@@ -166,9 +171,9 @@ class JsonBodyGuardMiddleware:
                 resp = error_response(400, "bad_request", f"invalid Content-Length header: {declared!r}")
                 await resp(scope, receive, send)
                 return
-            if length > self.max_body_bytes:
-                status, code, message = self._too_large()
-                await error_response(status, code, message, limit=self.max_body_bytes)(scope, receive, send)
+            if length > limit:
+                status, code, message = self._too_large(limit)
+                await error_response(status, code, message, limit=limit)(scope, receive, send)
                 return
         elif method not in _BODY_METHODS:
             # No declared body and a method that carries none: nothing to count, don't buffer.
@@ -183,9 +188,9 @@ class JsonBodyGuardMiddleware:
                 return  # the client left mid-body; there is no one to answer
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                status, code, message_text = self._too_large()
-                resp = error_response(status, code, message_text, limit=self.max_body_bytes)
+            if size > limit:
+                status, code, message_text = self._too_large(limit)
+                resp = error_response(status, code, message_text, limit=limit)
                 await resp(scope, receive, send)
                 return
             chunks.append(chunk)

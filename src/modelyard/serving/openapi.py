@@ -16,7 +16,10 @@ labels change), so that:
 * limits that depend on the serve settings and rules across fields (a feedback label must be one of the
   served model's labels) are written into the schema descriptions with their current values, and the
   feedback example uses a label of the served model;
-* ``POST /v1/predict`` links each ``predictions[i].id`` to ``POST /v1/feedback`` (OpenAPI links).
+* ``POST /v1/predict`` links each ``predictions[i].id`` to ``POST /v1/feedback`` (OpenAPI links);
+* when the served model classifies images, ``POST /v1/predict`` documents the bodies it then takes (a
+  multipart upload or JSON ``{"images": [base64, …]}``, answered by :mod:`.images`) and their limits and
+  errors, instead of the texts body.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def _with_errors(
     cfg: ServeConfig,
     labels: tuple[str, ...] | None,
     needs_key: Callable[[str], bool] | None,
+    images: bool = False,
 ) -> dict[str, Any]:
     """Add the statuses, security, descriptions, examples and links to a copy of FastAPI's document."""
     doc = copy.deepcopy(doc)
@@ -131,7 +135,77 @@ def _with_errors(
         }
     _describe_limits(schemas, cfg)
     _describe_labels(doc, schemas, labels)
+    if images:
+        _describe_images(doc, cfg)
     return doc
+
+
+def _describe_images(doc: dict[str, Any], cfg: ServeConfig) -> None:
+    """``POST /v1/predict`` of an image model: the two request bodies :mod:`.images` accepts, and its errors."""
+    from modelyard.serving.images import IMAGE_FORMATS, body_limit
+
+    op = doc.get("paths", {}).get("/v1/predict", {}).get("post")
+    if op is None:
+        return
+    formats = ", ".join(sorted(IMAGE_FORMATS - {"MPO"}))
+    one = (
+        f"An encoded image ({formats}), at most {cfg.max_image_bytes} bytes (`max_image_bytes`; more: HTTP 413 "
+        f"`image_too_large`) and {cfg.max_image_pixels} pixels (`max_image_pixels`; more: 413 "
+        "`image_too_many_pixels`); another format or a damaged file: 415 `unsupported_image`."
+    )
+    count = {"minItems": 1, "maxItems": cfg.max_images_per_request}
+    op["requestBody"] = {
+        "required": True,
+        "description": (
+            f"This model classifies images: 1 to {cfg.max_images_per_request} per request "
+            f"(`max_images_per_request`; more: 413 `too_many_images`), the whole body at most {body_limit(cfg)} "
+            "bytes (413 `body_too_large`); answered in order. A texts body: 422 `invalid_request`."
+        ),
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            **count,
+                            "items": {
+                                "type": "string",
+                                "contentEncoding": "base64",
+                                "description": one + " Base64; a `data:image/...;base64,` prefix is allowed.",
+                            },
+                        }
+                    },
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            **count,
+                            "items": {"type": "string", "format": "binary", "description": one},
+                            "description": "One file part per image (any field name: file, files, image).",
+                        }
+                    },
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+    responses = op["responses"]
+    responses["413"] = _error(
+        "Too large (`body_too_large`, `too_many_images`, `image_too_large`, `image_too_many_pixels`)."
+    )
+    responses["415"] = _error(
+        "Neither multipart/form-data nor application/json (`unsupported_media_type`), or a file that is not a "
+        f"supported image ({formats}; `unsupported_image`)."
+    )
+    responses["422"] = _error(
+        "Malformed JSON (`invalid_json`), bad base64 (`invalid_base64`), no images or a texts body (`invalid_request`)."
+    )
 
 
 def _describe_limits(schemas: dict[str, Any], cfg: ServeConfig) -> None:
@@ -202,10 +276,13 @@ def install_openapi(app: FastAPI, cfg: ServeConfig, checks_api_keys: Callable[[F
     """
     built: dict[str, Any] = {}
 
+    from modelyard.serving.images import is_image_model
+
     def openapi() -> dict[str, Any]:
         base = FastAPI.openapi(app)  # FastAPI's own document, built once and kept in app.openapi_schema
         loaded = app.state.runtime.loaded
         labels = tuple(loaded.labels) if loaded is not None else None
+        images = loaded is not None and is_image_model(loaded.classifier)
         needs_key: Callable[[str], bool] | None = None
         if checks_api_keys(app):
             from modelyard.serving.security import PUBLIC_PATHS, required_scope
@@ -215,9 +292,9 @@ def install_openapi(app: FastAPI, cfg: ServeConfig, checks_api_keys: Callable[[F
             def needs_key(path: str) -> bool:
                 return required_scope(path, public) is not None
 
-        key = (labels, needs_key is not None)
+        key = (labels, needs_key is not None, images)
         if built.get("key") != key:
-            built["doc"] = _with_errors(base, cfg, labels, needs_key)
+            built["doc"] = _with_errors(base, cfg, labels, needs_key, images)
             built["key"] = key
         return built["doc"]
 

@@ -60,7 +60,8 @@ class PredictionLog:
         self.written = 0
         self.write_errors = 0
         self._pending = 0  # queued or being written
-        self._recent: OrderedDict[str, tuple[str | None, str, tuple[str, ...]]] = OrderedDict()
+        # prediction id → (key id, app, labels, sha256 of the image for an image prediction)
+        self._recent: OrderedDict[str, tuple[str | None, str, tuple[str, ...], str | None]] = OrderedDict()
 
     @property
     def depth(self) -> int:
@@ -85,20 +86,24 @@ class PredictionLog:
                 self.dropped += 1
             return False
 
-    def log_prediction(self, row: dict[str, Any], labels: tuple[str, ...]) -> bool:
+    def log_prediction(self, row: dict[str, Any], labels: tuple[str, ...], image_sha256: str | None = None) -> bool:
         """Queue one prediction row (never blocks). Returns False when it was dropped (queue full)."""
         with self._lock:
-            self._recent[row["id"]] = (row.get("key_id"), row["app"], labels)
+            self._recent[row["id"]] = (row.get("key_id"), row["app"], labels, image_sha256)
             if len(self._recent) > RECENT_IDS:
                 self._recent.popitem(last=False)
         return self._put("prediction", row)
 
-    def log_feedback(self, row: dict[str, Any]) -> bool:
-        """Queue one feedback row (never blocks). Returns False when the queue is full."""
-        return self._put("feedback", row)
+    def log_feedback(self, row: dict[str, Any], image: dict[str, Any] | None = None) -> bool:
+        """Queue one feedback row, and the image sent with it (never blocks). False when the queue is full.
 
-    def recent(self, prediction_id: str) -> tuple[str | None, str, tuple[str, ...]] | None:
-        """``(key_id, app, labels)`` of a prediction made by this process recently, or ``None``."""
+        The image (``{"sha256", "app", "media_type", "data", "at"}``) rides in the same queue item, so the
+        feedback row and its image are written in one transaction or dropped together.
+        """
+        return self._put("feedback", {**row, "_image": image} if image is not None else row)
+
+    def recent(self, prediction_id: str) -> tuple[str | None, str, tuple[str, ...], str | None] | None:
+        """``(key_id, app, labels, image sha256 or None)`` of a prediction this process made recently, or ``None``."""
         with self._lock:
             return self._recent.get(prediction_id)
 
@@ -116,8 +121,9 @@ class PredictionLog:
                     break
             preds = [row for kind, row in items if kind == "prediction"]
             feedback = [row for kind, row in items if kind == "feedback"]
+            images = [row.pop("_image") for row in feedback if "_image" in row]
             try:
-                self.registry.log_predictions(preds, feedback)
+                self.registry.log_predictions(preds, feedback, images)
                 with self._lock:
                     self.written += len(items)
             except Exception:

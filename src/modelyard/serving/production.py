@@ -49,6 +49,7 @@ from modelyard.rundir import RunDir
 from modelyard.serving.app import ModelRuntime, create_app
 from modelyard.serving.console import install_console
 from modelyard.serving.http_errors import ApiError
+from modelyard.serving.images import described_sha256, feedback_image
 from modelyard.serving.jobs import JobRunner
 from modelyard.serving.predlog import PredictionLog, mask_pii
 from modelyard.serving.schemas import ErrorResponse
@@ -150,6 +151,15 @@ class FeedbackRequest(BaseModel):
     )
     prediction_id: str = Field(..., description="The `id` of a prediction made with the same API key.")
     label: str = Field(..., min_length=1, max_length=256, description="The correct label (one of the model's).")
+    image: str | None = Field(
+        None,
+        description=(
+            "Image models only: the predicted image again (base64, as sent to `/v1/predict`), so `modelyard "
+            "retrain` can learn from it. Its sha256 must equal the prediction's (else 422 `image_mismatch`); "
+            "the prediction log itself never keeps pixels. Without it the feedback is recorded but an image "
+            "model cannot be retrained on it."
+        ),
+    )
 
 
 class FeedbackResponse(BaseModel):
@@ -213,6 +223,7 @@ def _prediction_logger(predlog: PredictionLog, app_name: str, cfg: ServeConfig) 
                     "latency_ms": seconds * 1000.0,
                 },
                 labels,
+                image_sha256=None if mask else described_sha256(text),
             )
             ids.append(pid)
         return ids
@@ -220,7 +231,7 @@ def _prediction_logger(predlog: PredictionLog, app_name: str, cfg: ServeConfig) 
     return log_predictions
 
 
-def feedback_router(registry: Registry, predlog: PredictionLog, app_name: str) -> APIRouter:
+def feedback_router(registry: Registry, predlog: PredictionLog, app_name: str, cfg: ServeConfig) -> APIRouter:
     """``POST /v1/feedback``: the correct label for a prediction made with the caller's key (queued to the log)."""
     router = APIRouter()
 
@@ -232,7 +243,14 @@ def feedback_router(registry: Registry, predlog: PredictionLog, app_name: str) -
         response_model=FeedbackResponse,
         responses={
             404: {"model": ErrorResponse, "description": "No such prediction for this key (`prediction_not_found`)."},
-            422: {"model": ErrorResponse, "description": "Malformed id or unknown label (`invalid_request`)."},
+            413: {"model": ErrorResponse, "description": "`body.image` over `max_image_bytes` (`image_too_large`)."},
+            422: {
+                "model": ErrorResponse,
+                "description": (
+                    "Malformed id, unknown label or an image for a text prediction (`invalid_request`); "
+                    "`body.image` not base64 (`invalid_base64`) or not the predicted image (`image_mismatch`)."
+                ),
+            },
             503: {"model": ErrorResponse, "description": "The log queue is full (`overloaded`); honour Retry-After."},
         },
     )
@@ -249,7 +267,11 @@ def feedback_router(registry: Registry, predlog: PredictionLog, app_name: str) -
         owner = predlog.recent(pid)
         if owner is None:
             row = await asyncio.to_thread(registry.prediction, pid)
-            owner = None if row is None else (row["key_id"], row["app"], tuple(row["scores"]))
+            owner = (
+                None
+                if row is None
+                else (row["key_id"], row["app"], tuple(row["scores"]), described_sha256(row["text"]))
+            )
         # Someone else's prediction is answered exactly like a missing one: ids must not be probeable.
         if owner is None or owner[0] != key_id or owner[1] != app_name:
             raise ApiError(404, "prediction_not_found", f"no prediction {pid} made with this API key")
@@ -259,8 +281,16 @@ def feedback_router(registry: Registry, predlog: PredictionLog, app_name: str) -
                 "invalid_request",
                 f"body.label: {body.label!r} is not a label of the model; use one of {list(owner[2])}",
             )
-        row = {"at": utcnow(), "prediction_id": pid, "app": app_name, "key_id": key_id, "label": body.label}
-        if not predlog.log_feedback(row):
+        now = utcnow()
+        image = None
+        if body.image is not None:
+            sha = owner[3]
+            if sha is None:
+                raise ApiError(422, "invalid_request", "body.image: this prediction was made for a text, not an image")
+            data, media_type = feedback_image(body.image, sha, cfg)
+            image = {"sha256": sha, "app": app_name, "media_type": media_type, "data": data, "at": now}
+        row = {"at": now, "prediction_id": pid, "app": app_name, "key_id": key_id, "label": body.label}
+        if not predlog.log_feedback(row, image):
             raise ApiError(503, "overloaded", "the log queue is full; retry shortly", headers={"Retry-After": "1"})
         return FeedbackResponse(status="accepted", prediction_id=pid, label=body.label)
 
@@ -431,7 +461,7 @@ def create_production_app(
     app = create_app(
         lambda: load_version(registry.resolve(app_name, alias), alias),
         cfg,
-        routers=(console, feedback_router(registry, predlog, app_name), admin_router(registry, app_name)),
+        routers=(console, feedback_router(registry, predlog, app_name, cfg), admin_router(registry, app_name)),
         prediction_hooks=(_prediction_logger(predlog, app_name, cfg),),
         lifespans=(_log_lifespan(predlog), swapper.lifespan, _jobs_lifespan(jobs)),
     )

@@ -3,7 +3,8 @@
 Where each limit comes from (all in the ``serve`` section):
 
 * ``keep_alive_s`` → uvicorn ``timeout_keep_alive`` (idle kept-alive connections);
-* ``max_connections`` → uvicorn ``limit_concurrency`` (beyond it: an immediate 503);
+* ``max_connections`` → :class:`GuardedH11Protocol` (uvicorn's ``limit_concurrency`` rule, but the refusal is
+  the JSON error ``503 overloaded`` with ``Retry-After`` and ``Connection: close`` instead of plain text);
 * ``max_header_bytes`` → h11 ``max_incomplete_event_size`` (a larger request head: 400 and close);
 * ``header_timeout_s`` / ``body_timeout_s`` → :class:`GuardedH11Protocol` below: uvicorn has no read
   timeouts, so a connection that trickles its headers or body (slow-loris) would otherwise stay open;
@@ -49,6 +50,35 @@ class GuardedH11Protocol(H11Protocol):
 
     header_timeout_s = 10.0
     body_timeout_s = 30.0
+    max_connections: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.max_connections is not None:
+            self.app = self._capped(self.app)
+
+    def _capped(self, app: Any) -> Any:
+        """uvicorn's own ``limit_concurrency`` test (open connections or running request tasks at the cap),
+        answered with the documented JSON error: uvicorn would send ``text/plain`` "Service Unavailable", and
+        the choice of that app is inside a method no subclass can reach."""
+        limit = self.max_connections
+
+        async def capped(scope: Scope, receive: Receive, send: Send) -> None:
+            # uvicorn adds this request's task before the app runs, hence ``>`` for the tasks.
+            if scope["type"] == "http" and (len(self.connections) >= limit or len(self.tasks) > limit):  # type: ignore[operator]
+                self.logger.warning("Exceeded concurrency limit.")
+                response = error_response(
+                    503,
+                    "overloaded",
+                    f"the server holds its maximum of {limit} connections; retry shortly",
+                    # outside the app, so its nosniff middleware never sees this response
+                    headers={"Connection": "close", "Retry-After": "1", "X-Content-Type-Options": "nosniff"},
+                )
+                await response(scope, receive, send)
+                return
+            await app(scope, receive, send)
+
+        return capped
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -142,7 +172,11 @@ def protocol_for(cfg: ServeConfig) -> type[GuardedH11Protocol]:
     return type(
         "ConfiguredH11Protocol",
         (GuardedH11Protocol,),
-        {"header_timeout_s": cfg.header_timeout_s, "body_timeout_s": cfg.body_timeout_s},
+        {
+            "header_timeout_s": cfg.header_timeout_s,
+            "body_timeout_s": cfg.body_timeout_s,
+            "max_connections": cfg.max_connections,
+        },
     )
 
 
@@ -158,7 +192,7 @@ def uvicorn_config(app: Any, cfg: ServeConfig, host: str | None = None, port: in
         lifespan="on",  # the app can't serve without its lifespan; fail loudly rather than silently
         timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
         timeout_keep_alive=int(max(1, round(cfg.keep_alive_s))),
-        limit_concurrency=cfg.max_connections,
+        limit_concurrency=None,  # enforced by the protocol (see GuardedH11Protocol._capped)
         h11_max_incomplete_event_size=cfg.max_header_bytes,
         server_header=False,
         log_level="info",
