@@ -31,3 +31,14 @@ def slow_monitor(registry: Any, app: str, alias: str, since: str) -> dict[str, A
 def quick_monitor(registry: Any, app: str, alias: str, since: str) -> dict[str, Any]:
     """A drift monitor stand-in that answers at once (HTTP-contract tests: the fuzzer)."""
     return {"app": app, "status": "insufficient_data", "version": 1, "since": since, "n_live": 0, "signals": {}}
+
+
+def burning_monitor(registry: Any, app: str, alias: str, since: str) -> dict[str, Any]:
+    """A drift monitor stand-in that keeps one core busy for a minute (one line per run in the marker)."""
+    with Path(os.environ["MODELYARD_TEST_MARKER"]).open("a", encoding="utf-8") as f:
+        f.write(f"{os.getpid()}\n")
+    deadline = time.monotonic() + 60
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+    return {"app": app, "status": "ok", "version": 1, "since": since, "n_live": n, "signals": {}}

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -172,3 +173,109 @@ def test_a_request_h11_cannot_parse_gets_the_json_error_and_a_close(server: tupl
         assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head.lower(), got
         assert b"nosniff" in head.lower() and b"connection: close" in head.lower()
         assert json.loads(body)["error"]["code"] == "bad_request"
+
+
+# ------------------------------------------------------------------ background work, measured from outside
+
+IDLE_WITHIN_S = 10.0  # the stated bound: disconnect noticed (≤ 1 s) + the job runner's grace_s (5 s) + margin
+
+
+def _tree_cpu_seconds(pid: int) -> tuple[float, list[int]]:
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total, [p.pid for p in procs]
+
+
+def test_five_drift_requests_start_one_run_and_the_cpu_is_idle_soon_after_every_client_left(
+    tmp_path: Path, tiny_trained_run: Path
+) -> None:
+    """The real server in its own process: five raw-socket drift requests → one child burning a core; once all
+    five clients hung up, the child is gone and the server's process tree is idle within IDLE_WITHIN_S."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.production_helpers import free_port, make_registry
+
+    reg = make_registry(tmp_path, tiny_trained_run)
+    admin = reg.create_key(["admin"])
+    reg.close()
+    marker = tmp_path / "runs.txt"
+    port = free_port()
+    env = {**os.environ, "MODELYARD_TEST_MARKER": str(marker)}
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.drift_server", str(tmp_path / "store"), str(port)],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    clients: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        body = b"{}"
+        request = (
+            f"POST /admin/v1/drift HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        for _ in range(5):
+            s = _connect(port)
+            s.sendall(request)
+            clients.append(s)
+        deadline = time.monotonic() + 30
+        while not (marker.is_file() and marker.read_text().split()):
+            assert time.monotonic() < deadline, "no drift run started"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        [child] = [int(x) for x in marker.read_text().split()]  # five requests, one run
+        before, pids = _tree_cpu_seconds(proc.pid)
+        assert child in pids
+        time.sleep(1.0)
+        after, _ = _tree_cpu_seconds(proc.pid)
+        assert after - before > 0.5, after - before  # the run really burns a core while clients wait
+
+        for s in clients:
+            s.close()
+        left = time.monotonic()
+        while True:
+            _, pids = _tree_cpu_seconds(proc.pid)
+            if child not in pids:
+                break
+            assert time.monotonic() - left < IDLE_WITHIN_S, "the drift run outlived its clients"
+            time.sleep(0.1)
+        before, _ = _tree_cpu_seconds(proc.pid)
+        time.sleep(2.0)
+        after, _ = _tree_cpu_seconds(proc.pid)
+        assert after - before < 0.2, f"the server used {after - before:.2f} CPU-s in 2 s with no clients"
+        assert time.monotonic() - left < IDLE_WITHIN_S + 2.5
+        assert len(marker.read_text().split()) == 1  # nothing queued behind the cancelled run
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+        assert 'route="/admin/v1/drift",status="499"} 5.0' in metrics, [
+            line for line in metrics.splitlines() if "drift" in line
+        ]  # the five hang-ups are client-closed requests, not server errors
+    finally:
+        for s in clients:
+            s.close()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -681,5 +681,6 @@ def test_serve_binds_loopback_and_sets_a_shutdown_timeout(monkeypatch: pytest.Mo
     # connection hygiene comes with the server: read deadlines, keep-alive, connection and header caps
     assert issubclass(first.http, GuardedH11Protocol) and first.http.header_timeout_s == 10.0
     assert first.http.body_timeout_s == 30.0 and first.timeout_keep_alive == 5
-    assert first.limit_concurrency == 512 and first.h11_max_incomplete_event_size == 16384
-    assert second.http.header_timeout_s == 3.0 and second.limit_concurrency == 7
+    assert first.http.max_connections == 512 and first.h11_max_incomplete_event_size == 16384
+    assert first.limit_concurrency is None  # the protocol enforces the cap (its refusal is the JSON 503)
+    assert second.http.header_timeout_s == 3.0 and second.http.max_connections == 7

@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi import Path as Path_
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelyard.registry.names import RegistryError
 from modelyard.registry.store import Registry, parse_since
 from modelyard.serving.headers import SECURITY_HEADERS
-from modelyard.serving.http_errors import ApiError
+from modelyard.serving.http_errors import ApiError, wait_while_connected
 from modelyard.serving.jobs import CANCELLED, SUCCEEDED, TIMED_OUT, JobRunner
 from modelyard.serving.schemas import ErrorResponse
 
@@ -273,7 +273,7 @@ def install_console(
             504: {"model": ErrorResponse, "description": "The run passed its time limit (`job_timed_out`)."},
         },
     )
-    async def admin_drift_run(body: DriftRunRequest, response: Response) -> DriftResponse:
+    async def admin_drift_run(body: DriftRunRequest, response: Response, request: Request) -> DriftResponse:
         _parse_window(body.since, "body.since")
         if target is None:
             raise ApiError(409, "drift_unavailable", "the drift monitor cannot run: this server was started without it")
@@ -283,7 +283,8 @@ def install_console(
         except RuntimeError:
             raise ApiError(503, "shutting_down", "the server is shutting down; retry on the next one") from None
         response.headers["X-Job-Id"] = job.id
-        await jobs.wait(job)
+        # a caller that hangs up stops waiting; when none waits any more the runner cancels the run
+        await wait_while_connected(request, jobs.wait(job))
         if job.state == TIMED_OUT:
             raise ApiError(504, "job_timed_out", f"drift job {job.id}: {job.error}")
         if job.state == CANCELLED:

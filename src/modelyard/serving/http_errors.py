@@ -7,16 +7,20 @@ any unexpected exception, which is logged server-side and answered without a tra
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelyard.serving.batcher import BatcherClosedError, BatchFailedError, QueueFullError
+
+T = TypeVar("T")
 
 logger = logging.getLogger("modelyard.serving")
 
@@ -147,6 +151,39 @@ async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal server error; the server log has the details")
 
 
+class ClientGone(Exception):
+    """The client hung up while its request waited (e.g. for a drift run); there is no one to answer.
+
+    Answered with status 499 (nginx's "client closed request"), which the server drops since the connection
+    is gone, and which ``modelyard_http_requests_total`` records as 499, never as a 500.
+    """
+
+
+async def _client_gone_handler(request: Request, exc: Exception) -> Response:
+    return Response(status_code=499)
+
+
+async def wait_while_connected(request: Request, waiting: Awaitable[T], poll_s: float = 0.5) -> T:
+    """Await ``waiting`` while the client stays connected; when it hangs up, cancel it and raise :class:`ClientGone`.
+
+    Starlette does not cancel a handler whose client went away, so a long wait (a shared admin job) would
+    otherwise keep the work alive for no one.
+    """
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone(request.url.path)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the JSON error handlers on ``app``.
 
@@ -156,6 +193,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
     app.add_exception_handler(ApiError, _api_error_handler)
+    app.add_exception_handler(ClientGone, _client_gone_handler)
     # Starlette routes the `Exception` handler to its outermost ServerErrorMiddleware, so it also
     # catches errors raised inside our own middleware.
     app.add_exception_handler(Exception, _unhandled_handler)

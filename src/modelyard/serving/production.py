@@ -231,8 +231,11 @@ def _prediction_logger(predlog: PredictionLog, app_name: str, cfg: ServeConfig) 
     return log_predictions
 
 
-def feedback_router(registry: Registry, predlog: PredictionLog, app_name: str, cfg: ServeConfig) -> APIRouter:
+def feedback_router(
+    registry: Registry, predlog: PredictionLog, app_name: str, cfg: ServeConfig | None = None
+) -> APIRouter:
     """``POST /v1/feedback``: the correct label for a prediction made with the caller's key (queued to the log)."""
+    cfg = cfg or ServeConfig()
     router = APIRouter()
 
     @router.post(
