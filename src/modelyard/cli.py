@@ -27,6 +27,21 @@ app = typer.Typer(
 # err_console and friendly_errors live in _internal.cli_errors, shared with the ops sub-apps (ops.cli).
 
 
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of an error (also: MODELYARD_DEBUG=1).")
+    ] = False,
+) -> None:
+    """One recipe from labelled text to a trained, measured, served model — offline first."""
+    if debug:
+        import os
+
+        from modelyard._internal.cli_errors import DEBUG_ENV
+
+        os.environ[DEBUG_ENV] = "1"
+
+
 @app.command()
 @friendly_errors
 def init(
@@ -243,7 +258,9 @@ def serve(
     from modelyard.rundir import RunDir
 
     cfg = RunDir(run_dir).serve_settings(overrides)
-    model_dir_of(run_dir)  # fail fast on a bad path, before the server starts
+    from modelyard.models.loading import check_model_files
+
+    check_model_files(model_dir_of(run_dir))  # fail fast on a bad path or a damaged file, before the server starts
     if runtime == "torch":
         from modelyard.models.loading import load
 
@@ -258,6 +275,9 @@ def serve(
                 f"{run_dir} has no '{runtime}' variant; "
                 f"create it with: modelyard compress {run_dir} --methods {runtime}"
             )
+        from modelyard.compression.variants import check_variant
+
+        check_variant(run_dir, runtime)
         loader = lambda: load_variant(run_dir, runtime)  # noqa: E731
     if cfg.auth:  # serve.auth: true → API keys from the registry
         from modelyard.registry import open_registry

@@ -22,3 +22,14 @@ class DataError(ModelyardError):
 
 class ModelError(ModelyardError):
     """A backbone or saved model cannot be found or loaded."""
+
+
+class StorageError(ModelyardError):
+    """The machine refused a write or read: disk full, read-only or missing path, permission, damaged file.
+
+    The message names the path and what to do (free space, choose another location, re-run, restore).
+    """
+
+
+class ResourceError(ModelyardError):
+    """The machine ran out of a resource the work needs (memory, a port, a GPU); the message says what to lower."""

@@ -20,12 +20,16 @@ import yaml
 from pydantic import ValidationError
 
 from modelyard._internal import layout
+from modelyard._internal.integrity import read_checked
 from modelyard._internal.io import read_json, read_jsonl
 from modelyard._internal.rundir import find_run
 from modelyard.config import Recipe, ServeConfig, apply_overrides, load_recipe
 from modelyard.data import PreparedData
 from modelyard.data.images import read_image_splits
 from modelyard.errors import ConfigError, ModelyardError
+
+# What to do about a damaged file of a finished run.
+_FIX = "re-run `modelyard train` for this run, or restore the run directory from a backup"
 
 
 @dataclass(frozen=True)
@@ -133,36 +137,38 @@ class RunDir:
         return load_recipe(self.recipe_path, overrides)
 
     def manifest(self) -> dict[str, Any]:
-        return read_json(self.manifest_path)
+        return read_checked(self.manifest_path, read_json, _FIX)
 
     def metrics(self) -> dict[str, Any]:
-        return read_json(self.metrics_path)
+        return read_checked(self.metrics_path, read_json, _FIX)
 
     def history(self) -> list[dict[str, Any]]:
-        return read_json(self.history_path) if self.history_path.is_file() else []
+        return read_checked(self.history_path, read_json, _FIX) if self.history_path.is_file() else []
 
     def steps(self) -> list[dict[str, Any]]:
         """The training-step records of ``progress.jsonl`` (evaluation events left out)."""
         return [r for r in read_jsonl(self.progress_path) if "event" not in r]
 
     def predictions(self) -> pd.DataFrame:
-        return pd.read_parquet(self.predictions_path)
+        return read_checked(self.predictions_path, pd.read_parquet, _FIX)
 
     def model_meta(self) -> dict[str, Any]:
-        return read_json(self.model_meta_path)
+        return read_checked(self.model_meta_path, read_json, _FIX)
 
     def splits(self) -> Any:
         """The exact train/valid/test splits (and labels, data report, fingerprints) the run was trained on."""
         if (self.splits_dir / "train.npz").is_file():
-            return read_image_splits(self.path)
+            return read_checked(self.path, read_image_splits, _FIX)
         if not (self.splits_dir / layout.LABELS).is_file():
             raise ModelyardError(f"{self.path} has no {layout.SPLITS_DIR}/ (not a modelyard run directory?)")
-        frames = {n: pd.read_parquet(self.splits_dir / f"{n}.parquet") for n in ("train", "valid", "test")}
+        frames = {
+            n: read_checked(self.splits_dir / f"{n}.parquet", pd.read_parquet, _FIX) for n in ("train", "valid", "test")
+        }
         return PreparedData(
             **frames,
-            labels=read_json(self.splits_dir / layout.LABELS),
-            report=read_json(self.data_report_path),
-            fingerprints=read_json(self.fingerprints_path),
+            labels=read_checked(self.splits_dir / layout.LABELS, read_json, _FIX),
+            report=read_checked(self.data_report_path, read_json, _FIX),
+            fingerprints=read_checked(self.fingerprints_path, read_json, _FIX),
         )
 
     def serve_settings(self, overrides: list[str] | None = None) -> ServeConfig:

@@ -3,6 +3,7 @@ complete) and the run manifest. :class:`modelyard.rundir.RunDir` reads a finishe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import secrets
@@ -14,7 +15,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from modelyard._internal.integrity import record_checksums
 from modelyard._internal.layout import INCOMPLETE, MANIFEST, MODEL_DIR
+from modelyard._internal.storage import make_dir, storage_errors
 from modelyard.errors import ModelyardError
 
 __all__ = ["INCOMPLETE", "discard_run", "find_run", "finish_run", "new_run_id", "run_manifest", "start_run"]
@@ -39,26 +42,54 @@ def new_run_id() -> str:
 
 
 def start_run(output_dir: Path) -> tuple[str, Path]:
-    """Create ``<output_dir>/<run-id>.incomplete`` and return ``(run_id, path)``."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    run_id = new_run_id()
-    path = output_dir / f"{run_id}{INCOMPLETE}"
-    path.mkdir()
-    return run_id, path
+    """Create ``<output_dir>/<run-id>.incomplete`` and return ``(run_id, path)``.
+
+    Two runs started into the same ``output_dir`` at once never share a folder: the id is random and the
+    folder is created exclusively (a clash is retried with a new id).
+
+    Raises:
+        StorageError: ``output_dir`` cannot be created or written (one line naming it and the fix).
+    """
+    make_dir(output_dir, "output_dir")
+    for leftover in output_dir.glob(f"{DISCARDED}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for _ in range(8):
+        run_id = new_run_id()
+        path = output_dir / f"{run_id}{INCOMPLETE}"
+        try:
+            with storage_errors("the run directory", path, "output_dir"):
+                path.mkdir()
+        except FileExistsError:
+            continue
+        return run_id, path
+    raise ModelyardError(f"could not create a new run directory in {output_dir}")  # pragma: no cover
 
 
 def finish_run(tmp_dir: Path) -> Path:
-    """Atomically rename a completed run into place (same filesystem, one ``rename``)."""
+    """Record the model's checksums in the manifest, then rename the completed run into place (one ``rename``)."""
     final = tmp_dir.with_name(tmp_dir.name.removesuffix(INCOMPLETE))
     if final.exists():
         raise ModelyardError(f"run directory {final} already exists; not overwriting it")
+    with storage_errors("manifest.json", tmp_dir / MANIFEST, "output_dir"):
+        record_checksums(tmp_dir)
     os.rename(tmp_dir, final)
     return final
 
 
+DISCARDED = ".discarded-"
+
+
 def discard_run(tmp_dir: Path) -> None:
-    """Remove an incomplete run that has nothing worth resuming."""
+    """Remove an incomplete run that has nothing worth resuming.
+
+    When it cannot be removed now (memory exhausted, a busy file system), it is renamed to a hidden
+    ``.discarded-*`` name, which needs no memory and never looks like a run; the next :func:`start_run` in
+    that folder removes it.
+    """
     shutil.rmtree(tmp_dir, ignore_errors=True)
+    if tmp_dir.exists():
+        with contextlib.suppress(OSError):
+            os.rename(tmp_dir, tmp_dir.with_name(f"{DISCARDED}{tmp_dir.name}"))
 
 
 def find_run(path: Path) -> Path:

@@ -20,31 +20,13 @@ import numpy as np
 
 from modelyard._internal.io import read_json, sha256_file, write_json
 from modelyard._internal.layout import HISTORY, METRICS, MODEL_DIR, MODEL_META, RECIPE, SPLITS_DIR
+from modelyard._internal.storage import atomic_dir  # noqa: F401 - re-exported for the compress stage
 from modelyard.compression.onnx_export import export_onnx, load_fp32, no_hf_progress_bars
 from modelyard.compression.variants import ONNX_FILE, VARIANT_FILE
 from modelyard.errors import ModelyardError
 
 # Files of the source model directory copied next to an ONNX model (the text front end + labels).
 _FRONT_END_FILES = (MODEL_META, "config.json")
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``final`` (rename), on error it is removed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-            os.rename(final, old)
-        os.rename(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _variant_json(out: Path, method: str, source: Path, **details: Any) -> dict[str, Any]:

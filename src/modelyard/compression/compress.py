@@ -16,11 +16,14 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from modelyard._internal.integrity import file_records
 from modelyard._internal.io import atomic_write_text, read_json, write_json
 from modelyard._internal.layout import MODEL_DIR, MODEL_META, REPORT, SPLITS_DIR
+from modelyard._internal.storage import atomic_dir, run_lock, storage_errors
 from modelyard.compression.variants import (
     METHODS,
     ONNX_FILE,
+    VARIANT_FILE,
     check_runtime,
     load_variant,
     source_model_dir,
@@ -104,11 +107,38 @@ def compress(
         The ``compression.json`` content (rows, tolerances, versions, threads).
 
     Raises:
-        ModelyardError: unknown method, no trained model in ``run_dir``, bad options.
+        ModelyardError: unknown method, no trained model in ``run_dir``, bad options, another ``compress``
+            running on the same run, or a fault of the machine (one line naming the path).
     """
+    with run_lock(Path(run_dir), "compress"), storage_errors("compressed variants", Path(run_dir), "RUN"):
+        return _compress(
+            Path(run_dir),
+            methods,
+            console=console,
+            sparsity=sparsity,
+            recovery_steps=recovery_steps,
+            latency_repeats=latency_repeats,
+            recovery_lr=recovery_lr,
+            student_layers=student_layers,
+            distill_epochs=distill_epochs,
+        )
+
+
+def _compress(
+    run_dir: Path,
+    methods: list[str] | tuple[str, ...],
+    *,
+    console: Console | None,
+    sparsity: float,
+    recovery_steps: int,
+    latency_repeats: int,
+    recovery_lr: float | None,
+    student_layers: int | None,
+    distill_epochs: int | None,
+) -> dict[str, Any]:
     import torch
 
-    from modelyard.compression.build import BUILDERS, atomic_dir, no_hf_progress_bars
+    from modelyard.compression.build import BUILDERS, no_hf_progress_bars
 
     run_dir = Path(run_dir)
     methods = parse_methods(methods)
@@ -140,6 +170,10 @@ def compress(
                 distill_epochs=distill_epochs,
                 log=console.print,
             )
+            # every file's size and sha256, so a damaged variant is named at load time, never half-used
+            spec = read_json(tmp / VARIANT_FILE)
+            spec["files"] = file_records(tmp, "", skip=(VARIANT_FILE,))
+            write_json(tmp / VARIANT_FILE, spec)
         console.print(f"  → {variant_dir(run_dir, method)} ({time.perf_counter() - t0:.1f}s)")
 
     with no_hf_progress_bars():

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from modelyard._internal.integrity import check_file, verify_records
 from modelyard._internal.io import read_json
 from modelyard._internal.layout import MANIFEST, MODEL_DIR, MODEL_META
 from modelyard.errors import ModelError, ModelyardError
@@ -187,14 +188,25 @@ class OnnxClassifier(VariantClassifier):
         self._lock = threading.Lock()
 
 
+def check_variant(run_dir: Path, runtime: str) -> None:
+    """Refuse, naming the file, a variant whose files are missing or damaged (before a server starts on it)."""
+    if runtime != "torch":
+        _read_variant(variant_dir(Path(run_dir), runtime), runtime)
+
+
 def _read_variant(vdir: Path, method: str) -> dict[str, Any]:
     path = vdir / VARIANT_FILE
     if not path.is_file():
         run = vdir.parent.parent
         raise ModelError(f"no {method} variant in {vdir}; create it with `modelyard compress {run} --methods {method}`")
+    run = vdir.parent.parent
+    fix = f"re-create it: modelyard compress {run} --methods {method}"
+    check_file(path, fix)
     spec = read_json(path)
     if spec.get("method") != method:
         raise ModelError(f"{path} describes method {spec.get('method')!r}, expected {method!r}")
+    if isinstance(spec.get("files"), dict):
+        verify_records(vdir, spec["files"], fix)
     return spec
 
 
@@ -219,6 +231,6 @@ def load_variant(run_dir: Path, runtime: str = "torch", *, batch_size: int = 64)
         return TorchClassifier(source, batch_size=batch_size)
     vdir = variant_dir(run_dir, runtime)
     if runtime in ("prune", "distill"):
-        _read_variant(vdir, runtime)
+        _read_variant(vdir, runtime)  # OnnxClassifier reads (and checks) its variant itself
         return TorchClassifier(vdir, runtime=runtime, batch_size=batch_size)
     return OnnxClassifier(vdir, runtime=runtime, batch_size=batch_size)

@@ -386,23 +386,37 @@ def _chinese_reviews() -> tuple[pd.DataFrame, dict[str, str]]:
     return pd.DataFrame({"text": texts, "label": labels}), fingerprints
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` as CSV/TSV/JSONL/Parquet chosen by ``path``'s extension, via a temp file + rename."""
+def write_table(frame: pd.DataFrame, path: Path, field: str = "--output") -> None:
+    """Write ``frame`` as CSV/TSV/JSONL/Parquet chosen by ``path``'s extension, via a temp file + fsync + rename.
+
+    A failed or killed write leaves the previous file (if any) as it was. A fault of the machine (disk full,
+    read-only, permission) is a one-line :class:`~modelyard.errors.StorageError` naming ``path`` and ``field``.
+    """
+    import os
+    import tempfile
+
+    from modelyard._internal.storage import make_dir, storage_errors
+
     path = Path(path)
     fmt = EXT_FORMAT.get(path.suffix.lower())
     if fmt is None:
         raise DataError(f"{path}: unknown output format '{path.suffix}'; use .csv, .tsv, .jsonl or .parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if fmt == "csv":
-            frame.to_csv(tmp, index=False)
-        elif fmt == "tsv":
-            frame.to_csv(tmp, index=False, sep="\t")
-        elif fmt == "jsonl":
-            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-        else:
-            frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    make_dir(path.parent, field, f"the folder of {field}")
+    with storage_errors(str(path), path, field):
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            if fmt == "csv":
+                frame.to_csv(tmp, index=False)
+            elif fmt == "tsv":
+                frame.to_csv(tmp, index=False, sep="\t")
+            elif fmt == "jsonl":
+                frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            else:
+                frame.to_parquet(tmp, index=False)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import pandas as pd
 from rich.console import Console
 
 from modelyard._internal.layout import REPORT
+from modelyard._internal.storage import atomic_dir, storage_errors
 from modelyard.data import read_table
 from modelyard.errors import DataError
 from modelyard.evaluation.image_eval import evaluate_image_run
@@ -74,7 +75,10 @@ def evaluate(
             raise DataError(f"{path}: no rows with text to evaluate")
         splits = {"eval": frame.reset_index(drop=True)}
         out_dir = rd.evaluations_dir / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        out_dir.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while out_dir.exists():  # two evaluations of one file in the same second
+            out_dir = rd.evaluations_dir / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+            n += 1
         history = []
 
     scored = {
@@ -87,7 +91,13 @@ def evaluate(
         "backbone": clf.meta.get("backbone"),
         "evaluated": str(data) if data is not None else "run splits (valid, test)",
     }
-    metrics, _ = score_and_write(out_dir, f"{recipe.name} · {run.name} · evaluation", clf, scored, history, steps, info)
+    title = f"{recipe.name} · {run.name} · evaluation"
+    with storage_errors("the evaluation", out_dir, "RUN"):
+        if data is None:  # the run's own files, each replaced atomically
+            metrics, _ = score_and_write(out_dir, title, clf, scored, history, steps, info)
+        else:  # a new folder: written under a hidden name, renamed into place when complete
+            with atomic_dir(out_dir) as tmp:
+                metrics, _ = score_and_write(tmp, title, clf, scored, history, steps, info)
     print_metrics(console, metrics)
     console.print(f"report: {out_dir / REPORT}")
     return out_dir, metrics

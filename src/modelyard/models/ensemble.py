@@ -206,6 +206,7 @@ def fit_ensemble_run(ctx: FitContext) -> FitResult:
         )
         manifest = read_json(member_run / MANIFEST)
         manifest["model_moved_to"] = f"model/{MEMBERS_DIR}/{i}"
+        manifest.pop("files", None)  # the member's model/ checksums now belong to the ensemble's manifest
         write_json(member_run / MANIFEST, manifest)
         train_seconds += float(manifest.get("train_time_s") or 0.0)
         n_params += int((manifest.get("model") or {}).get("parameters") or 0)

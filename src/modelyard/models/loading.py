@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from modelyard._internal.integrity import check_file, verify_recorded
 from modelyard._internal.io import read_json
 from modelyard._internal.layout import INCOMPLETE, MODEL_DIR, MODEL_META
-from modelyard.errors import ModelError
+from modelyard.errors import ModelError, ModelyardError
 from modelyard.kinds import kind_of_meta
 
 
@@ -27,6 +28,8 @@ def model_dir_of(path: str | Path) -> Path:
         return path / MODEL_DIR
     if (path / MODEL_META).is_file():
         return path
+    if (path / MODEL_DIR).is_dir():
+        raise ModelError(f"{path / MODEL_DIR / MODEL_META} is missing; {FIX}")
     raise ModelError(f"{path} is neither a run directory (with model/) nor a modelyard model directory")
 
 
@@ -45,5 +48,42 @@ def load(path: str | Path, *, device: str = "auto", batch_size: int = 64) -> Any
     (image kinds take images instead of texts).
     """
     model_dir = model_dir_of(path)
+    check_model_files(model_dir)
     meta = read_model_meta(model_dir)
-    return kind_of_meta(meta, model_dir / MODEL_META).load(model_dir, meta, device=device, batch_size=batch_size)
+    kind = kind_of_meta(meta, model_dir / MODEL_META)
+    try:
+        return kind.load(model_dir, meta, device=device, batch_size=batch_size)
+    except ModelyardError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a library's parse error on a file the checks above could not vouch for
+        if not _looks_damaged(err):
+            raise
+        raise ModelError(f"{model_dir}: a model file is damaged ({type(err).__name__}: {err}); {FIX}") from None
+
+
+FIX = "re-run `modelyard train` for this run, or restore the run directory from a backup"
+
+
+def check_model_files(model_dir: Path) -> None:
+    """Refuse a model folder with a damaged file, naming it, before any library reads it.
+
+    A run's ``manifest.json`` records the size and sha256 of every ``model/`` file; those are checked. A folder
+    without records (older runs, a bare model folder) gets the structural checks: every safetensors header and
+    extent, every JSON file.
+
+    Raises:
+        StorageError: the damaged or missing file and what to do.
+    """
+    run_dir = model_dir.parent
+    if model_dir.name == MODEL_DIR and verify_recorded(run_dir, FIX):
+        return
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file() and path.suffix.lower() in (".safetensors", ".json"):
+            check_file(path, FIX)
+
+
+def _looks_damaged(err: BaseException) -> bool:
+    name = type(err).__name__
+    return name in {"SafetensorError", "JSONDecodeError", "UnicodeDecodeError", "BadZipFile", "ArrowInvalid"} or (
+        "Error while deserializing" in str(err)
+    )

@@ -114,6 +114,23 @@ def rollback(
     print(f"{app}@{version}")
 
 
+@registry_app.command("check")
+@friendly_errors
+def check(store: StoreOpt = None, db: DbOpt = None) -> None:
+    """Verify the registry: the database file (SQLite integrity check) and every registered version's files."""
+    from modelyard.registry.names import RegistryError
+
+    reg = _open(store, db)
+    reg.engine.check()
+    problems = reg.verify_files()
+    for line in problems:
+        err_console.print(f"[red]damaged:[/] {line}", highlight=False)
+    if problems:
+        raise RegistryError(f"{len(problems)} registered version(s) have damaged files; re-register their runs")
+    err_console.print("registry ok: database and every version's files")
+    print("ok")
+
+
 @registry_app.command("audit")
 @friendly_errors
 def audit(

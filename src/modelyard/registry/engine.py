@@ -24,6 +24,8 @@ from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from modelyard._internal.storage import describe_storage_error, make_dir
+from modelyard.errors import StorageError
 from modelyard.registry.models import (
     Alias,
     ApiKey,
@@ -104,8 +106,7 @@ class RegistryEngine:
 
     def __init__(self, store: Path, db_url: str | None = None) -> None:
         self.store = Path(store).resolve()
-        self.store.mkdir(parents=True, exist_ok=True)
-        (self.store / "models").mkdir(exist_ok=True)
+        make_dir(self.store / "models", "--store")
         if db_url is None:
             db_url = f"sqlite:///{self.store / 'registry.db'}"
         elif db_url.startswith("postgresql://"):
@@ -138,7 +139,37 @@ class RegistryEngine:
         def _on_begin(conn: Any) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
+        @event.listens_for(engine, "handle_error")
+        def _on_error(ctx: Any) -> Exception | None:
+            return self._damaged(ctx.original_exception)
+
         return engine
+
+    def _damaged(self, err: BaseException) -> Exception | None:
+        """A damaged SQLite file or a failing disk as the one-line :class:`RegistryError` (else ``None``)."""
+        text = str(err)
+        path = self.db_url.removeprefix("sqlite:///")
+        if any(s in text for s in ("malformed", "not a database", "disk I/O error", "database corrupt")):
+            return RegistryError(
+                f"the registry database {path} is damaged ({text.splitlines()[0]}); restore it from a backup, "
+                "or move it aside to start an empty registry (registered model files stay in the store)"
+            )
+        storage = describe_storage_error(err, path, "the registry database", "--store")
+        return StorageError(storage) if storage else None
+
+    def check(self) -> None:
+        """Verify the whole database (SQLite ``PRAGMA integrity_check``; a query on PostgreSQL).
+
+        Raises:
+            RegistryError: the database is damaged, naming the file and what to do.
+        """
+        with self.reader.connect() as conn:
+            if not self.is_sqlite:
+                conn.execute(text("SELECT 1"))
+                return
+            rows = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]
+        if rows != ["ok"]:
+            raise self._damaged(Exception(f"database corrupt: {'; '.join(map(str, rows[:3]))}"))  # type: ignore[misc]
 
     def _migrate(self) -> None:
         from alembic import command

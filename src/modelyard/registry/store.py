@@ -21,8 +21,9 @@ from typing import Any
 
 from modelyard.registry.engine import RegistryEngine, default_store
 from modelyard.registry.keys import KEY_PREFIX, SCOPES, KeyInfo, KeyStore, parse_duration, parse_rate
+from modelyard.registry.names import RegistryError
 from modelyard.registry.predictions import PredictionStore, parse_since
-from modelyard.registry.versions import VersionInfo, VersionStore, tree_sha256
+from modelyard.registry.versions import VersionInfo, VersionStore, tree_sha256, verify_version
 
 __all__ = [
     "KEY_PREFIX",
@@ -86,6 +87,16 @@ class Registry:
     def list_versions(self, app: str | None = None) -> list[VersionInfo]:
         """See :meth:`VersionStore.list_versions`."""
         return self.versions.list_versions(app)
+
+    def verify_files(self) -> list[str]:
+        """One line per registered version whose files are damaged (empty: all intact)."""
+        problems = []
+        for info in self.versions.list_versions(None):
+            try:
+                verify_version(info)
+            except RegistryError as err:
+                problems.append(str(err))
+        return problems
 
     def get_version(self, app: str, version: int) -> VersionInfo:
         """See :meth:`VersionStore.get_version`."""

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from modelyard._internal.integrity import verify_recorded
 from modelyard._internal.io import sha256_file
 from modelyard._internal.layout import (
     DATA_REPORT,
@@ -83,6 +84,28 @@ def tree_sha256(root: Path, files: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
+def verify_version(version: VersionInfo) -> None:
+    """A registered version's files are well formed and exactly the ones registered (their joint sha256).
+
+    Raises:
+        RegistryError: naming the version, the damaged file when it can be told, and what to do.
+    """
+    root = version.path
+    fix = f"promote another version, or re-register the run of {version.app} v{version.version}"
+    try:
+        validate_model_dir(root / MODEL_DIR)
+    except RegistryError as err:
+        raise RegistryError(f"{version.app} v{version.version} is damaged: {err}; {fix}") from None
+    if not root.is_dir():
+        raise RegistryError(f"{version.app} v{version.version}: {root} is missing; {fix}")
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() or p.is_symlink())
+    if tree_sha256(root, files) != version.sha256:
+        raise RegistryError(
+            f"{version.app} v{version.version} is damaged: the files in {root} changed since registration "
+            f"(sha256 mismatch); {fix}"
+        )
+
+
 def _read_json_or(path: Path, default: Any) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -137,6 +160,8 @@ class VersionStore:
             raise RegistryError(f"{run_dir}: a symlink; pass the run directory itself")
         run = find_run(run_dir)
         validate_name(run.name, "run name")
+        # the run's recorded checksums: a damaged model file is refused here, not discovered when serving
+        verify_recorded(run, f"it cannot be registered; re-run `modelyard train` or restore {run} from a backup")
         files = [Path("model") / rel for rel in validate_model_dir(run / MODEL_DIR)]
         for name in _RUN_FILES:
             if (run / name).is_file():

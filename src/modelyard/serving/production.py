@@ -35,16 +35,14 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelyard._internal.layout import MODEL_DIR
 from modelyard.config import ServeConfig
 from modelyard.errors import ModelyardError
 from modelyard.models.loading import load
 from modelyard.registry import open_registry
-from modelyard.registry.artifacts import validate_model_dir
 from modelyard.registry.models import utcnow
 from modelyard.registry.names import RegistryError, validate_alias, validate_name
 from modelyard.registry.store import Registry
-from modelyard.registry.versions import VersionInfo, tree_sha256
+from modelyard.registry.versions import VersionInfo, verify_version
 from modelyard.rundir import RunDir
 from modelyard.serving.app import ModelRuntime, create_app
 from modelyard.serving.console import install_console
@@ -114,10 +112,7 @@ def load_version(version: VersionInfo, alias: str) -> RegistryModel:
     """
 
     root = version.path
-    validate_model_dir(root / MODEL_DIR)
-    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() or p.is_symlink())
-    if tree_sha256(root, files) != version.sha256:
-        raise RegistryError(f"{root}: files changed since registration (sha256 mismatch); re-register the run")
+    verify_version(version)
     classifier = load(root)
     if getattr(classifier, "task", None) == "image-classification":  # smoke-test with a blank image
         (height, width), channels = classifier.image_size, classifier.channels
@@ -540,7 +535,9 @@ def serve_registry(
 
     name, alias = parse_target(target)
     registry = open_registry(store, db)
-    cfg = serve_config_of(registry.resolve(name, alias), overrides)
+    version = registry.resolve(name, alias)
+    verify_version(version)  # a damaged version is refused before the server starts (hot swaps re-check)
+    cfg = serve_config_of(version, overrides)
     app = create_production_app(
         registry, name, alias, cfg, poll_s=poll_s, key_cache_s=key_cache_s, drift_monitor=drift_monitor
     )

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from modelyard.config import ServeConfig
+from modelyard.errors import ResourceError
 from modelyard.serving.http_errors import error_response
 
 # Loopback by default: the server has no TLS and serves a model whose compute (and possibly training-data
@@ -199,8 +200,39 @@ def uvicorn_config(app: Any, cfg: ServeConfig, host: str | None = None, port: in
     )
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, a port another process holds (uvicorn would log a traceback and exit).
+
+    Raises:
+        ResourceError: the port is in use or the address cannot be bound here.
+    """
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ResourceError(
+                    f"port {port} on {host} is in use by another process; pass --port with a free port "
+                    "(or serve.port=N), or stop the other server"
+                ) from None
+            if err.errno in (errno.EACCES, errno.EPERM):
+                raise ResourceError(
+                    f"cannot bind port {port} on {host}: permission denied; use a port above 1023"
+                ) from None
+            raise ResourceError(f"cannot bind {host}:{port} ({err.strerror}); check --host and --port") from None
+
+
 def run_server(app: Any, cfg: ServeConfig, host: str | None = None, port: int | None = None) -> None:
     """Serve ``app`` until SIGINT/SIGTERM, then shut down gracefully (see :func:`uvicorn_config`)."""
     import uvicorn
 
-    uvicorn.Server(uvicorn_config(app, cfg, host, port)).run()
+    config = uvicorn_config(app, cfg, host, port)
+    check_port(config.host, config.port)
+    uvicorn.Server(config).run()

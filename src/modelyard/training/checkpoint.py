@@ -15,8 +15,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from modelyard._internal.integrity import check_file
 from modelyard._internal.io import read_json, write_json
 from modelyard._internal.runtime import model_state
+from modelyard._internal.storage import ensure_free_space, storage_errors
 from modelyard.errors import ModelyardError
 
 
@@ -60,6 +62,32 @@ def save_checkpoint(
     """
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    weights = _state_bytes(model)
+    # the optimizer's state is about twice the weights for Adam-style optimizers; extra modules are model-sized
+    needed = weights * (3 + len(extra_modules or {}))
+    ensure_free_space(directory.parent, needed, f"checkpoint {directory.name}", "output_dir")
+    with storage_errors(f"checkpoint {directory.name}", tmp, "output_dir", needed):
+        _write_checkpoint(tmp, model, optimizer, scheduler, trainer_state, extra_modules)
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _state_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def _write_checkpoint(
+    tmp: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    extra_modules: dict[str, torch.nn.Module] | None,
+) -> None:
     tmp.mkdir(parents=True)
     save_file(model_state(model), str(tmp / "model.safetensors"))
     for name, module in (extra_modules or {}).items():
@@ -73,12 +101,6 @@ def save_checkpoint(
             rng[f"torch_cuda_{i}"] = s
     save_file(rng, str(tmp / "rng.safetensors"))
     write_json(tmp / "trainer_state.json", {**trainer_state, "scheduler": scheduler.state_dict()})
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(
@@ -105,6 +127,24 @@ def load_checkpoint(
     missing = [n for n in needed if not (directory / n).is_file()]
     if missing:
         raise ModelyardError(f"checkpoint {directory} is incomplete (missing {', '.join(missing)}); cannot resume")
+    fix = "this run cannot be resumed from it (only the latest checkpoint is kept); start a new run"
+    for name in needed:
+        check_file(directory / name, fix)
+    try:
+        return _restore(directory, model, optimizer, scheduler, extra_modules)
+    except ModelyardError:
+        raise
+    except (KeyError, ValueError, RuntimeError, TypeError) as err:  # well-formed files that do not fit this model
+        raise ModelyardError(f"checkpoint {directory} does not match this run's model ({err}); {fix}") from None
+
+
+def _restore(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    extra_modules: dict[str, torch.nn.Module] | None,
+) -> dict[str, Any]:
     device = next(model.parameters()).device
     model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
     for name, module in (extra_modules or {}).items():

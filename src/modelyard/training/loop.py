@@ -37,6 +37,7 @@ import modelyard.training.losses as losses
 from modelyard._internal.io import write_json
 from modelyard._internal.layout import CHECKPOINTS_DIR, HISTORY, METRICS, MODEL_DIR, PREDICTIONS, PROGRESS
 from modelyard._internal.runtime import model_state, pick_device, pick_dtype, rng_state, seed_everything, set_rng_state
+from modelyard._internal.storage import ensure_free_space, storage_errors
 from modelyard.config import LOWER_IS_BETTER, Recipe
 from modelyard.errors import ModelyardError
 from modelyard.evaluation.metrics import HEADLINE, compute_metrics
@@ -451,10 +452,11 @@ class FineTuneRecipe:
             st.best_value, st.best_epoch, st.bad_epochs = float(value), entry["epoch"], 0
             from safetensors.torch import save_file
 
-            self.ckpt_dir.mkdir(exist_ok=True)
             tmp = self.ckpt_dir / "best.safetensors.tmp"
-            save_file(model_state(self.eval_model), str(tmp))
-            tmp.replace(self.ckpt_dir / "best.safetensors")
+            with storage_errors("checkpoints/best.safetensors", tmp, "output_dir"):
+                self.ckpt_dir.mkdir(exist_ok=True)
+                save_file(model_state(self.eval_model), str(tmp))
+                tmp.replace(self.ckpt_dir / "best.safetensors")
         else:
             st.bad_epochs += 1
 
@@ -477,12 +479,15 @@ class FineTuneRecipe:
             frames.append(
                 prediction_frame(split, self.splits[split].texts, self.splits[split].labels, probs, self.labels)
             )
-        write_json(self.run_dir / METRICS, metrics)
-        predictions = pd.concat(frames, ignore_index=True)
-        predictions.to_parquet(self.run_dir / PREDICTIONS, index=False)
-        assert self.kind.save is not None
-        self.kind.save(self.run_dir / MODEL_DIR, self.model, self.tokenizer, self.recipe, self.labels)
-        write_json(self.run_dir / HISTORY, self.state.history)
+        needed = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        ensure_free_space(self.run_dir, needed, f"{MODEL_DIR}/ (the trained weights)", "output_dir")
+        with storage_errors(f"{MODEL_DIR}/ (the trained weights)", self.run_dir / MODEL_DIR, "output_dir", needed):
+            write_json(self.run_dir / METRICS, metrics)
+            predictions = pd.concat(frames, ignore_index=True)
+            predictions.to_parquet(self.run_dir / PREDICTIONS, index=False)
+            assert self.kind.save is not None
+            self.kind.save(self.run_dir / MODEL_DIR, self.model, self.tokenizer, self.recipe, self.labels)
+            write_json(self.run_dir / HISTORY, self.state.history)
         return metrics
 
 

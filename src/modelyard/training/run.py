@@ -23,6 +23,7 @@ from rich.console import Console
 
 from modelyard._internal.io import atomic_write_text, write_json
 from modelyard._internal.layout import (
+    CHECKPOINTS_DIR,
     DATA_REPORT,
     FINGERPRINTS,
     HISTORY,
@@ -33,6 +34,7 @@ from modelyard._internal.layout import (
     REPORT,
 )
 from modelyard._internal.rundir import discard_run, finish_run, run_manifest, start_run
+from modelyard._internal.storage import storage_errors
 from modelyard.config import Recipe
 from modelyard.data import prepare_data
 from modelyard.data.images import prepare_images, write_image_splits
@@ -90,7 +92,12 @@ def train(
             kind.prepare(recipe.model, recipe, list(data.labels))
         print_data_report(console, data.report)
         run_id, run_dir = start_run(recipe.resolve(recipe.output_dir))
-        _write_inputs(run_dir, recipe, data)
+        try:
+            with storage_errors("the run's recipe and splits", run_dir, "output_dir"):
+                _write_inputs(run_dir, recipe, data)
+        except BaseException:
+            discard_run(run_dir)  # nothing trained yet: no half-written run directory is left
+            raise
     kind = get_kind(recipe.model.type)
     console.print(f"run [bold]{run_id}[/] → {run_dir}")
     if not kind.trains_in_loop:
@@ -98,8 +105,9 @@ def train(
             raise ModelyardError(f"{kind.name} runs have no training steps to resume (a one-shot fit); start a new run")
         return _one_shot_run(recipe, data, run_id, run_dir, console, t0)
 
-    ft = FineTuneRecipe(recipe, run_dir, data, console)
+    ft: FineTuneRecipe | None = None
     try:
+        ft = FineTuneRecipe(recipe, run_dir, data, console)
         ft.setup()
         if resume is not None:
             ft.load_checkpoint()
@@ -110,8 +118,9 @@ def train(
             shutil.rmtree(RunDir(run_dir).checkpoints_dir, ignore_errors=True)
         final = finish_run(run_dir)
     except BaseException as err:
-        resumable = RunDir(run_dir).resumable
-        if ft.stopped_by_hook:
+        # kept minimal (plain path checks): this also runs when memory is exhausted
+        resumable = (run_dir / CHECKPOINTS_DIR / "last" / "trainer_state.json").is_file()
+        if ft is not None and ft.stopped_by_hook:
             discard_run(run_dir)
         elif resumable:
             console.print(f"[yellow]run interrupted; resume with: modelyard train RECIPE --resume {run_dir}[/]")
