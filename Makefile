@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev install-data install-gemma quickstart test test-slow test-all test-llamacpp llamacpp-venv lint format clean
+.PHONY: install install-dev install-data install-gemma quickstart test test-faults test-slow test-all test-llamacpp llamacpp-venv lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,11 @@ quickstart: install
 test: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports --config pyproject.toml
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not faults_slow" $(PYTEST_ARGS)
+
+# Kills at random moments of every writing stage (tests/test_faults_kill.py, a few minutes); .ci/run runs it.
+test-faults: install-dev
+	$(BIN)/pytest -m faults_slow $(PYTEST_ARGS)
 
 test-slow: install-dev
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
