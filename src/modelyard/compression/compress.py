@@ -19,7 +19,7 @@ from rich.console import Console
 from modelyard._internal.integrity import file_records
 from modelyard._internal.io import atomic_write_text, read_json, write_json
 from modelyard._internal.layout import MODEL_DIR, MODEL_META, REPORT, SPLITS_DIR
-from modelyard._internal.storage import atomic_dir, run_lock, storage_errors
+from modelyard._internal.storage import atomic_dir, ensure_free_space, run_lock, storage_errors
 from modelyard.compression.variants import (
     METHODS,
     ONNX_FILE,
@@ -156,6 +156,9 @@ def _compress(
     for method in methods:
         t0 = time.perf_counter()
         console.print(f"[bold]compress[/] {method} …")
+        # an export holds about the source's weights, and its builder a temporary copy beside them
+        weights = sum(p.stat().st_size for p in source.glob("*.safetensors"))
+        ensure_free_space(run_dir, 2 * weights, f"the {method} variant", "RUN")
         with atomic_dir(variant_dir(run_dir, method)) as tmp:
             details[method] = BUILDERS[method](
                 source,

@@ -31,6 +31,7 @@ from typing import Any
 
 from modelyard._internal.io import read_json, sha256_file, write_json
 from modelyard._internal.packages import package_dir
+from modelyard._internal.storage import ensure_free_space, make_dir
 from modelyard.errors import ModelError
 
 BUNDLED_LMS: dict[str, dict[str, str]] = {
@@ -285,8 +286,10 @@ def build_cache(name: str, gguf_path: Path, dest: Path, *, sha256: str | None = 
     """
     dest = Path(dest)
     root = dest.parent
-    root.mkdir(parents=True, exist_ok=True)
+    make_dir(root, "$MODELYARD_HOME (the LM cache)", "the LM cache folder")
     _remove_stale_builds(root)
+    # de-quantized to float32: about 8 bytes per byte of a 4-bit GGUF (tensors, plus the temporary copy)
+    ensure_free_space(root, 8 * gguf_path.stat().st_size, f"the {name} cache", "$MODELYARD_HOME")
     print(
         f"modelyard: converting {name} GGUF to a safetensors cache in {dest} (once, 20-60 s)",
         file=sys.stderr,
