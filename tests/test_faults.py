@@ -435,3 +435,48 @@ def test_an_unexpected_error_prints_one_line_and_where_the_traceback_is(
     assert log.is_file() and "Traceback" in log.read_text() and "a bug" in log.read_text()
     debug = modelyard("--debug", "predict", run, "-i", texts_csv, "-o", tmp_path / "p.csv", env=env)
     assert debug.rc == 1 and "Traceback" in debug.stderr and "a bug" in debug.stderr
+
+
+# ------------------------------------------------------------------------- other commands' output paths
+
+
+def test_init_into_a_read_only_folder_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "reviews.csv"
+    synthetic_sentiment(40).to_csv(data, index=False)
+    with read_only(tmp_path / "ro") as ro:
+        res = modelyard("init", "--data", data, "-o", ro / "recipe.yaml")
+        assert_one_line_error(res, str(ro / "recipe.yaml"))
+    assert visible(ro) == []
+
+
+def test_explain_output_into_a_read_only_folder_is_one_line(run: Path, tmp_path: Path) -> None:
+    with read_only(tmp_path / "ro") as ro:
+        res = modelyard("explain", run, "--text", "a good film", "--method", "attention", "-o", ro / "e.html")
+        assert_one_line_error(res, str(ro / "e"))
+    assert visible(ro) == []
+
+
+def test_a_read_only_registry_store_is_one_line(tiny_trained_run: Path, tmp_path: Path) -> None:
+    with read_only(tmp_path / "ro") as ro:
+        res = modelyard("registry", "register", tiny_trained_run, "--app", "demo", "--store", ro / "store")
+        assert_one_line_error(res, str(ro / "store"), "--store")
+
+
+def test_tune_into_a_read_only_folder_is_one_line(tiny_recipe: Path, tmp_path: Path) -> None:
+    with read_only(tmp_path / "ro") as ro:
+        space = "tune.space={train.learning_rate: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}"
+        res = modelyard("tune", tiny_recipe, f"output_dir={ro}/runs", "tune.trials=1", space)
+        assert_one_line_error(res, str(ro))
+    assert visible(ro) == []
+
+
+def test_compare_into_an_impossible_folder_is_one_line(tiny_recipe: Path) -> None:
+    res = modelyard("compare", tiny_recipe, "-o", "/proc/modelyard-board", "--set", "train.epochs=1")
+    assert_one_line_error(res, "/proc/modelyard-board")
+
+
+def test_predict_output_that_is_a_folder_is_one_line(run: Path, texts_csv: Path, tmp_path: Path) -> None:
+    (tmp_path / "preds.csv").mkdir()
+    res = modelyard("predict", run, "-i", texts_csv, "-o", tmp_path / "preds.csv")
+    assert_one_line_error(res, str(tmp_path / "preds.csv"))
+    assert (tmp_path / "preds.csv").is_dir()
