@@ -250,7 +250,7 @@ def test_five_drift_requests_start_one_run_and_the_cpu_is_idle_soon_after_every_
         assert child in pids
         time.sleep(1.0)
         after, _ = _tree_cpu_seconds(proc.pid)
-        assert after - before > 0.5, after - before  # the run really burns a core while clients wait
+        assert after - before > 0.25, after - before  # the run really burns CPU while clients wait
 
         for s in clients:
             s.close()

@@ -179,3 +179,50 @@ def test_register_and_promote_killed_keep_the_registry_consistent(run: Path, tmp
     promote_args = ["registry", "promote", "demo", str(last["version"]), "--store", store]
     kill_at_random(promote_args, _timed(*promote_args) + 0.5, aliases, "promote")
     assert modelyard("registry", "register", run, "--app", "demo", "--store", store).rc == 0
+
+
+def test_pretrain_killed_leaves_no_half_backbone(tmp_path: Path) -> None:
+    from tests.test_pretrain import write_pretrain_recipe
+
+    recipe = write_pretrain_recipe(tmp_path)
+    runs = tmp_path / "runs"
+    duration = _timed("pretrain", recipe)
+    [complete] = visible(runs)
+    expected = set(os.listdir(runs / complete))
+
+    def check(i: int) -> None:
+        for name in visible(runs):
+            assert not name.endswith(".incomplete"), name  # an interrupted pretraining is removed, not kept
+            assert set(os.listdir(runs / name)) == expected, name
+
+    kill_at_random(["pretrain", recipe], duration, check, "pretrain")
+    assert modelyard("pretrain", recipe).rc == 0
+
+
+def test_tune_killed_resumes(tmp_path: Path, tiny_backbone: Path) -> None:
+    from tests.conftest import write_tiny_recipe
+
+    data = tmp_path / "reviews.csv"
+    synthetic_sentiment(120).to_csv(data, index=False)
+    recipe = write_tiny_recipe(tmp_path, data, tiny_backbone, epochs=1)
+    space = "tune.space={train.learning_rate: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}"
+    args: list[str | Path] = ["tune", recipe, "tune.trials=3", space, f"output_dir={tmp_path / 'runs'}"]
+    duration = _timed(*args)
+    tune_dir = tmp_path / "runs" / "tune-tiny"
+    for extra in tune_dir.iterdir():  # start the search over, then kill it at random moments
+        if extra.is_dir():
+            import shutil
+
+            shutil.rmtree(extra)
+        else:
+            extra.unlink()
+
+    def check(i: int) -> None:
+        if (tune_dir / "trials.json").exists():
+            json.loads((tune_dir / "trials.json").read_text())
+
+    kill_at_random(args, duration, check, "tune")
+    res = modelyard(*args, "--resume")
+    assert res.rc == 0, res.stderr[-2000:]
+    trials = json.loads((tune_dir / "trials.json").read_text())
+    assert sum(1 for t in trials if t.get("state") in ("COMPLETE", "PRUNED")) >= 3, trials
