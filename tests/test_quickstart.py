@@ -57,6 +57,7 @@ def test_cli_verbs_are_documented_in_readme() -> None:
         "registry promote",
         "registry rollback",
         "registry audit",
+        "registry check",
         "keys create",
         "keys list",
         "keys revoke",

@@ -45,41 +45,71 @@ def _options(
 @app.command()
 @friendly_errors
 def init(
-    data: Annotated[Path, typer.Option("--data", help="Labelled data file the recipe will train on.")],
+    data: Annotated[Path, typer.Option("--data", help="Labelled data: a file, a folder, or bundled:NAME.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the recipe.")] = Path(RECIPE),
     task: Annotated[
-        str, typer.Option("--task", help="text-classification or image-classification.")
-    ] = "text-classification",
+        str, typer.Option("--task", help="auto (from the data), text-classification or image-classification.")
+    ] = "auto",
+    budget: Annotated[
+        str, typer.Option("--budget", help="Training time on this machine: 10m, 1h, best (or e.g. 30m, 2h).")
+    ] = "10m",
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Print the analysis and the choice; write nothing.")
+    ] = False,
+    text_column: Annotated[str | None, typer.Option(help="The text column (default: guessed).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="The label column (default: guessed).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing recipe.")] = False,
 ) -> None:
-    """Write an annotated starter recipe (every field commented with its meaning and default)."""
+    """Read the data, then write the recipe a knowledgeable engineer would start from (reasons as comments)."""
     from modelyard._internal.io import atomic_write_text
-    from modelyard.config import annotated_yaml, recipe_from_dict
     from modelyard.data import read_table
+    from modelyard.data.profile import describe, looks_headerless, profile_table
+    from modelyard.starter import (
+        choose_recipe,
+        image_starter_recipe,
+        is_image_source,
+        machine_speed,
+        text_starter_recipe,
+    )
 
-    if task not in ("text-classification", "image-classification"):
-        raise ModelyardError(f"--task '{task}' is not supported; use text-classification or image-classification")
-    if output.exists() and not force:
+    if task not in ("auto", "text-classification", "image-classification"):
+        raise ModelyardError(f"--task '{task}' is not supported; use auto, text-classification or image-classification")
+    if output.exists() and not force and not explain:
         raise ModelyardError(f"{output} exists; pass --force to overwrite it")
-    if task == "image-classification":  # --data: an image folder, IDX files or bundled:NAME
-        from modelyard.starter import image_starter_recipe
-
+    if task == "image-classification" or (task == "auto" and is_image_source(str(data))):
+        if explain:
+            err_console.print(f"{data}: images → an image-classification recipe (model.type cnn-small)")
+            return
         atomic_write_text(output, image_starter_recipe(str(data), output))
         print(output)
         return
-    frame = read_table(data)
-    text_col, label_col = _guess_columns(frame)
-    rel = _relative_to(data.resolve(), output.resolve().parent)
-    recipe = recipe_from_dict(
-        {"data": {"path": rel, "text_column": text_col, "label_column": label_col}}, base_dir=output.parent
-    )
-    header = (
-        f"# modelyard recipe — run it with:  modelyard train {output}\n"
-        f"# Columns found in {data.name}: {', '.join(map(str, frame.columns))}\n"
-        f"# Override any key on the command line: modelyard train {output} train.epochs=1 data.sample=2000\n\n"
-    )
-    atomic_write_text(output, header + annotated_yaml(recipe))
-    err_console.print(f"wrote {output} (text column '{text_col}', label column '{label_col}')")
+    header = True
+    if str(data).startswith("bundled:"):
+        from modelyard.data.sources import load_bundled
+
+        frame = load_bundled(str(data))[0]
+    else:
+        frame = read_table(data)
+        if not data.is_dir() and looks_headerless(frame):  # the first row is data: columns are named 1, 2, 3, …
+            header = False
+            frame = read_table(data, header=False)
+    for col in (text_column, label_column):
+        if col is not None and col not in frame.columns:
+            raise ModelyardError(f"{data}: no column '{col}'; columns: {', '.join(map(str, frame.columns))}")
+    prof = profile_table(frame, str(data), text_column, label_column)
+    speed = machine_speed()
+    if explain:
+        for line in describe(prof):
+            print(line)
+        print(f"machine: {speed[1]}; budget {budget}")
+        choice = choose_recipe(prof, budget, speed[0])
+        print(f"recipe: model.type {choice.recipe['model']['type']}")
+        for reason in choice.reasons:
+            print(f"  - {reason}")
+        return
+    rel = _relative_to(data.resolve(), output.resolve().parent) if data.exists() else str(data)
+    atomic_write_text(output, text_starter_recipe(prof, rel, output, budget, speed, header=header))
+    err_console.print(f"wrote {output} (text column '{prof.text_column}', label column '{prof.label_column}')")
     print(output)
 
 
@@ -90,21 +120,6 @@ def _relative_to(path: Path, base: Path) -> str:
         return os.path.relpath(path, base)
     except ValueError:  # different drives on Windows
         return str(path)
-
-
-def _guess_columns(frame: Any) -> tuple[str, str]:
-    cols = [str(c) for c in frame.columns]
-    lower = {c.lower(): c for c in cols}
-    text = next((lower[c] for c in ("text", "review", "sentence", "content", "comment", "body") if c in lower), None)
-    label = next(
-        (lower[c] for c in ("label", "labels", "category", "class", "sentiment", "target", "cat") if c in lower),
-        None,
-    )
-    if text is None:  # the column with the longest average string
-        text = max(cols, key=lambda c: frame[c].astype(str).str.len().mean())
-    if label is None:  # the column with the fewest distinct values that isn't the text
-        label = min((c for c in cols if c != text), key=lambda c: frame[c].nunique(), default=text)
-    return text, label
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -211,7 +226,8 @@ def predict(
         print(output)
         return
     frame = read_table(input)
-    col = text_column or clf.meta.get("text_column", "text")
+    # a folder of .txt files is read into a `text` column (and `file`), whatever the recipe's column was called
+    col = text_column or ("text" if input.is_dir() else clf.meta.get("text_column", "text"))
     if col not in frame.columns:
         raise DataError(
             f"{input}: text column '{col}' not found; columns found: {', '.join(map(str, frame.columns))}; "

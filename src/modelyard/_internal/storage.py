@@ -147,13 +147,26 @@ def storage_errors(what: str, path: Path | str, field: str | None = None, needed
     """Turn a storage fault raised inside the block into a :class:`~modelyard.errors.StorageError`."""
     try:
         yield
-    except StorageError:
-        raise
+    except StorageError as err:
+        inner = getattr(err, "where", None)
+        if field is None or inner is None or inner[2] is not None or err.__cause__ is None:
+            raise
+        # a nested write described the file but not which setting chose its place: name the setting too
+        message = describe_storage_error(err.__cause__, inner[0], inner[1], field, inner[3])
+        raise _storage_error(message or str(err), inner[0], inner[1], field, inner[3]) from err.__cause__
     except Exception as err:  # noqa: BLE001 - only storage faults are translated; the rest re-raised as is
         message = describe_storage_error(err, path, what, field, needed)
         if message is None:
             raise
-        raise StorageError(message) from err
+        raise _storage_error(message, path, what, field, needed) from err
+
+
+def _storage_error(
+    message: str, path: Path | str | None, what: str | None, field: str | None, needed: int | None
+) -> StorageError:
+    err = StorageError(message)
+    err.where = (path, what, field, needed)  # type: ignore[attr-defined]
+    return err
 
 
 def ensure_free_space(path: Path, needed: int, what: str, field: str | None = None) -> None:

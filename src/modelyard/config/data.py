@@ -72,17 +72,24 @@ class DataConfig(_Stage):
 
     path: str = Field(
         ...,
-        description="A CSV/TSV/JSONL/Parquet file (relative to the recipe's folder) or `bundled:NAME` "
+        description="A CSV/TSV/JSONL/Parquet/Excel (.xlsx) file (relative to the recipe's folder), a folder of "
+        ".txt files with one subfolder per class (one text per file), or `bundled:NAME` "
         "(bundled:rotten-tomatoes, bundled:chinese-reviews). Images: a folder with one subfolder per class, "
         "an IDX file pair/folder (MNIST format, gzip or not), or bundled:fashion-mnist, bundled:mnist-5k, "
         "bundled:digits.",
     )
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "xlsx"] = Field(
         "auto", description="File format; `auto` picks it from the file extension."
     )
     encoding: str = Field(
-        "auto", description="Text encoding; `auto` accepts UTF-8 (with or without BOM) and rejects the rest."
+        "auto",
+        description="Text encoding; `auto` detects it (UTF-8, UTF-16/32 as Excel's Unicode text, GB18030/GBK, "
+        "Big5, Western code pages) and names the byte and the setting when it cannot.",
     )
+    header: bool = Field(
+        True, description="CSV/TSV/Excel: the first row holds column names; false names the columns 1, 2, 3, …"
+    )
+    sheet: str | None = Field(None, description="Excel: the sheet to read (name); null reads the first sheet.")
     text_column: str = Field("text", description="Column holding the input text.")
     label_column: str = Field("label", description="Column holding the class label.")
     labels: list[str] | None = Field(

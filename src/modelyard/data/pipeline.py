@@ -88,7 +88,7 @@ def _load_source(cfg: DataConfig, base_dir: Path) -> _Source:
         )
         return _Source(cfg.path, "bundled", None, frame, dict(fingerprints))
     path = _resolve(cfg.path, base_dir)
-    table = load_table(path, cfg.format, cfg.encoding)
+    table = load_table(path, cfg.format, cfg.encoding, header=cfg.header, sheet=cfg.sheet)
     frame = _select_columns(table.frame, cfg, str(path))
     return _Source(str(path), table.format, table.compression, frame, {str(path.resolve()): table.sha256})
 

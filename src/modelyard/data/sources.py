@@ -22,9 +22,10 @@ from pathlib import Path
 import pandas as pd
 
 from modelyard._internal.packages import package_dir
+from modelyard.data.encodings import detect_and_decode
 from modelyard.errors import DataError
 
-FORMATS = ("csv", "tsv", "jsonl", "parquet")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "xlsx")
 
 # Extension → format. ``.json`` is read as JSON lines (a top-level JSON array of objects also works).
 EXT_FORMAT = {
@@ -36,10 +37,11 @@ EXT_FORMAT = {
     ".json": "jsonl",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".xlsx": "xlsx",
+    ".xlsm": "xlsx",
 }
+TEXT_FILE_SUFFIXES = (".txt", ".text", ".md")
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
-_UTF8_BOM = b"\xef\xbb\xbf"
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 Loader = Callable[[], "tuple[pd.DataFrame, dict[str, str]]"]
 
@@ -57,6 +59,7 @@ class LoadedTable:
     format: str
     compression: str | None
     sha256: str
+    encoding: str | None = None  # what the text was decoded with (detected under `auto`)
 
 
 # ---------------------------------------------------------------- decoding
@@ -67,7 +70,8 @@ def decode_bytes(raw: bytes, encoding: str, where: str, *, decompressed: bool = 
 
     Args:
         raw: The (decompressed) file content.
-        encoding: ``auto`` (UTF-8 with or without a BOM) or any codec name Python knows.
+        encoding: ``auto`` (detected: UTF-8, UTF-16/32, GB18030, Big5, …; see :func:`detect_and_decode`) or any
+            codec name Python knows.
         where: The file name used in error messages.
         decompressed: Whether ``raw`` came out of a compressed file (the offset then refers to the
             decompressed content, and the message says so).
@@ -78,32 +82,7 @@ def decode_bytes(raw: bytes, encoding: str, where: str, *, decompressed: bool = 
     Raises:
         DataError: the bytes are not valid in the encoding, or the encoding is unknown.
     """
-    of = " of the decompressed content" if decompressed else ""
-    if encoding.lower() == "auto":
-        # Decode the BOM-less body ourselves so the reported offset counts the BOM bytes too.
-        base = len(_UTF8_BOM) if raw.startswith(_UTF8_BOM) else 0
-        try:
-            return raw[base:].decode("utf-8")
-        except UnicodeDecodeError as err:
-            hint = ""
-            if raw.startswith(_UTF16_BOMS):
-                hint = " (the file starts with a UTF-16 byte-order mark: set data.encoding to utf-16)"
-            raise DataError(
-                f"{where}: not valid UTF-8 at byte {base + err.start}{of}; "
-                f"set data.encoding (e.g. gb18030, latin-1){hint}"
-            ) from None
-    try:
-        text = raw.decode(encoding)
-    except LookupError:
-        raise DataError(
-            f"data.encoding '{encoding}' is not an encoding Python knows; use e.g. utf-8, gb18030 or latin-1"
-        ) from None
-    except UnicodeDecodeError as err:
-        raise DataError(
-            f"{where}: not valid {encoding} at byte {err.start}{of}; set data.encoding to the file's real encoding"
-        ) from None
-    # An explicit utf-8 (not utf-8-sig) leaves the BOM in place, where it would corrupt the first column name.
-    return text.removeprefix("\ufeff")
+    return detect_and_decode(raw, encoding, where, decompressed=decompressed)[0]
 
 
 # ---------------------------------------------------------------- format detection
@@ -117,7 +96,7 @@ def _format_from_name(name: str, fmt: str, where: str) -> str:
     suffix = Path(name).suffix.lower()
     if suffix in EXT_FORMAT:
         return EXT_FORMAT[suffix]
-    hint = " (export the sheet as CSV first)" if suffix in {".xls", ".xlsx", ".ods"} else ""
+    hint = " (save it as .xlsx or CSV first)" if suffix in {".xls", ".ods", ".numbers"} else ""
     shown = f"extension '{suffix}'" if suffix else "no extension"
     raise DataError(
         f"{where}: can't tell the file format from its name ({shown}){hint}; "
@@ -164,10 +143,16 @@ def _pick_zip_member(zf: zipfile.ZipFile, fmt: str, where: str) -> str:
 _LINE_RE = re.compile(r"line (\d+)|row (\d+)")
 
 
-def _parse_delimited(text: str, sep: str, fmt: str, where: str) -> pd.DataFrame:
+def _positional(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.columns = [str(i + 1) for i in range(frame.shape[1])]
+    return frame
+
+
+def _parse_delimited(text: str, sep: str, fmt: str, where: str, header: bool = True) -> pd.DataFrame:
     try:
         # dtype=str + keep_default_na=False: texts like "NA", "null" or "1e5" survive verbatim.
-        return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, header=0 if header else None)
+        return frame if header else _positional(frame)
     except pd.errors.EmptyDataError:
         raise DataError(f"{where}: the file is empty (no data rows)") from None
     except pd.errors.ParserError as err:
@@ -209,29 +194,72 @@ def _parse_jsonl(text: str, where: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def _parse(content: bytes, fmt: str, encoding: str, where: str, *, decompressed: bool) -> pd.DataFrame:
+def _parse_xlsx(content: bytes, where: str, header: bool, sheet: str | None) -> pd.DataFrame:
+    try:
+        import openpyxl  # noqa: F401 - pandas' engine for .xlsx
+    except ImportError:
+        raise DataError(f"{where}: reading Excel files needs openpyxl: pip install openpyxl") from None
+    try:
+        frame = pd.read_excel(
+            io.BytesIO(content),
+            sheet_name=sheet if sheet is not None else 0,
+            dtype=str,
+            keep_default_na=False,
+            header=0 if header else None,
+            engine="openpyxl",
+        )
+    except ValueError as err:  # e.g. "Worksheet named 'x' not found"
+        raise DataError(f"{where}: {err}; set data.sheet to one of the workbook's sheets") from None
+    except (OSError, KeyError, zipfile.BadZipFile) as err:
+        raise DataError(f"{where}: not a readable .xlsx workbook ({err}); save it again from Excel") from None
+    frame = frame if header else _positional(frame)
+    # Excel keeps trailing empty rows and columns that were once formatted: drop what is wholly empty
+    frame = frame.loc[
+        :, [not str(c).startswith("Unnamed:") or frame[c].astype(str).str.strip().ne("").any() for c in frame]
+    ]
+    return frame[frame.astype(str).apply(lambda col: col.str.strip().ne("")).any(axis=1)].reset_index(drop=True)
+
+
+def _parse(
+    content: bytes,
+    fmt: str,
+    encoding: str,
+    where: str,
+    *,
+    decompressed: bool,
+    header: bool = True,
+    sheet: str | None = None,
+) -> tuple[pd.DataFrame, str | None]:
     if not content:
         raise DataError(f"{where}: the file is empty (no data rows)")
     if fmt == "parquet":
         try:
-            return pd.read_parquet(io.BytesIO(content))
+            return pd.read_parquet(io.BytesIO(content)), None
         except (ValueError, OSError) as err:  # pyarrow.ArrowInvalid is a ValueError
             raise DataError(f"{where}: not a readable Parquet file ({err}); check data.format") from None
-    text = decode_bytes(content, encoding, where, decompressed=decompressed)
+    if fmt == "xlsx":
+        return _parse_xlsx(content, where, header, sheet), None
+    text, used = detect_and_decode(content, encoding, where, decompressed=decompressed)
     if not text.strip():
         raise DataError(f"{where}: the file is empty (no data rows)")
     if fmt == "jsonl":
-        return _parse_jsonl(text, where)
-    return _parse_delimited(text, "," if fmt == "csv" else "\t", fmt, where)
+        return _parse_jsonl(text, where), used
+    return _parse_delimited(text, "," if fmt == "csv" else "\t", fmt, where, header), used
 
 
-def load_table(path: Path, fmt: str = "auto", encoding: str = "auto") -> LoadedTable:
+def load_table(
+    path: Path, fmt: str = "auto", encoding: str = "auto", *, header: bool = True, sheet: str | None = None
+) -> LoadedTable:
     """Read a data file and return the frame with its format, compression and sha256.
 
     Args:
         path: The file; ``.gz``/``.bz2``/``.xz`` are decompressed and ``.zip`` archives are read in place.
         fmt: ``auto`` or one of ``csv``, ``tsv``, ``jsonl``, ``parquet``.
-        encoding: ``auto`` (UTF-8, BOM optional) or an explicit codec name.
+        encoding: ``auto`` (detected; see :func:`detect_and_decode`) or an explicit codec name.
+        header: CSV/TSV/Excel: whether the first row names the columns (else they are named 1, 2, …).
+        sheet: Excel: the sheet to read (default: the first).
+
+    A folder is read as labelled text files (:func:`load_text_folder`).
 
     Returns:
         The parsed table and how it was read.
@@ -243,8 +271,10 @@ def load_table(path: Path, fmt: str = "auto", encoding: str = "auto") -> LoadedT
     where = str(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
+    if path.is_dir():
+        return load_text_folder(path, encoding)
     if not path.is_file():
-        raise DataError(f"{path}: is a directory, not a data file; point data.path at a file")
+        raise DataError(f"{path}: not a regular file; point data.path at a data file or a folder of .txt files")
     raw = path.read_bytes()
     sha = hashlib.sha256(raw).hexdigest()
     if not raw:
@@ -270,13 +300,61 @@ def load_table(path: Path, fmt: str = "auto", encoding: str = "auto") -> LoadedT
         resolved = _format_from_name(path.name, fmt, where)
         content = raw
 
-    frame = _parse(content, resolved, encoding, where, decompressed=compression is not None)
+    frame, used = _parse(
+        content, resolved, encoding, where, decompressed=compression is not None, header=header, sheet=sheet
+    )
     if len(frame) == 0:
         raise DataError(f"{where}: the file is empty (no data rows)")
-    return LoadedTable(frame=frame, format=resolved, compression=compression, sha256=sha)
+    return LoadedTable(frame=frame, format=resolved, compression=compression, sha256=sha, encoding=used)
 
 
-def read_table(path: Path, fmt: str = "auto", encoding: str = "auto") -> pd.DataFrame:
+def load_text_folder(path: Path, encoding: str = "auto") -> LoadedTable:
+    """A folder of text files as a table: one row per ``.txt`` file (its whole content is the text).
+
+    ``DIR/<class>/*.txt`` gives labelled rows (``text``, ``label`` = the subfolder's name, ``file``); ``.txt`` files
+    directly in ``DIR`` give unlabelled rows (``text``, ``file``), e.g. for ``modelyard predict``. Each file's
+    encoding is detected like a table's. The fingerprint covers every file's name and bytes.
+
+    Raises:
+        DataError: no text files, or a file that cannot be decoded (naming it).
+    """
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix.lower() in TEXT_FILE_SUFFIXES and not any(s.startswith(".") for s in p.parts)
+    )
+    if not files:
+        raise DataError(
+            f"{path}: no text files ({', '.join(TEXT_FILE_SUFFIXES)}) in this folder or its subfolders; a labelled "
+            "folder holds one subfolder per class with one .txt file per text"
+        )
+    digest = hashlib.sha256()
+    rows = []
+    for f in files:
+        raw = f.read_bytes()
+        rel = f.relative_to(path)
+        digest.update(rel.as_posix().encode() + b"\0" + hashlib.sha256(raw).digest())
+        text, _ = detect_and_decode(raw, encoding, str(f))
+        row = {"text": text.strip(), "file": rel.as_posix()}
+        if len(rel.parts) >= 2:
+            row["label"] = rel.parts[0]
+        rows.append(row)
+    labelled = sum("label" in r for r in rows)
+    if 0 < labelled < len(rows):
+        loose = [r["file"] for r in rows if "label" not in r][:3]
+        raise DataError(
+            f"{path}: text files both in class subfolders and at the top ({', '.join(loose)}); move each file into "
+            "the subfolder of its class (or keep all at the top for unlabelled input)"
+        )
+    frame = pd.DataFrame(rows, columns=["text", "label", "file"] if labelled else ["text", "file"])
+    return LoadedTable(
+        frame=frame, format="text-folder", compression=None, sha256=digest.hexdigest(), encoding=encoding
+    )
+
+
+def read_table(
+    path: Path, fmt: str = "auto", encoding: str = "auto", *, header: bool = True, sheet: str | None = None
+) -> pd.DataFrame:
     """Read a CSV/TSV/JSONL/Parquet file (optionally gz/bz2/xz-compressed or zipped) into a DataFrame.
 
     CSV/TSV cells are kept as strings exactly as written (``"NA"`` stays a text, not a missing value).
@@ -292,7 +370,7 @@ def read_table(path: Path, fmt: str = "auto", encoding: str = "auto") -> pd.Data
     Raises:
         DataError: the file is missing, empty, undecodable, unparseable or of an unknown format.
     """
-    return load_table(path, fmt, encoding).frame
+    return load_table(path, fmt, encoding, header=header, sheet=sheet).frame
 
 
 def suggest_column(missing: str, found: list[str]) -> str:

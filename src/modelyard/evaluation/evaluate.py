@@ -56,7 +56,9 @@ def evaluate(
     else:
         path = Path(data)
         frame = read_table(path, "auto", recipe.data.encoding)
-        tcol, lcol = text_column or recipe.data.text_column, label_column or recipe.data.label_column
+        folder = path.is_dir()  # a labelled folder of .txt files is read into `text` and `label` columns
+        tcol = text_column or ("text" if folder else recipe.data.text_column)
+        lcol = label_column or ("label" if folder else recipe.data.label_column)
         for col, key in ((tcol, "--text-column"), (lcol, "--label-column")):
             if col not in frame.columns:
                 raise DataError(

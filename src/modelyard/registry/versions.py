@@ -160,9 +160,9 @@ class VersionStore:
             raise RegistryError(f"{run_dir}: a symlink; pass the run directory itself")
         run = find_run(run_dir)
         validate_name(run.name, "run name")
-        # the run's recorded checksums: a damaged model file is refused here, not discovered when serving
-        verify_recorded(run, f"it cannot be registered; re-run `modelyard train` or restore {run} from a backup")
         files = [Path("model") / rel for rel in validate_model_dir(run / MODEL_DIR)]
+        # then the run's recorded checksums: a damaged model file is refused here, not discovered when serving
+        verify_recorded(run, f"it cannot be registered; re-run `modelyard train` or restore {run} from a backup")
         for name in _RUN_FILES:
             if (run / name).is_file():
                 files.append(Path(name))

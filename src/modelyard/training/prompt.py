@@ -164,6 +164,8 @@ def label_file(
             clf = load(source)
             text_column = text_column or "text"
         frame = read_table(input_path)
+        if Path(input_path).is_dir():  # a folder of .txt files is read into a `text` column
+            text_column = "text"
         if text_column not in frame.columns:
             raise DataError(
                 f"{input_path}: no text column '{text_column}' (columns: {', '.join(map(str, frame.columns))}); "
