@@ -47,6 +47,7 @@ class _Source:
     compression: str | None
     frame: pd.DataFrame
     fingerprints: dict[str, str]
+    encoding: str | None = None
 
 
 def _resolve(path: str, base_dir: Path) -> Path:
@@ -90,7 +91,9 @@ def _load_source(cfg: DataConfig, base_dir: Path) -> _Source:
     path = _resolve(cfg.path, base_dir)
     table = load_table(path, cfg.format, cfg.encoding, header=cfg.header, sheet=cfg.sheet)
     frame = _select_columns(table.frame, cfg, str(path))
-    return _Source(str(path), table.format, table.compression, frame, {str(path.resolve()): table.sha256})
+    return _Source(
+        str(path), table.format, table.compression, frame, {str(path.resolve()): table.sha256}, table.encoding
+    )
 
 
 def _filter_labels(frame: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.DataFrame, list[str] | None, int]:
@@ -244,6 +247,7 @@ def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
         "format": src.format,
         "compression": src.compression,
         "encoding": cfg.encoding,
+        "decoded_as": src.encoding,  # what `auto` detected (e.g. gb18030 for an Excel CSV); null for binary formats
         "text_column": "text" if src.format == "bundled" else cfg.text_column,
         "label_column": label_column,
         "rows_in": rows_in,
