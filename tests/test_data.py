@@ -170,7 +170,7 @@ def test_invalid_utf8_reports_file_and_exact_byte_offset(tmp_path: Path) -> None
         read_table(path)
     msg = str(err.value)
     assert str(path) in msg
-    assert f"not valid UTF-8 at byte {len(prefix)};" in msg
+    assert f"not valid UTF-8 at byte {len(prefix)}," in msg  # a lone é: no encoding is a safe guess
     assert "data.encoding" in msg
 
 
@@ -178,16 +178,17 @@ def test_invalid_utf8_offset_counts_the_bom(tmp_path: Path) -> None:
     body = b"text,label\n"
     path = tmp_path / "bom_bad.csv"
     path.write_bytes(b"\xef\xbb\xbf" + body + b"\xff,neg\n")
-    with pytest.raises(DataError, match=f"at byte {3 + len(body)};"):
+    with pytest.raises(DataError, match=f"at byte {3 + len(body)} although it starts with a UTF-8 byte-order mark"):
         read_table(path)
 
 
-def test_explicit_encoding_decodes_gbk_file(tmp_path: Path) -> None:
+def test_gbk_file_is_detected_or_read_with_the_named_encoding(tmp_path: Path) -> None:
     path = tmp_path / "gbk.csv"
     path.write_bytes("text,label\n很好,pos\n很差,neg\n".encode("gb18030"))
-    with pytest.raises(DataError, match="not valid UTF-8"):
-        read_table(path)
+    assert _as_plain(read_table(path)) == [("很好", "pos"), ("很差", "neg")]  # auto: detected as GB18030
     assert _as_plain(read_table(path, encoding="gb18030")) == [("很好", "pos"), ("很差", "neg")]
+    with pytest.raises(DataError, match="not valid utf-8 at byte 11"):
+        read_table(path, encoding="utf-8")
     # latin-1 also decodes (every byte is valid), an explicit encoding is used as given
     assert len(read_table(path, encoding="latin-1")) == 2
 

@@ -63,7 +63,9 @@ def test_detection_reports_what_it_used_and_refuses_what_it_cannot_read() -> Non
     text = "评论,情感\n很好,正面\n"
     assert detect_and_decode(text.encode("gbk"), "auto", "f.csv") == (text, "gb18030")
     assert detect_and_decode(text.encode("utf-16"), "auto", "f.csv") == (text, "utf-16")
-    assert detect_and_decode("naïve café\n".encode("cp1252"), "auto", "f.csv")[1] == "cp1252"
+    with pytest.raises(DataError, match=r"at byte 2, .*set data\.encoding .*cp1252"):  # never guessed: ambiguous
+        detect_and_decode("naïve café\n".encode("cp1252"), "auto", "f.csv")
+    assert detect_and_decode("naïve café\n".encode("cp1252"), "cp1252", "f.csv")[0] == "naïve café\n"
     with pytest.raises(DataError, match=r"f\.csv: not valid gb18030 at byte 4"):
         detect_and_decode(b"ab,c\xff\xff\xff", "gb18030", "f.csv")
     # random bytes: named with the first byte that is not UTF-8 and the setting to use

@@ -14,8 +14,10 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 # Encodings auto-detection accepts when a file is not UTF-8: the Chinese ones users' Excel and Windows tools
-# write (GB18030 is a superset of GBK and GB2312), Big5, the UTF-16/32 of Excel's "Unicode text", and the
-# Western single-byte ones. charset-normalizer ranks them; a candidate must decode the whole file strictly.
+# write (GB18030 is a superset of GBK and GB2312), Big5 and the other East Asian multi-byte codes, and the
+# UTF-16/32 of Excel's "Unicode text". charset-normalizer ranks them; a candidate must decode the whole file
+# strictly. Western single-byte code pages (cp1252, latin-1) decode any byte sequence, so they are never
+# guessed: such a file is refused with the offset and the setting to use.
 _DETECTABLE = {
     "gb18030": "gb18030",
     "gbk": "gb18030",
@@ -27,9 +29,6 @@ _DETECTABLE = {
     "utf_16_le": "utf-16-le",
     "utf_16_be": "utf-16-be",
     "utf_32": "utf-32",
-    "cp1252": "cp1252",
-    "latin_1": "latin-1",
-    "iso8859_15": "iso8859-15",
     "shift_jis": "shift_jis",
     "cp932": "cp932",
     "euc_jp": "euc_jp",
@@ -82,6 +81,11 @@ def detect_and_decode(raw: bytes, encoding: str, where: str, *, decompressed: bo
         return raw[base:].decode("utf-8"), "utf-8"
     except UnicodeDecodeError as err:
         first_bad = base + err.start
+    if base:  # the file declares itself UTF-8: a bad byte is damage, not another encoding
+        raise DataError(
+            f"{where}: not valid UTF-8 at byte {first_bad}{of} although it starts with a UTF-8 byte-order mark; "
+            "repair the file or set data.encoding to its real encoding"
+        )
     candidates: list[str] = []
     if raw.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
         candidates.append("utf-32")
@@ -116,5 +120,5 @@ def detect_and_decode(raw: bytes, encoding: str, where: str, *, decompressed: bo
             continue
     raise DataError(
         f"{where}: not valid UTF-8 at byte {first_bad}{of}, and not GB18030, Big5 or UTF-16 either; "
-        "set data.encoding to the file's encoding (e.g. gb18030, big5, latin-1)"
+        "set data.encoding to the file's encoding (e.g. cp1252 or latin-1 for Western Windows files, gb18030, big5)"
     )
