@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelyard._internal.bundled import BUNDLED_PACKAGES, FETCH_BUNDLED, BundledPackage
@@ -259,29 +260,30 @@ def _status(ok: bool, optional: bool = False) -> str:
 
 
 def render(report: dict[str, Any], console: Console) -> None:
-    """Print the report as tables (commands never wrapped)."""
+    """Print the report as tables (every value escaped: `modelyard[postgres]` is not rich markup)."""
+    e = escape
     my, py, tch = report["modelyard"], report["python"], report["torch"]
     summary = Table(title="modelyard doctor", show_header=False, title_justify="left")
     summary.add_column(style="bold")
     summary.add_column(overflow="fold")
-    summary.add_row("modelyard", f"{my['version']} · {my['install']} · {my['location']}")
-    summary.add_row("Python", f"{py['version']} · {py['executable']}")
-    summary.add_row("platform", report["platform"])
+    summary.add_row("modelyard", e(f"{my['version']} · {my['install']} · {my['location']}"))
+    summary.add_row("Python", e(f"{py['version']} · {py['executable']}"))
+    summary.add_row("platform", e(report["platform"]))
     if "error" in tch:
-        summary.add_row("torch", f"[bold red]{tch['error']}[/] → {tch['install']}")
+        summary.add_row("torch", f"[bold red]{e(tch['error'])}[/] → {e(tch['install'])}")
     else:
         cuda = ", ".join(tch["cuda_devices"]) if tch["cuda"] else "not available"
-        summary.add_row("torch", f"{tch['version']} (CUDA build: {tch['cuda_build'] or 'none'})")
+        summary.add_row("torch", e(f"{tch['version']} (CUDA build: {tch['cuda_build'] or 'none'})"))
         summary.add_row(
             "device",
-            f"{tch['device']} · {tch['threads']} CPU threads ({tch['cpu_count']} cores) · CUDA: {cuda} · "
+            f"{tch['device']} · {tch['threads']} CPU threads ({tch['cpu_count']} cores) · CUDA: {e(cuda)} · "
             f"MPS: {'available' if tch['mps'] else 'not available'}",
         )
     core = report["core_dependencies"]
     if core.get("note"):
-        summary.add_row("dependencies", core["note"])
+        summary.add_row("dependencies", e(core["note"]))
     else:
-        missing = ", ".join(d["install"] for d in core["missing"])
+        missing = e(", ".join(d["install"] for d in core["missing"]))
         summary.add_row(
             "dependencies",
             f"{core['checked'] - len(core['missing'])}/{core['checked']} installed"
@@ -296,10 +298,10 @@ def render(report: dict[str, Any], console: Console) -> None:
         versions = ", ".join(f"{d} {v}" for d, v in row["versions"].items() if v) or "-"
         features.add_row(
             _status(row["installed"], optional=True),
-            row["name"],
-            " ".join(row["needs"]),
-            versions,
-            row["install"] or "",
+            e(row["name"]),
+            e(" ".join(row["needs"])),
+            e(versions),
+            e(row["install"] or ""),
         )
     console.print(features)
 
@@ -310,11 +312,11 @@ def render(report: dict[str, Any], console: Console) -> None:
         version = f" {row['installed_version']}" if row["installed_version"] else ""
         bundled.add_row(
             _status(row["loads"], optional=not row["required"]),
-            row["name"] + (" (quickstart)" if row["required"] else ""),
-            row["distribution"] + version,
-            row["detail"],
-            row["install"] or "",
+            e(row["name"] + (" (quickstart)" if row["required"] else "")),
+            e(row["distribution"] + version),
+            e(row["detail"]),
+            e(row["install"] or ""),
         )
     console.print(bundled)
     for problem in report["problems"]:
-        console.print(f"[bold red]needed for the quickstart:[/] {problem}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]needed for the quickstart:[/] {e(problem)}", highlight=False, soft_wrap=True)
