@@ -161,6 +161,14 @@ def _open_study(settings: TuneSettings, storage: Any, *, resume: bool, console: 
         if cfg.pruner == "median"
         else optuna.pruners.NopPruner()
     )
+    if resume:
+        try:
+            optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            # the search was stopped (killed) before its study was created: there is nothing to resume, so
+            # resuming is starting it
+            console.print(f"--resume: no study '{name}' in {settings.tune_dir / STUDY_DB} yet; starting the search")
+            resume = False
     if not resume:
         study = optuna.create_study(
             storage=storage,
@@ -173,12 +181,7 @@ def _open_study(settings: TuneSettings, storage: Any, *, resume: bool, console: 
         study.set_user_attr("space", {k: v.model_dump(mode="json") for k, v in settings.space.items()})
         return study
 
-    try:
-        existing = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        raise ModelyardError(
-            f"--resume: {settings.tune_dir / STUDY_DB} holds no study named '{name}' (the recipe's name)"
-        ) from None
+    existing = optuna.load_study(study_name=name, storage=storage)
     if existing.direction.name.lower() != settings.direction or existing.user_attrs.get("metric") != settings.metric:
         raise ModelyardError(
             f"--resume: the study optimises {existing.direction.name.lower()} "
