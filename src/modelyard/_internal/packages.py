@@ -34,6 +34,8 @@ _INSTALL = {
     "onnxscript": "pip install onnxscript",
     "captum": "pip install captum",
     "optuna": "pip install optuna",
+    "mlflow": 'pip install "modelyard[mlflow]"',
+    "tensorboard": 'pip install "modelyard[tensorboard]"',
     "playwright": "pip install playwright",
 }
 
