@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from modelyard.errors import ModelyardError
 
@@ -99,7 +100,8 @@ def report_failure(err: BaseException) -> int:
     if debug_enabled():  # the standard library's rendering: no imports needed (memory may be exhausted)
         sys.stderr.write("".join(traceback.format_exception(type(err), err, err.__traceback__)))
     if message is not None:
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        # escaped: messages hold brackets that are not markup, e.g. pip install "modelyard[mlflow]"
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         return 2
     where = None if debug_enabled() else crash_log(err)
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -109,7 +111,7 @@ def report_failure(err: BaseException) -> int:
         else ("" if debug_enabled() else "; run with --debug for the traceback")
     )
     err_console.print(
-        f"[bold red]unexpected error:[/] {type(err).__name__}{': ' + first if first else ''}{tail}",
+        f"[bold red]unexpected error:[/] {escape(type(err).__name__ + (': ' + first if first else '') + tail)}",
         highlight=False,
         soft_wrap=True,
     )
