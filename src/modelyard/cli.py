@@ -16,6 +16,7 @@ from modelyard._internal.cli_errors import err_console, friendly_errors
 from modelyard._internal.layout import METRICS, RECIPE
 from modelyard.errors import ModelyardError
 from modelyard.ops.cli import keys_app, monitor_command, registry_app, retrain_command
+from modelyard.ops.runs_cli import runs_app
 
 app = typer.Typer(
     name="modelyard",
@@ -488,6 +489,7 @@ def version() -> None:
 # Registry, API keys, retraining and drift monitoring: the operations sub-apps (modelyard.ops.cli).
 app.add_typer(registry_app, name="registry")
 app.add_typer(keys_app, name="keys")
+app.add_typer(runs_app, name="runs")
 app.command("retrain")(retrain_command)
 app.command("monitor")(monitor_command)
 
