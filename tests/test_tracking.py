@@ -135,6 +135,7 @@ def test_tensorboard_event_file_holds_step_epoch_and_final_scalars(tracked_run: 
     (epoch,) = events.Scalars("epoch/valid_macro_f1")  # one epoch
     assert epoch.step == rd.history()[0]["step"] == steps[-1]["step"]
     assert events.Scalars("test_macro_f1")[0].value == pytest.approx(rd.metrics()["test"]["macro_f1"], rel=1e-6)
+    assert set(events.PluginTagToContent("hparams")) >= {"_hparams_/experiment", "_hparams_/session_start_info"}
 
 
 def test_a_failing_tracker_warns_once_and_the_run_finishes(
@@ -216,6 +217,25 @@ def test_one_shot_kind_reports_params_final_metrics_and_artefacts(tmp_path: Path
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     assert events.Scalars("test_accuracy")[0].value == pytest.approx(metrics["test"]["accuracy"], rel=1e-6)
+
+
+def test_ensemble_members_are_nested_runs_in_the_ensembles_experiment(tmp_path: Path, data: Path, store: str) -> None:
+    member = {"type": "tfidf-logreg", "tfidf": {"min_df": 1}}
+    recipe = {
+        "name": "ens",
+        "data": {"path": str(data), "valid_size": 0.2, "test_size": 0.2, "seed": 3},
+        "model": {"type": "ensemble", "members": [member, {**member, "tfidf": {"min_df": 1, "analyzer": "word"}}]},
+        "train": {"report_to": ["mlflow"], "tracking_uri": store, "experiment": "ensemble"},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    train(load_recipe(tmp_path / "r.yaml"), console=Console(file=io.StringIO()))
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("ensemble").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.data.params["model.type"] == "ensemble" and len(children) == 2 == len(runs) - 1
+    assert all(c.info.status == "FINISHED" and "test_accuracy" in c.data.metrics for c in children)
 
 
 def test_resumed_run_continues_its_mlflow_run(tmp_path: Path, tiny_backbone: Path, data: Path, store: str) -> None:
@@ -334,11 +354,14 @@ def test_a_real_mlflow_tracking_server_receives_the_run(tmp_path: Path, tiny_bac
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, data: Path) -> Path:
-    """Two finished runs in one folder (a good and a poor learning rate), plus a damaged, a hidden and an
-    unfinished folder, and a folder that holds no run."""
+    """Two finished runs in one folder (the tiny encoder after one epoch, near chance; tf-idf, near perfect),
+    plus a damaged, a hidden and an unfinished folder, and a folder that holds no run."""
     tmp = tmp_path_factory.mktemp("two_runs")
-    for lr in (1e-2, 1e-5):
-        train(load_recipe(_recipe(tmp, data, tiny_backbone, learning_rate=lr)), console=Console(file=io.StringIO()))
+    train(load_recipe(_recipe(tmp, data, tiny_backbone)), console=Console(file=io.StringIO()))
+    raw = yaml.safe_load((tmp / "recipe.yaml").read_text())
+    raw |= {"name": "tfidf", "model": {"type": "tfidf-logreg", "tfidf": {"min_df": 1}}, "train": {}}
+    (tmp / "tfidf.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    train(load_recipe(tmp / "tfidf.yaml"), console=Console(file=io.StringIO()))
     runs = tmp / "runs"
     (runs / "20990101-000000-dead00").mkdir()
     (runs / "20990101-000000-dead00" / "manifest.json").write_text("{not json")
@@ -357,9 +380,11 @@ def test_runs_list_shows_finished_runs_newest_first(two_runs: Path) -> None:
     good = [r for r in rows if r["note"] is None]
     assert len(good) == 2 and len(rows) == 3
     assert [r["finished_at"] for r in good] == sorted((r["finished_at"] for r in good), reverse=True)
+    assert [r["model_type"] for r in good] == ["tfidf-logreg", "hf-encoder"]  # trained second, listed first
     for r in good:
         metrics = RunDir(Path(r["path"])).metrics()
-        assert r["test_accuracy"] == metrics["test"]["accuracy"] and r["model_type"] == "hf-encoder"
+        assert r["test_accuracy"] == metrics["test"]["accuracy"]
+        assert r["test_macro_f1"] == metrics["test"]["macro_f1"]
     (damaged,) = [r for r in rows if r["note"]]
     assert damaged["run_id"] == "20990101-000000-dead00" and "unreadable" in damaged["note"]
 
@@ -378,7 +403,7 @@ def test_runs_compare_ranks_by_the_sort_metric(two_runs: Path) -> None:
     assert result.exit_code == 0, result.output
     ranked = json.loads(result.stdout)
     assert [r["rank"] for r in ranked] == [1, 2]
-    assert ranked[0]["test_macro_f1"] >= ranked[1]["test_macro_f1"]
+    assert ranked[0]["test_macro_f1"] > ranked[1]["test_macro_f1"] and ranked[0]["model_type"] == "tfidf-logreg"
     # lower is better for log-loss; run ids resolve in --dir
     by_loss = json.loads(
         runner.invoke(
@@ -395,13 +420,14 @@ def test_runs_compare_ranks_by_the_sort_metric(two_runs: Path) -> None:
             ],
         ).stdout
     )
-    assert by_loss[0]["test_log_loss"] <= by_loss[1]["test_log_loss"]
+    assert by_loss[0]["test_log_loss"] < by_loss[1]["test_log_loss"]
     table = runner.invoke(app, ["runs", "compare", "--all", str(two_runs)])
     assert table.exit_code == 0, table.output
     lines = table.stdout
     best, worst = sorted(rows, key=lambda r: -r["test_macro_f1"])
     assert lines.index(best["run_id"]) < lines.index(worst["run_id"]) < lines.index("20990101-000000-dead00")
-    assert f"{best['test_macro_f1']:.4f}" in lines and "test macro f1 ▼" in lines
+    assert f"{best['test_macro_f1']:.4f}" in lines and f"{worst['test_macro_f1']:.4f}" in lines
+    assert "test macro f1 ▼" in lines
     bad = runner.invoke(app, ["runs", "compare", "--all", str(two_runs), "--sort", "speed"])
     assert bad.exit_code == 2 and "--sort speed" in bad.output
     neither = runner.invoke(app, ["runs", "compare"])
@@ -410,7 +436,7 @@ def test_runs_compare_ranks_by_the_sort_metric(two_runs: Path) -> None:
 
 def test_runs_show_prints_the_manifest_summary_and_metrics(two_runs: Path) -> None:
     rows = json.loads(runner.invoke(app, ["runs", "list", str(two_runs), "--json"]).stdout)
-    run = next(r for r in rows if not r["note"])
+    run = next(r for r in rows if r["model_type"] == "hf-encoder")
     result = runner.invoke(app, ["runs", "show", run["run_id"], "--dir", str(two_runs)])
     assert result.exit_code == 0, result.output
     out = result.stdout

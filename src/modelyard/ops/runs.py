@@ -150,7 +150,7 @@ def leaderboard_table(ranked: list[dict[str, Any]], sort: str) -> Table:
     for col in ("run", "name", "type"):
         table.add_column(col)
     for col in (*metric_cols, "train_time_s", "parameters"):
-        label = col.replace("_", " ") + (" ▼" if col == sort else "")
+        label = {"train_time_s": "train time (s)"}.get(col, col.replace("_", " ")) + (" ▼" if col == sort else "")
         table.add_column(label, justify="right")
     for r in ranked:
         if r["note"]:

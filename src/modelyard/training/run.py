@@ -48,7 +48,7 @@ from modelyard.evaluation.scoring import write_scored
 from modelyard.kinds import FitContext, get_kind
 from modelyard.rundir import RunDir
 from modelyard.training.loop import FineTuneRecipe, TrainingInterrupted
-from modelyard.training.tracking import Tracking, require_trackers, status_of
+from modelyard.training.tracking import Tracking, require_trackers, status_of, tracking_uri
 
 __all__ = ["TrainingInterrupted", "load_splits", "print_data_report", "train"]
 
@@ -164,7 +164,7 @@ def _one_shot_run(
             console=console,
             # ensemble members trained here are nested under this run in MLflow
             train_member=lambda sub, sub_data: train(
-                sub, data=sub_data, console=console, tracking_parent=tracking.mlflow_run_id
+                _as_member(sub, recipe), data=sub_data, console=console, tracking_parent=tracking.mlflow_run_id
             ),
         )
         result = kind.fit(ctx)
@@ -178,6 +178,14 @@ def _one_shot_run(
     print_metrics(console, metrics)
     console.print(f"report: {final / REPORT}")
     return final
+
+
+def _as_member(sub: Recipe, recipe: Recipe) -> Recipe:
+    """A member run reports to its parent's MLflow store and experiment (its own output_dir would pick another)."""
+    if "mlflow" in sub.train.report_to:
+        sub.train.tracking_uri = tracking_uri(recipe)
+        sub.train.experiment = recipe.train.experiment or recipe.name
+    return sub
 
 
 def write_fit_outputs(

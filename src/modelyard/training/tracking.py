@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rich.console import Console
+from rich.markup import escape
 
 from modelyard._internal.layout import MANIFEST, METRICS, MODEL_DIR, REPORT
 from modelyard.errors import ConfigError
@@ -273,14 +274,22 @@ class TensorBoardTracker:
         """The HParams dashboard: the model/train settings against the final metrics (best effort)."""
         from torch.utils.tensorboard.summary import hparams
 
-        chosen = {
-            k: v for k, v in self.params.items() if k.startswith(("train.", "model.")) and not v.startswith(("[", "{"))
-        }
+        chosen = {k: _scalar(v) for k, v in self.params.items() if k.startswith(("train.", "model."))}
+        chosen = {k: v for k, v in chosen.items() if v is not None}
         try:
             for summary in hparams(chosen, {k: v for k, v in self.final.items()}):
                 self.writer._get_file_writer().add_summary(summary)
         except Exception:  # the scalars are written; the hparams view is an extra
             return
+
+
+def _scalar(text: str) -> Any:
+    """A param string back as the number/bool/string it was (for HParams), or None for null, lists and dicts."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, (bool, int, float, str)) else None
 
 
 class Tracking:
@@ -331,11 +340,10 @@ class Tracking:
             except Exception as err:
                 self.trackers.remove(tracker)
                 detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-                self.console.print(
-                    f"[yellow]warning: {tracker.name} tracking failed ({type(err).__name__}: {detail}); "
-                    "the run goes on without it[/]",
-                    highlight=False,
-                )
+                self._warn(f"{tracker.name} tracking failed ({type(err).__name__}: {detail})")
+
+    def _warn(self, what: str) -> None:
+        self.console.print(f"[yellow]warning: {escape(what)}; the run goes on without it[/]", highlight=False)
 
     def start(self, run_id: str, recipe: Any, final_dir: Path, resume_step: int | None = None) -> None:
         """Open the backend runs: the recipe as params, what the run is as tags."""
@@ -376,10 +384,13 @@ class Tracking:
             return
         from modelyard._internal.io import read_json
 
-        metrics = read_json(run_dir / METRICS)
+        try:
+            metrics, manifest = read_json(run_dir / METRICS), read_json(run_dir / MANIFEST)
+        except (OSError, ValueError) as err:  # not for tracking to fail the run over; its own checks will
+            self._warn(f"tracking could not read the run's metrics/manifest ({err})")
+            metrics, manifest = {}, {}
         final = {f"{split}_{k}": v for split in ("valid", "test") for k, v in _numbers(metrics.get(split, {})).items()}
         self.log_metrics(final, step)
-        manifest = read_json(run_dir / MANIFEST)
         tags = manifest_tags(manifest)
         if manifest.get("git_commit"):
             tags["mlflow.source.git.commit"] = str(manifest["git_commit"]).removesuffix("-dirty")
