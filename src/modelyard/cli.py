@@ -23,6 +23,7 @@ from modelyard.ops.cli import (
     registry_app,
     retrain_command,
 )
+from modelyard.ops.runs_cli import runs_app
 
 app = typer.Typer(
     name="modelyard",
@@ -511,6 +512,7 @@ def version() -> None:
 # Registry, API keys, retraining and drift monitoring: the operations sub-apps (modelyard.ops.cli).
 app.add_typer(registry_app, name="registry")
 app.add_typer(keys_app, name="keys")
+app.add_typer(runs_app, name="runs")
 app.command("retrain")(retrain_command)
 app.command("monitor")(monitor_command)
 # Installing as a package: the bundled weights/data, and a check of the whole installation.

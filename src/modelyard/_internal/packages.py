@@ -78,6 +78,20 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature("explanations (modelyard explain)", ("captum",), ("captum",), "pip install captum"),
     Feature("hyper-parameter search (modelyard tune)", ("optuna",), ("optuna",), "pip install optuna"),
+    Feature(
+        "MLflow tracking (train.report_to: [mlflow])",
+        ("mlflow",),
+        ("mlflow-skinny",),
+        'pip install "modelyard[mlflow]"',
+        "mlflow",
+    ),
+    Feature(
+        "TensorBoard event files (train.report_to: [tensorboard])",
+        ("tensorboard",),
+        ("tensorboard",),
+        'pip install "modelyard[tensorboard]"',
+        "tensorboard",
+    ),
 )
 
 # Import name → the command that installs it, for modules outside FEATURES.

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import (
     Field,
+    field_validator,
     model_validator,
 )
 
@@ -99,6 +100,25 @@ class TrainConfig(_Stage):
         "it this factor less (e.g. 0.9), embeddings the least; null = one learning rate.",
     )
 
+    report_to: list[Literal["mlflow", "tensorboard"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that also receive the run: mlflow (params, step/epoch/final metrics, "
+        "report and model as artefacts, manifest as tags) and/or tensorboard (scalars in <run>/tensorboard/). "
+        'Optional extras: pip install "modelyard[mlflow]" / "modelyard[tensorboard]".',
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (http://host:5000, sqlite:///path/mlflow.db, …); "
+        "null = $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db (artefacts in <output_dir>/mlartifacts).",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment name; null = the recipe's name.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, value: object) -> object:
+        # `train.report_to=mlflow` on the command line means [mlflow]
+        return [value] if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _checks(self) -> TrainConfig:
         both = {"warmup_ratio", "warmup_steps"} <= self.model_fields_set
@@ -106,6 +126,8 @@ class TrainConfig(_Stage):
             raise ValueError(
                 "can't set both train.warmup_ratio and train.warmup_steps; keep one and set the other to null"
             )
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError(f"train.report_to lists a tracker twice: {self.report_to}")
         if self.metric not in VALID_METRICS:
             close = difflib.get_close_matches(self.metric, sorted(VALID_METRICS), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""

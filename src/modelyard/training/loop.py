@@ -289,13 +289,16 @@ class FineTuneRecipe:
         self,
         stop_after_step: int | None = None,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """Run (or continue) the epochs. ``stop_after_step`` simulates an interruption (tests, time limits).
 
         ``on_epoch_end(epoch, history_entry)`` is called after each epoch's validation and checkpoint
         (epochs count from 1); an exception it raises stops training and propagates (tuning prunes a
-        trial this way).
+        trial this way). ``on_log(record)`` gets every record written to ``progress.jsonl`` (step lines
+        and ``event: eval`` lines) — experiment tracking listens here.
         """
+        emit = on_log or (lambda record: None)
         cfg, st = self.cfg, self.state
         accum = cfg.gradient_accumulation_steps
         progress_path = self.run_dir / PROGRESS
@@ -382,6 +385,7 @@ class FineTuneRecipe:
                         }
                         log.write(json.dumps(record) + "\n")
                         log.flush()
+                        emit(record)
                         bar.update(task, loss=f"{record['loss']:.4f}", sps=f"{sps:.1f}")
                         if not self.console.is_terminal and _crossed_tenth(
                             st.global_step, cfg.log_every_steps, self.total_steps
@@ -411,8 +415,10 @@ class FineTuneRecipe:
                 }
                 entry |= {f"valid_{k}": metrics[k] for k in HEADLINE}
                 st.history.append(entry)
-                log.write(json.dumps({"event": "eval", "time": time.time(), **entry}) + "\n")
+                eval_record = {"event": "eval", "time": time.time(), **entry}
+                log.write(json.dumps(eval_record) + "\n")
                 log.flush()
+                emit(eval_record)
                 self._select_best(entry)
                 bar.console.print(
                     f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f} · valid loss {entry['valid_loss']:.4f}"

@@ -5,7 +5,9 @@
       ├─ <output_dir>/<run-id>.incomplete        recipe.yaml, data_report.json, splits/, fingerprints.json
       ├─ kind trains in the loop?  → loop.FineTuneRecipe: setup → train → finalize (checkpoints, --resume)
       │  else one-shot fit         → kind.fit(ctx) → probabilities → the same metrics/predictions/report
-      └─ manifest.json, report.html, rename to <output_dir>/<run-id>
+      ├─ manifest.json, report.html
+      ├─ train.report_to: MLflow / TensorBoard get params, metrics, manifest tags, artefacts (training.tracking)
+      └─ rename to <output_dir>/<run-id>
 
 The kind (``recipe.model.type``) is looked up in :mod:`modelyard.kinds`; nothing here names a kind.
 """
@@ -46,6 +48,7 @@ from modelyard.evaluation.scoring import write_scored
 from modelyard.kinds import FitContext, get_kind
 from modelyard.rundir import RunDir
 from modelyard.training.loop import FineTuneRecipe, TrainingInterrupted
+from modelyard.training.tracking import Tracking, require_trackers, status_of, tracking_uri
 
 __all__ = ["TrainingInterrupted", "load_splits", "print_data_report", "train"]
 
@@ -58,6 +61,7 @@ def train(
     stop_after_step: int | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     data: Any = None,
+    tracking_parent: str | None = None,
 ) -> Path:
     """Train a recipe into a new run directory (or resume an unfinished one) and return its path.
 
@@ -71,14 +75,19 @@ def train(
     is called after each epoch's validation; an exception it raises propagates and the run directory
     is discarded (it was stopped on purpose, e.g. a pruned tuning trial, so there is nothing to resume).
 
+    ``train.report_to`` also reports the run to MLflow/TensorBoard (:mod:`modelyard.training.tracking`);
+    ``tracking_parent`` (an MLflow run id) makes it a nested run, as tuning does with its trials.
+
     Raises:
         ModelyardError: bad data, recipe or backbone (nothing is left behind), or an interruption.
     """
     console = console or Console(stderr=True)
     t0 = time.time()
+    require_trackers(recipe.train.report_to)  # a missing tracker package fails before any work
     if resume is not None:
         run_dir, recipe, data = _reopen(Path(resume), recipe, console)
         run_id = run_dir.name.removesuffix(INCOMPLETE)
+        require_trackers(recipe.train.report_to)
     else:
         # Everything that can fail on user input fails here, before a directory exists.
         kind = get_kind(recipe.model.type)
@@ -100,10 +109,11 @@ def train(
             raise
     kind = get_kind(recipe.model.type)
     console.print(f"run [bold]{run_id}[/] → {run_dir}")
+    tracking = Tracking.for_recipe(recipe, run_dir, console, parent_run_id=tracking_parent)
     if not kind.trains_in_loop:
         if resume is not None:
             raise ModelyardError(f"{kind.name} runs have no training steps to resume (a one-shot fit); start a new run")
-        return _one_shot_run(recipe, data, run_id, run_dir, console, t0)
+        return _one_shot_run(recipe, data, run_id, run_dir, console, t0, tracking)
 
     ft: FineTuneRecipe | None = None
     try:
@@ -111,13 +121,17 @@ def train(
         ft.setup()
         if resume is not None:
             ft.load_checkpoint()
-        ft.train(stop_after_step=stop_after_step, on_epoch_end=on_epoch_end)
+        resume_step = ft.state.global_step if resume is not None else None
+        tracking.start(run_id, recipe, run_dir.with_name(run_id), resume_step=resume_step)
+        ft.train(stop_after_step=stop_after_step, on_epoch_end=on_epoch_end, on_log=tracking.log_progress)
         metrics = ft.finalize()
         _write_report_and_manifest(ft, run_id, t0, resumed_from=str(resume) if resume else None)
         if not recipe.train.keep_checkpoints:
             shutil.rmtree(RunDir(run_dir).checkpoints_dir, ignore_errors=True)
+        tracking.complete(run_dir, step=ft.state.global_step)
         final = finish_run(run_dir)
     except BaseException as err:
+        tracking.finish("KILLED" if ft is not None and ft.stopped_by_hook else status_of(err))
         # kept minimal (plain path checks): this also runs when memory is exhausted
         resumable = (run_dir / CHECKPOINTS_DIR / "last" / "trainer_state.json").is_file()
         if ft is not None and ft.stopped_by_hook:
@@ -134,28 +148,44 @@ def train(
     return final
 
 
-def _one_shot_run(recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float) -> Path:
+def _one_shot_run(
+    recipe: Recipe, data: Any, run_id: str, run_dir: Path, console: Console, t0: float, tracking: Tracking
+) -> Path:
     """A run whose kind fits in one call (tf-idf, prompt, ensemble): fit, then the same outputs as the loop."""
     kind = get_kind(recipe.model.type)
     assert kind.fit is not None
     try:
+        tracking.start(run_id, recipe, run_dir.with_name(run_id))
         ctx = FitContext(
             recipe=recipe,
             data=data,
             run_dir=run_dir,
             model_dir=run_dir / MODEL_DIR,
             console=console,
-            train_member=lambda sub, sub_data: train(sub, data=sub_data, console=console),
+            # ensemble members trained here are nested under this run in MLflow
+            train_member=lambda sub, sub_data: train(
+                _as_member(sub, recipe), data=sub_data, console=console, tracking_parent=tracking.mlflow_run_id
+            ),
         )
         result = kind.fit(ctx)
         metrics = write_fit_outputs(run_dir, recipe, run_id, t0, data, result.probs, result.info, result.manifest)
+        tracking.complete(run_dir, step=0)
         final = finish_run(run_dir)
-    except BaseException:
+    except BaseException as err:
+        tracking.finish(status_of(err))
         discard_run(run_dir)  # nothing to resume: a one-shot fit starts over
         raise
     print_metrics(console, metrics)
     console.print(f"report: {final / REPORT}")
     return final
+
+
+def _as_member(sub: Recipe, recipe: Recipe) -> Recipe:
+    """A member run reports to its parent's MLflow store and experiment (its own output_dir would pick another)."""
+    if "mlflow" in sub.train.report_to:
+        sub.train.tracking_uri = tracking_uri(recipe)
+        sub.train.experiment = recipe.train.experiment or recipe.name
+    return sub
 
 
 def write_fit_outputs(

@@ -36,6 +36,7 @@ from modelyard.config import (
 )
 from modelyard.errors import ModelyardError
 from modelyard.evaluation.report import add_stage_section
+from modelyard.training.tracking import Tracking, require_trackers, status_of
 from modelyard.tuning.ray_backend import run_ray
 from modelyard.tuning.report import write_tune_report
 from modelyard.tuning.trials import (
@@ -97,6 +98,7 @@ def tune(
         raise ModelyardError(f"unknown tuning backend '{backend}'; use one of {', '.join(BACKENDS)}")
     settings = TuneSettings(recipe, trials)
     _check_space_values(recipe)
+    require_trackers(recipe.train.report_to)
     tune_dir = settings.tune_dir
     db = tune_dir / STUDY_DB
     if db.exists() and not resume:
@@ -112,7 +114,25 @@ def tune(
     tune_dir.mkdir(parents=True, exist_ok=True)
     settings.trials_dir.mkdir(exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}")
+    # train.report_to: mlflow — one parent run for this search; each trial is a nested run under it
+    search_run = Tracking.for_search(recipe, tune_dir, console)
+    settings.tracking_parent, settings.tracking_overrides = search_run.mlflow_run_id, search_run.overrides
+    try:
+        tune_dir, study = _search(settings, storage, resume=resume, backend=backend, console=console)
+    except BaseException as err:
+        search_run.finish(status_of(err))
+        raise
+    search_run.log_metrics({f"best_{settings.metric_name}": study.best_value, "trials": len(study.trials)}, step=0)
+    search_run.log_artifacts([tune_dir / n for n in ("tune_report.html", "trials.csv", "best_recipe.yaml")])
+    search_run.finish("FINISHED")
+    return tune_dir
 
+
+def _search(
+    settings: TuneSettings, storage: Any, *, resume: bool, backend: str, console: Console
+) -> tuple[Path, optuna.Study]:
+    """Open (or resume) the study, run the missing trials, write the outputs: ``(tune_dir, study)``."""
+    recipe, tune_dir = settings.recipe, settings.tune_dir
     with _quiet_optuna():
         study = _open_study(settings, storage, resume=resume, console=console)
         baseline = None
@@ -138,7 +158,7 @@ def tune(
                 _optimize(study, settings, remaining, console)
             else:
                 run_ray(study, settings, remaining, console, baseline=baseline)
-        return _finish(study, settings, console, time.time() - t0)
+        return _finish(study, settings, console, time.time() - t0), study
 
 
 def _state() -> Any:

@@ -65,6 +65,10 @@ class TuneSettings:
             self.direction = cfg.direction
         self.tune_dir = tune_dir_for(recipe)
         self.trials_dir = self.tune_dir / TRIALS_DIR
+        # train.report_to: mlflow — every trial is a nested run of the search's MLflow run (set by the search),
+        # in the search's store and experiment (a trial's own output_dir would give it a store of its own).
+        self.tracking_parent: str | None = None
+        self.tracking_overrides: dict[str, Any] = {}
 
     def epoch_value(self, entry: dict[str, Any]) -> float | None:
         """The tuned metric in one history entry (``valid_<metric>``), or None when undefined."""
@@ -171,8 +175,15 @@ def run_trial(
     with (trial_dir / "train.log").open("a", encoding="utf-8") as log:
         console = Console(file=log, width=120, force_terminal=False, color_system=None)
         try:
-            recipe = trial_recipe(settings.recipe, params, output_dir=trial_dir, source=f"trial {trial_dir.name}")
-            run_dir = train(recipe, console=console, on_epoch_end=on_epoch_end)
+            recipe = trial_recipe(
+                settings.recipe,
+                {**params, **settings.tracking_overrides},
+                output_dir=trial_dir,
+                source=f"trial {trial_dir.name}",
+            )
+            run_dir = train(
+                recipe, console=console, on_epoch_end=on_epoch_end, tracking_parent=settings.tracking_parent
+            )
         except BaseException as err:
             console.print(f"trial stopped: {type(err).__name__}: {err}")
             # A run that failed after its first checkpoint is left resumable by train(); a trial is
