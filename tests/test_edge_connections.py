@@ -225,7 +225,8 @@ def test_five_drift_requests_start_one_run_and_the_cpu_is_idle_soon_after_every_
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                # /readyz: the model is loaded (its load and smoke prediction must not fall in the idle window)
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
