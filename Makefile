@@ -55,7 +55,7 @@ quickstart: install
 test: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports --config pyproject.toml
-	$(BIN)/pytest -m "not slow and not faults_slow and not package" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not faults_slow and not package" --durations=15 $(PYTEST_ARGS)
 
 # Kills at random moments of every writing stage (tests/test_faults_kill.py, a few minutes); .ci/run runs it.
 test-faults: install-dev
