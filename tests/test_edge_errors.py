@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from modelyard.serving import create_app  # noqa: I001  (after the shared test helpers)
-from tests.test_serving import FakeClassifier, make_cfg, run, running
+from tests.test_serving import FakeClassifier, make_cfg, raw_asgi_exchange, run, running
 
 JSON = {"Content-Type": "application/json"}
 
@@ -56,34 +56,12 @@ def test_a_client_that_hangs_up_mid_body_is_499_not_500_in_metrics() -> None:
     app = create_app(FakeClassifier, make_cfg())
 
     async def abort_upload() -> list[dict[str, Any]]:
-        sent: list[dict[str, Any]] = []
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"1000")]
         messages = [
             {"type": "http.request", "body": b'{"texts": ["a lo', "more_body": True},
             {"type": "http.disconnect"},
         ]
-
-        async def receive() -> dict[str, Any]:
-            return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/predict",
-            "raw_path": b"/v1/predict",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
-            "client": ("127.0.0.1", 1234),
-            "server": ("127.0.0.1", 80),
-            "root_path": "",
-        }
-        await app(scope, receive, send)
-        return sent
+        return await raw_asgi_exchange(app, headers, messages)
 
     async def main() -> tuple[list[dict[str, Any]], str]:
         async with running(app) as c:

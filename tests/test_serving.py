@@ -286,9 +286,9 @@ def test_size_limits_answer_413_naming_the_limit() -> None:
     assert fake.batches == [["good" * 5] * 5]
 
 
-async def _raw_asgi_post(app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[int, dict]:
-    """POST straight through ASGI, so the Content-Length header can lie about the body."""
-    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+async def raw_asgi_exchange(app: Any, headers: list[tuple[bytes, bytes]], messages: list[dict]) -> list[dict]:
+    """Drive one POST /v1/predict through ASGI with exactly these receive ``messages``; what the app sent."""
+    messages = list(messages)
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -312,6 +312,13 @@ async def _raw_asgi_post(app: Any, headers: list[tuple[bytes, bytes]], chunks: l
         "server": ("testserver", 80),
     }
     await app(scope, receive, send)
+    return sent
+
+
+async def _raw_asgi_post(app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[int, dict]:
+    """POST straight through ASGI, so the Content-Length header can lie about the body."""
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent = await raw_asgi_exchange(app, headers, messages)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return status, json.loads(body)
