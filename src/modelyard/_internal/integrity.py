@@ -118,30 +118,32 @@ def check_file(path: Path, fix: str = RERUN_OR_RESTORE) -> None:
 
 
 def _check_safetensors(path: Path, fix: str) -> None:
+    """The header (8-byte length + JSON, at most 100 MB read) and that its tensors exactly fill the file."""
     size = path.stat().st_size
+    bad = "not a safetensors file: "
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
-            raise damaged(path, f"{size} bytes: shorter than a safetensors header", fix)
+            raise damaged(path, f"{bad}{size} bytes, shorter than its header length", fix)
         (n,) = struct.unpack("<Q", head)
-        if n <= 1 or n > size - 8:
-            raise damaged(path, f"its header declares {n} bytes but the file has {size}: truncated or garbled", fix)
+        if n <= 1 or n > min(size - 8, 100 << 20):
+            raise damaged(path, f"{bad}its header declares {n} bytes, the file has {size}: truncated or garbled", fix)
         try:
             header = json.loads(f.read(n).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise damaged(path, "its safetensors header is not JSON: garbled", fix) from None
+            raise damaged(path, f"{bad}its header is not JSON: garbled", fix) from None
     if not isinstance(header, dict):
-        raise damaged(path, "its safetensors header is not a JSON object: garbled", fix)
+        raise damaged(path, f"{bad}its header is not a JSON object: garbled", fix)
     end = 0
     for name, spec in header.items():
         if name == "__metadata__":
             continue
         offsets = spec.get("data_offsets") if isinstance(spec, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2):
-            raise damaged(path, f"tensor {name!r} has no data_offsets: garbled", fix)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
+            raise damaged(path, f"{bad}tensor {name!r} has bad data_offsets: garbled", fix)
         end = max(end, int(offsets[1]))
     if 8 + n + end != size:
-        raise damaged(path, f"{size} bytes, its header describes {8 + n + end}: truncated or extended", fix)
+        raise damaged(path, f"{bad}{size} bytes, its header describes {8 + n + end}: truncated or extended", fix)
 
 
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""Build one compressed variant into a directory (the caller makes it appear atomically).
+"""Build one compressed variant into a directory (the caller makes it appear atomically: storage.atomic_dir).
 
 Each builder writes ``variant.json`` (method, source sha256, method details) next to its files.
 Nothing is pickled: weights are safetensors or ONNX protobuf, metadata is JSON.
@@ -20,7 +20,6 @@ import numpy as np
 
 from modelyard._internal.io import read_json, sha256_file, write_json
 from modelyard._internal.layout import HISTORY, METRICS, MODEL_DIR, MODEL_META, RECIPE, SPLITS_DIR
-from modelyard._internal.storage import atomic_dir  # noqa: F401 - re-exported for the compress stage
 from modelyard.compression.onnx_export import export_onnx, load_fp32, no_hf_progress_bars
 from modelyard.compression.variants import ONNX_FILE, VARIANT_FILE
 from modelyard.errors import ModelyardError

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import pickletools
-import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -28,8 +27,9 @@ from typing import IO
 import numpy as np
 from numpy.lib import format as npy_format
 
+from modelyard._internal.integrity import check_file
 from modelyard._internal.layout import MODEL_META
-from modelyard.errors import ModelError
+from modelyard.errors import ModelError, StorageError
 from modelyard.kinds import kind_of_meta
 from modelyard.registry.names import RegistryError
 
@@ -76,31 +76,16 @@ def looks_like_pickle(data: bytes) -> bool:
 
 
 def check_safetensors(path: Path) -> None:
-    """Validate a safetensors file by its header alone (8-byte length + JSON), reading no tensors.
+    """Validate a safetensors file by its header alone (8-byte length + JSON, tensors filling the file exactly),
+    reading no tensors: :func:`modelyard._internal.integrity.check_file`, as a registry refusal.
 
     Raises:
         RegistryError: Not a well-formed safetensors file.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise RegistryError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-        (n,) = struct.unpack("<Q", head)
-        if n <= 1 or n > min(size - 8, 100 << 20):
-            raise RegistryError(f"{path}: not a safetensors file (header length {n} does not fit the file)")
-        try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise RegistryError(f"{path}: not a safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise RegistryError(f"{path}: not a safetensors file (its header is not a JSON object)")
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = spec.get("data_offsets") if isinstance(spec, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= size - 8 - n):
-            raise RegistryError(f"{path}: not a safetensors file (tensor {name!r} has bad data_offsets)")
+    try:
+        check_file(path, _SAFE_HINT)
+    except StorageError as err:
+        raise RegistryError(str(err)) from None
 
 
 def _npy_dtype(member: IO[bytes], path: Path, name: str) -> np.dtype:
