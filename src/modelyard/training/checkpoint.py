@@ -62,7 +62,7 @@ def save_checkpoint(
     """
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    weights = _state_bytes(model)
+    weights = state_bytes(model)
     # the optimizer's state is about twice the weights for Adam-style optimizers; extra modules are model-sized
     needed = weights * (3 + len(extra_modules or {}))
     ensure_free_space(directory.parent, needed, f"checkpoint {directory.name}", "output_dir")
@@ -76,7 +76,8 @@ def save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _state_bytes(model: torch.nn.Module) -> int:
+def state_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's weights and buffers as saved (what a free-space check asks for)."""
     return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
 
 

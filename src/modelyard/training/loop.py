@@ -52,7 +52,7 @@ from modelyard.training.batch_sources import (
     autocast,
     encode,
 )
-from modelyard.training.checkpoint import load_checkpoint, save_checkpoint
+from modelyard.training.checkpoint import load_checkpoint, save_checkpoint, state_bytes
 
 
 class TrainingInterrupted(ModelyardError):
@@ -485,7 +485,7 @@ class FineTuneRecipe:
             frames.append(
                 prediction_frame(split, self.splits[split].texts, self.splits[split].labels, probs, self.labels)
             )
-        needed = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        needed = state_bytes(self.model)
         ensure_free_space(self.run_dir, needed, f"{MODEL_DIR}/ (the trained weights)", "output_dir")
         with storage_errors(f"{MODEL_DIR}/ (the trained weights)", self.run_dir / MODEL_DIR, "output_dir", needed):
             write_json(self.run_dir / METRICS, metrics)
