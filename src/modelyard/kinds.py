@@ -55,6 +55,7 @@ CAPABILITIES = frozenset(
         "ensemble_member",  # may be listed in model.members of an ensemble
         "pretrained_backbone",  # `backbone` names pretrained weights that must resolve before a run starts
         "learns_tokenizer",  # the builder learns its tokenizer from the training texts
+        "multi_label",  # learns label sets (task: multi-label-classification): sigmoid scores + per-label thresholds
     }
 )
 

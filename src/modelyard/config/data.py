@@ -91,7 +91,22 @@ class DataConfig(_Stage):
     )
     sheet: str | None = Field(None, description="Excel: the sheet to read (name); null reads the first sheet.")
     text_column: str = Field("text", description="Column holding the input text.")
-    label_column: str = Field("label", description="Column holding the class label.")
+    label_column: str = Field(
+        "label",
+        description="Column holding the class label (multi-label: the labels of a row joined by "
+        "`data.label_separator`).",
+    )
+    label_separator: str = Field(
+        "auto",
+        min_length=1,
+        description="Multi-label only: the separator joining a row's labels in `data.label_column` (e.g. '|'); "
+        "`auto` detects one of | ; , ， 、.",
+    )
+    label_columns: list[str] | None = Field(
+        None,
+        description="Multi-label only: one 0/1 column per label (the column names are the labels) instead of "
+        "one delimited `data.label_column`; null reads `data.label_column`.",
+    )
     labels: list[str] | None = Field(
         None, description="Keep only rows with these labels (also fixes the label order); null keeps all."
     )
@@ -128,4 +143,14 @@ class DataConfig(_Stage):
                 f"data.text_column and data.label_column are both '{self.text_column}'; "
                 "point them at two different columns"
             )
+        if self.label_columns is not None:
+            if len(self.label_columns) < 2:
+                raise ValueError("data.label_columns needs at least two 0/1 columns (one per label)")
+            repeated = sorted({c for c in self.label_columns if self.label_columns.count(c) > 1})
+            if repeated:
+                raise ValueError(f"data.label_columns lists {', '.join(map(repr, repeated))} more than once")
+            if self.text_column in self.label_columns:
+                raise ValueError(
+                    f"data.label_columns includes the text column '{self.text_column}'; list only the 0/1 label columns"
+                )
         return self

@@ -25,7 +25,7 @@ from modelyard.config.serve import ServeConfig
 from modelyard.config.train import AugmentConfig, PretrainConfig, TrainConfig
 from modelyard.config.tune import _UNTUNABLE, TuneConfig
 from modelyard.errors import ConfigError
-from modelyard.kinds import available_kinds, get_kind, kinds_for
+from modelyard.kinds import available_kinds, get_kind, kinds_for, kinds_with
 
 
 def _check_tunable_key(key: str, model_section: type[BaseModel] | None = None) -> None:
@@ -66,12 +66,29 @@ def _check_tunable_key(key: str, model_section: type[BaseModel] | None = None) -
             model = ann
 
 
+def _check_multi_label(recipe: Recipe) -> None:
+    """The recipe keys a multi-label run cannot use yet, and the model kinds that can learn label sets."""
+    kind = get_kind(recipe.model.type)
+    if not kind.can("multi_label"):
+        able = ", ".join(kinds_with("multi_label"))
+        raise ValueError(
+            f"model.type '{recipe.model.type}' cannot learn label sets; for task multi-label-classification "
+            f"set model.type to one of {able}"
+        )
+    if recipe.data.extra_train:
+        raise ValueError("data.extra_train is not supported with task multi-label-classification yet; remove it")
+    if recipe.data.sample is not None:
+        raise ValueError("data.sample is not supported with task multi-label-classification yet; remove it")
+
+
 class Recipe(_Stage):
     """A whole modelyard recipe: one section per stage."""
 
     name: str = Field("text-classifier", pattern=NAME_PATTERN, description="Application name (runs, registry).")
-    task: Literal["text-classification", "image-classification"] = Field(
-        "text-classification", description="What is being learned: text-classification or image-classification."
+    task: Literal["text-classification", "multi-label-classification", "image-classification"] = Field(
+        "text-classification",
+        description="What is being learned: text-classification (one label per text), multi-label-classification "
+        "(a set of labels per text) or image-classification.",
     )
     data: DataConfig
     model: SerializeAsAny[ModelSettings] = Field(
@@ -103,7 +120,12 @@ class Recipe(_Stage):
                 f"task image-classification needs an image model; set model.type to one of "
                 f"{', '.join(kinds_for('image'))} (model.type is '{self.model.type}')"
             )
-        if self.task == "text-classification" and image_model:
+        if self.task == "multi-label-classification":
+            _check_multi_label(self)
+        elif self.data.label_columns is not None or self.data.label_separator != "auto":
+            key = "data.label_columns" if self.data.label_columns is not None else "data.label_separator"
+            raise ValueError(f"{key} applies to task: multi-label-classification only (task is {self.task})")
+        if self.task != "image-classification" and image_model:
             raise ValueError(
                 f"model.type '{self.model.type}' classifies images; set task: image-classification "
                 "or pick a text model (hf-encoder, prompt)"

@@ -8,6 +8,7 @@ so that other stages and tests can reuse them; bundled corpora live in :data:`BU
 from __future__ import annotations
 
 from modelyard.data.cleaning import clean_frame
+from modelyard.data.multilabel import label_sets, multi_hot, prepare_multilabel
 from modelyard.data.pipeline import PreparedData, prepare_data
 from modelyard.data.sources import BUNDLED_SOURCES, load_bundled, read_table, register_source, write_table
 from modelyard.data.split import min_examples_per_class, stratified_sample, stratified_split
@@ -16,9 +17,12 @@ __all__ = [
     "BUNDLED_SOURCES",
     "PreparedData",
     "clean_frame",
+    "label_sets",
     "load_bundled",
+    "multi_hot",
     "min_examples_per_class",
     "prepare_data",
+    "prepare_multilabel",
     "read_table",
     "register_source",
     "stratified_sample",

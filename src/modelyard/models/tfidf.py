@@ -378,6 +378,6 @@ KIND = register_kind(
         load=_load,
         check_artifacts=_check_artifacts,
         display_name=lambda cfg: "tfidf-logreg",
-        supports=frozenset({"distill_teacher", "ensemble_member"}),
+        supports=frozenset({"distill_teacher", "ensemble_member", "multi_label"}),
     )
 )

@@ -1,0 +1,158 @@
+"""Multi-label text classification (issue #19 item 2): recipe keys, data layouts and split, metrics, TF-IDF path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from modelyard.config import DataConfig
+from modelyard.config.recipe import recipe_from_dict
+from modelyard.data import label_sets, multi_hot, prepare_multilabel
+from modelyard.errors import ConfigError, DataError
+
+LABELS = ["food", "music", "sports", "tech"]
+KEYWORDS = {"food": "pizza", "music": "guitar", "sports": "football", "tech": "laptop"}
+FILLER = "the a today really some about my we they this was very new old good bad with and for".split()  # noqa: SIM905
+
+
+def toy_rows(n: int = 400, seed: int = 0) -> list[tuple[str, tuple[str, ...]]]:
+    """Texts of filler words plus one keyword per label of the row (1-2 labels each, some with none)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        k = int(rng.choice([0, 1, 1, 1, 2, 2]))
+        chosen = tuple(sorted(rng.choice(LABELS, size=k, replace=False).tolist())) if k else ()
+        words = rng.choice(FILLER, size=8).tolist() + [KEYWORDS[lb] for lb in chosen]
+        rng.shuffle(words)
+        rows.append((" ".join(words) + f" #{i}", chosen))
+    return rows
+
+
+def write_delimited(path: Path, rows, sep: str = "|") -> Path:
+    pd.DataFrame({"text": [t for t, _ in rows], "tags": [sep.join(s) for _, s in rows]}).to_csv(path, index=False)
+    return path
+
+
+def write_columns(path: Path, rows) -> Path:
+    frame = pd.DataFrame({"text": [t for t, _ in rows]})
+    for lb in LABELS:
+        frame[lb] = [int(lb in s) for _, s in rows]
+    frame.to_csv(path, index=False)
+    return path
+
+
+def recipe(**data) -> dict:
+    return {"task": "multi-label-classification", "model": {"type": "tfidf-logreg"}, "data": {"path": "x.csv", **data}}
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_recipe_accepts_multi_label_task_and_keys():
+    r = recipe_from_dict(recipe(label_column="tags", label_separator="|"))
+    assert r.task == "multi-label-classification" and r.data.label_separator == "|"
+    r = recipe_from_dict(recipe(label_columns=["a", "b"]))
+    assert r.data.label_columns == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (recipe(label_columns=["a"]), "data.label_columns"),
+        (recipe(label_columns=["a", "a"]), "data.label_columns"),
+        (recipe(label_columns=["text", "a"]), "data.label_columns"),
+        (recipe(label_separator=""), "data.label_separator"),
+        ({"data": {"path": "x.csv", "label_columns": ["a", "b"]}}, "data.label_columns"),
+        ({"data": {"path": "x.csv", "label_separator": "|"}}, "data.label_separator"),
+        ({**recipe(), "model": {"type": "textcnn"}}, "model.type"),
+        (recipe(sample=100), "data.sample"),
+    ],
+)
+def test_recipe_errors_name_the_field(raw, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        recipe_from_dict(raw)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_both_layouts_give_identical_splits(tmp_path):
+    rows = toy_rows()
+    a = prepare_multilabel(
+        DataConfig(path=str(write_delimited(tmp_path / "d.csv", rows)), label_column="tags"), tmp_path
+    )
+    b = prepare_multilabel(
+        DataConfig(path=str(write_columns(tmp_path / "c.csv", rows)), label_columns=LABELS), tmp_path
+    )
+    assert a.labels == b.labels == LABELS
+    assert a.report["label_separator"] == "|" and b.report["layout"] == "columns"
+    # an empty cell is a missing label (dropped); all-zero 0/1 cells are the empty set (kept)
+    assert a.report["dropped"]["missing_label"] == b.report["empty_label_sets"] > 0
+    # identical when no row has an empty label set
+    rows = [r for r in rows if r[1]]
+    a = prepare_multilabel(
+        DataConfig(path=str(write_delimited(tmp_path / "d2.csv", rows)), label_column="tags"), tmp_path
+    )
+    b = prepare_multilabel(
+        DataConfig(path=str(write_columns(tmp_path / "c2.csv", rows)), label_columns=LABELS), tmp_path
+    )
+    for name in ("train", "valid", "test"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+
+
+def test_split_is_stratified_deterministic_and_order_free(tmp_path):
+    rows = toy_rows()
+    cfg = DataConfig(path=str(write_columns(tmp_path / "c.csv", rows)), label_columns=LABELS)
+    a = prepare_multilabel(cfg, tmp_path)
+    shuffled = [rows[i] for i in np.random.default_rng(5).permutation(len(rows))]
+    b = prepare_multilabel(
+        DataConfig(path=str(write_columns(tmp_path / "s.csv", shuffled)), label_columns=LABELS), tmp_path
+    )
+    for name in ("train", "valid", "test"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+    n = sum(a.report["split_sizes"].values())
+    assert abs(a.report["split_sizes"]["valid"] - 0.1 * n) <= 2
+    for lb, total in a.report["class_balance"].items():
+        for name, share in (("train", 0.8), ("valid", 0.1), ("test", 0.1)):
+            assert abs(a.report["class_balance_by_split"][name][lb] - share * total) <= 2, (lb, name)
+    assert all(isinstance(s, tuple) for s in a.train["label"])
+    assert multi_hot(a.train["label"], a.labels).shape == (len(a.train), 4)
+
+
+def test_splits_survive_parquet_roundtrip(tmp_path):
+    data = prepare_multilabel(
+        DataConfig(path=str(write_columns(tmp_path / "c.csv", toy_rows(120))), label_columns=LABELS), tmp_path
+    )
+    data.train.to_parquet(tmp_path / "train.parquet", index=False)
+    back = pd.read_parquet(tmp_path / "train.parquet")
+    assert label_sets(back["label"]) == list(data.train["label"])
+
+
+def test_data_errors(tmp_path):
+    rows = toy_rows(60)
+    path = write_columns(tmp_path / "c.csv", rows)
+    with pytest.raises(DataError, match="no 0/1 label column 'nope'"):
+        prepare_multilabel(DataConfig(path=str(path), label_columns=["food", "nope"]), tmp_path)
+    frame = pd.read_csv(path)
+    frame.loc[3, "food"] = 7
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match="'food' holds '7'"):
+        prepare_multilabel(DataConfig(path=str(tmp_path / "bad.csv"), label_columns=LABELS), tmp_path)
+    few = [(f"text {i}", ("a",) if i else ("a", "b")) for i in range(30)]
+    with pytest.raises(DataError, match="'b' \\(1\\)"):
+        prepare_multilabel(
+            DataConfig(path=str(write_delimited(tmp_path / "f.csv", few)), label_column="tags", label_separator="|"),
+            tmp_path,
+        )
+
+
+def test_conflicting_label_sets_are_dropped_and_counted(tmp_path):
+    rows = toy_rows(200) + [("same text", ("food",)), ("same text", ("food", "tech"))]
+    data = prepare_multilabel(
+        DataConfig(path=str(write_delimited(tmp_path / "d.csv", rows)), label_column="tags"), tmp_path
+    )
+    assert data.report["dropped"]["conflicting_texts"] == 1
+    assert "same text" not in set(pd.concat([data.train, data.valid, data.test])["text"])
