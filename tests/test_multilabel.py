@@ -156,3 +156,98 @@ def test_conflicting_label_sets_are_dropped_and_counted(tmp_path):
     )
     assert data.report["dropped"]["conflicting_texts"] == 1
     assert "same text" not in set(pd.concat([data.train, data.valid, data.test])["text"])
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def _random_case(seed: int, n: int = 200, n_labels: int = 5):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, n_labels)) < rng.uniform(0.1, 0.6, n_labels)).astype(int)
+    p = np.clip(0.35 * y + rng.random((n, n_labels)) * 0.7, 0, 1)
+    return y, p
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_equal_sklearn(seed):
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        hamming_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    from modelyard.evaluation.multilabel_metrics import compute_multilabel_metrics, predict_sets
+
+    y, p = _random_case(seed)
+    labels = [f"l{j}" for j in range(y.shape[1])]
+    thresholds = np.random.default_rng(seed).uniform(0.3, 0.7, y.shape[1])
+    m = compute_multilabel_metrics(y, p, labels, thresholds)
+    pred = (p >= thresholds).astype(int)
+    assert (predict_sets(p, thresholds) == pred).all()
+    for avg in ("micro", "macro", "samples", "weighted"):
+        assert m[f"{avg}_f1"] == pytest.approx(f1_score(y, pred, average=avg, zero_division=0), abs=1e-12)
+    assert m["hamming_loss"] == pytest.approx(hamming_loss(y, pred), abs=1e-12)
+    assert m["subset_accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-12)
+    prec, rec, f1, sup = precision_recall_fscore_support(y, pred, average=None, zero_division=0)
+    for j, lb in enumerate(labels):
+        row = m["per_label"][lb]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (prec[j], rec[j], f1[j], sup[j]), abs=1e-12
+        )
+        assert row["roc_auc"] == pytest.approx(roc_auc_score(y[:, j], p[:, j]), abs=1e-12)
+    assert m["macro_roc_auc"] == pytest.approx(roc_auc_score(y, p, average="macro"), abs=1e-12)
+    import json
+
+    json.dumps(m, allow_nan=False)
+
+
+def test_auc_undefined_for_a_constant_label_is_none():
+    from modelyard.evaluation.multilabel_metrics import compute_multilabel_metrics
+
+    y, p = _random_case(3, n_labels=3)
+    y[:, 1] = 0
+    m = compute_multilabel_metrics(y, p, ["a", "b", "c"])
+    assert m["per_label"]["b"]["roc_auc"] is None and m["per_label"]["a"]["threshold"] == 0.5
+
+
+def test_thresholds_are_tuned_per_label_on_valid():
+    from sklearn.metrics import f1_score
+
+    from modelyard.evaluation.multilabel_metrics import tune_thresholds
+
+    rng = np.random.default_rng(7)
+    n = 400
+    y = (rng.random((n, 3)) < 0.3).astype(int)
+    # label 0 scores are low overall, label 2 high: the best cut-offs differ
+    p = np.column_stack(
+        [
+            0.05 + 0.25 * y[:, 0] + 0.1 * rng.random(n),
+            0.2 + 0.5 * y[:, 1] + 0.2 * rng.random(n),
+            0.6 + 0.3 * y[:, 2] + 0.1 * rng.random(n),
+        ]
+    )
+    t = tune_thresholds(y, p)
+    assert t.shape == (3,) and len(set(np.round(t, 3))) == 3
+    assert t[0] < 0.35 and t[2] > 0.65
+    for j in range(3):
+        tuned = f1_score(y[:, j], p[:, j] >= t[j])
+        assert tuned == pytest.approx(1.0)  # separable: the tuned threshold separates perfectly
+        # no threshold among the observed scores does better
+        best = max(f1_score(y[:, j], p[:, j] >= c) for c in np.unique(p[:, j]))
+        assert tuned >= best - 1e-12
+    y[:, 1] = 0
+    assert tune_thresholds(y, p)[1] == 0.5
+
+
+def test_tuned_thresholds_maximise_valid_f1_on_noisy_scores():
+    from sklearn.metrics import f1_score
+
+    from modelyard.evaluation.multilabel_metrics import tune_thresholds
+
+    y, p = _random_case(11, n=300, n_labels=4)
+    t = tune_thresholds(y, p)
+    for j in range(4):
+        best = max(f1_score(y[:, j], p[:, j] >= c) for c in np.unique(p[:, j]))
+        assert f1_score(y[:, j], p[:, j] >= t[j]) == pytest.approx(best, abs=1e-12)
