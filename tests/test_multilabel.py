@@ -251,3 +251,50 @@ def test_tuned_thresholds_maximise_valid_f1_on_noisy_scores():
     for j in range(4):
         best = max(f1_score(y[:, j], p[:, j] >= c) for c in np.unique(p[:, j]))
         assert f1_score(y[:, j], p[:, j] >= t[j]) == pytest.approx(best, abs=1e-12)
+
+
+# ---------------------------------------------------------------- TF-IDF path
+
+
+def _fit_tfidf(tmp_path, rows):
+    from rich.console import Console
+
+    from modelyard.kinds import FitContext, get_kind
+    from modelyard.training.multilabel import write_multilabel_fit_outputs
+
+    path = write_columns(tmp_path / "c.csv", rows)
+    r = recipe_from_dict(
+        {**recipe(label_columns=LABELS), "data": {"path": str(path), "label_columns": LABELS}}, base_dir=tmp_path
+    )
+    data = prepare_multilabel(r.data, r.base_dir)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ctx = FitContext(r, data, run_dir, run_dir / "model", Console(quiet=True), lambda *_: run_dir)
+    result = get_kind("tfidf-logreg").fit(ctx)
+    metrics = write_multilabel_fit_outputs(run_dir, ctx.model_dir, data, result.probs)
+    return data, ctx.model_dir, result, metrics
+
+
+def test_tfidf_learns_keyword_labels_and_returns_label_sets(tmp_path):
+    import json
+
+    from modelyard.kinds import get_kind
+    from modelyard.models.tfidf import _check_artifacts
+
+    data, model_dir, result, metrics = _fit_tfidf(tmp_path, toy_rows(500))
+    assert result.probs["test"].shape == (len(data.test), 4)
+    assert metrics["test"]["micro_f1"] >= 0.9 and metrics["test"]["macro_f1"] >= 0.9
+    meta = json.loads((model_dir / "modelyard.json").read_text())
+    assert meta["task"] == "multi-label-classification" and set(meta["thresholds"]) == set(LABELS)
+    _check_artifacts(model_dir, meta)
+    clf = get_kind("tfidf-logreg").load(model_dir, meta)
+    out = clf.predict(["we ate pizza and played football", "the weather was very good today"])
+    assert out[0]["labels"] == ["food", "sports"]
+    assert out[1]["labels"] == []
+    assert set(out[0]["scores"]) == set(LABELS) and all(0 <= v <= 1 for v in out[0]["scores"].values())
+    # the saved thresholds are the ones the classifier applies
+    assert list(clf.thresholds) == [meta["thresholds"][lb] for lb in LABELS]
+    assert (
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["valid"]["per_label"]["food"]["threshold"]
+        == (meta["thresholds"]["food"])
+    )

@@ -18,6 +18,17 @@ def label_predictions(labels: list[str], probs: np.ndarray) -> list[dict[str, An
     ]
 
 
+def label_set_predictions(labels: list[str], probs: np.ndarray, thresholds: np.ndarray) -> list[dict[str, Any]]:
+    """Multi-label: ``[{"labels": [labels whose p >= its threshold, in label order], "scores": {label: p}}]``."""
+    return [
+        {
+            "labels": [lab for lab, p, t in zip(labels, row, thresholds, strict=True) if p >= t],
+            "scores": {lab: float(p) for lab, p in zip(labels, row, strict=True)},
+        }
+        for row in probs
+    ]
+
+
 # The prediction table: one schema for `modelyard predict`, `modelyard label`, evaluation tables
 # (predictions.parquet, with `split` and the gold `label`) and image predictions.
 PRED = "pred"  # the predicted label

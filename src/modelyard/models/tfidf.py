@@ -25,17 +25,19 @@ import numpy as np
 from pydantic import Field
 
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.labels import label_predictions
+from modelyard._internal.labels import label_predictions, label_set_predictions
 from modelyard._internal.layout import MANIFEST, MODEL_META
 from modelyard.config import CleaningConfig, ModelSettings, TfidfConfig
 from modelyard.data.chinese import segment
 from modelyard.data.cleaning import clean_text
+from modelyard.data.multilabel import multi_hot
 from modelyard.errors import ModelError
 from modelyard.kinds import FitContext, FitResult, ModelKind, register_kind
 from modelyard.models.text_classifier import text_model_metadata
 
 VECTORIZER_FILE = "vectorizer.json"
 WEIGHTS_FILE = "weights.npz"
+MULTI_LABEL = "multi-label-classification"
 BLOCK_SCALE = float(1.0 / np.sqrt(2.0))  # two L2-normalised blocks side by side keep a unit-norm row
 
 
@@ -108,6 +110,12 @@ def nb_ratios(x: Any, y: np.ndarray, n_classes: int, smoothing: float = 1.0) -> 
     return np.vstack(rows)
 
 
+def model_thresholds(meta: dict[str, Any], labels: list[str]) -> np.ndarray:
+    """Per-label decision thresholds of a multi-label model (``modelyard.json`` ``thresholds``; 0.5 when absent)."""
+    saved = meta.get("thresholds") or {}
+    return np.array([float(saved.get(lb, 0.5)) for lb in labels], dtype=np.float64)
+
+
 def _proba(decision: np.ndarray) -> np.ndarray:
     """scikit-learn's probabilities of a log-loss linear model: sigmoid (binary) or normalised one-vs-rest."""
     from scipy.special import expit
@@ -136,6 +144,8 @@ class TfidfClassifier:
         except (OSError, KeyError, ValueError) as err:
             raise ModelError(f"cannot load the tfidf-logreg model in {self.model_dir}: {err}") from None
         self.labels: list[str] = list(self.meta["labels"])
+        self.multi_label = self.meta.get("task") == MULTI_LABEL
+        self.thresholds = model_thresholds(self.meta, self.labels)
         self.max_length = int(self.meta.get("max_length") or 0)
         self.device = "cpu"
         self._cleaning = CleaningConfig.model_validate(self.meta.get("cleaning", {}))
@@ -187,10 +197,16 @@ class TfidfClassifier:
         clean = [self._clean(str(t), self._cleaning) for t in texts]
         x = self.features(clean)
         decision = np.asarray(x @ self.coef.T) + self.intercept
+        if self.multi_label:
+            from scipy.special import expit
+
+            return expit(decision)  # one independent probability per label
         return _proba(decision)
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
-        """Predicted label and per-class scores for each text."""
+        """Predicted label and per-class scores for each text; multi-label: the label set and per-label scores."""
+        if self.multi_label:
+            return label_set_predictions(self.labels, self.predict_proba(texts), self.thresholds)
         return label_predictions(self.labels, self.predict_proba(texts))
 
 
@@ -238,7 +254,17 @@ def fit_tfidf(texts: list[str], y: np.ndarray, cfg: TfidfConfig, seed: int) -> t
     def sgd() -> Any:
         return SGDClassifier(loss="log_loss", alpha=cfg.alpha, max_iter=cfg.max_iter, tol=1e-4, random_state=seed)
 
-    if not cfg.nb_weighting:
+    if y.ndim == 2:  # multi-label: one binary logistic regression per label (one-vs-rest on the multi-hot y)
+        coef, intercept = np.zeros((y.shape[1], x.shape[1])), np.zeros(y.shape[1])
+        for j in range(y.shape[1]):
+            col = y[:, j].astype(np.int64)
+            if col.min() == col.max():  # always/never present in train: a constant score
+                intercept[j] = 10.0 if col[0] else -10.0
+                continue
+            r = nb_ratios(x, col, 2)[0] if cfg.nb_weighting else np.ones(x.shape[1])
+            clf = sgd().fit(x @ sp.diags(r) if cfg.nb_weighting else x, col)
+            coef[j], intercept[j] = clf.coef_[0] * r, clf.intercept_[0]
+    elif not cfg.nb_weighting:
         clf = sgd().fit(x, y)
         coef, intercept = clf.coef_, clf.intercept_
     else:
@@ -283,7 +309,10 @@ def fit_tfidf_run(ctx: FitContext) -> FitResult:
     index = {label: i for i, label in enumerate(labels)}
     cfg = recipe.model.tfidf
     train_texts = data.train["text"].tolist()
-    y_train = np.array([index[x] for x in data.train["label"]], dtype=np.int64)
+    if recipe.task == MULTI_LABEL:
+        y_train = multi_hot(data.train["label"], labels)
+    else:
+        y_train = np.array([index[x] for x in data.train["label"]], dtype=np.int64)
     s0 = time.perf_counter()
     spec, arrays = fit_tfidf(train_texts, y_train, cfg, recipe.train.seed)
     train_seconds = time.perf_counter() - s0
@@ -361,7 +390,7 @@ def _check_artifacts(model_dir: Path, meta: dict[str, Any]) -> None:
         n_features += len(arrays[terms])
     coef, intercept = arrays["coef"], arrays["intercept"]
     n_labels = len(meta.get("labels") or [])
-    rows = 1 if n_labels == 2 else n_labels
+    rows = 1 if n_labels == 2 and meta.get("task") != MULTI_LABEL else n_labels
     if coef.ndim != 2 or coef.shape != (rows, n_features) or intercept.shape != (rows,):
         raise ValueError(
             f"{WEIGHTS_FILE}: coef {coef.shape} / intercept {intercept.shape} do not fit {n_features} features and "
