@@ -298,3 +298,24 @@ def test_tfidf_learns_keyword_labels_and_returns_label_sets(tmp_path):
         json.loads((tmp_path / "run" / "metrics.json").read_text())["valid"]["per_label"]["food"]["threshold"]
         == (meta["thresholds"]["food"])
     )
+
+
+def test_train_runs_a_multi_label_recipe(tmp_path):
+    import json
+
+    from rich.console import Console
+
+    from modelyard.models import load as load_classifier
+    from modelyard.training.run import train
+
+    path = write_delimited(tmp_path / "d.csv", [r for r in toy_rows(300) if r[1]])
+    r = recipe_from_dict(
+        {**recipe(), "data": {"path": str(path), "label_column": "tags"}, "output_dir": str(tmp_path / "runs")},
+        base_dir=tmp_path,
+    )
+    run = train(r, console=Console(quiet=True))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["micro_f1"] >= 0.9
+    assert "label_separator" in json.loads((run / "data_report.json").read_text())
+    clf = load_classifier(run / "model")
+    assert clf.predict(["a laptop and a guitar"])[0]["labels"] == ["music", "tech"]

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.layout import HISTORY, METRICS, MODEL_META
+from modelyard._internal.layout import HISTORY, MANIFEST, METRICS, MODEL_DIR, MODEL_META
+from modelyard._internal.rundir import run_manifest
 from modelyard.data.multilabel import multi_hot
-from modelyard.evaluation.multilabel_metrics import compute_multilabel_metrics, tune_thresholds
+from modelyard.evaluation.multilabel_metrics import MULTILABEL_HEADLINE, compute_multilabel_metrics, tune_thresholds
 
 
 def save_thresholds(model_dir: Path, labels: list[str], thresholds: np.ndarray) -> None:
@@ -42,3 +43,28 @@ def write_multilabel_fit_outputs(run_dir: Path, model_dir: Path, data: Any, prob
     write_json(run_dir / METRICS, metrics)
     write_json(run_dir / HISTORY, [])
     return metrics
+
+
+def write_multilabel_run(run_dir: Path, recipe: Any, run_id: str, t0: float, data: Any, result: Any) -> dict:
+    """The outputs of a one-shot multi-label run: thresholds, ``metrics.json``, ``history.json``, ``manifest.json``.
+
+    No ``predictions.parquet`` or ``report.html`` yet (issue #19 item 2: per-label table and co-occurrence).
+    """
+    metrics = write_multilabel_fit_outputs(run_dir, run_dir / MODEL_DIR, data, result.probs)
+    manifest = run_manifest(
+        recipe,
+        run_id,
+        t0,
+        data_fingerprints=data.fingerprints,
+        data_sizes={s: len(getattr(data, s)) for s in ("train", "valid", "test")},
+        **result.manifest,
+    )
+    write_json(run_dir / MANIFEST, manifest)
+    return metrics
+
+
+def print_multilabel_metrics(console: Any, metrics: dict[str, Any]) -> None:
+    """One line per split with the headline multi-label metrics."""
+    for split, m in metrics.items():
+        shown = ", ".join(f"{k} {m[k]:.4f}" for k in MULTILABEL_HEADLINE if m.get(k) is not None)
+        console.print(f"[bold]{split}[/] {shown}")

@@ -38,7 +38,7 @@ from modelyard._internal.layout import (
 from modelyard._internal.rundir import discard_run, finish_run, run_manifest, start_run
 from modelyard._internal.storage import storage_errors
 from modelyard.config import Recipe
-from modelyard.data import prepare_data
+from modelyard.data import prepare_data, prepare_multilabel
 from modelyard.data.images import prepare_images, write_image_splits
 from modelyard.errors import ModelyardError
 from modelyard.evaluation.image_report import add_mistake_grid
@@ -48,6 +48,7 @@ from modelyard.evaluation.scoring import write_scored
 from modelyard.kinds import FitContext, get_kind
 from modelyard.rundir import RunDir
 from modelyard.training.loop import FineTuneRecipe, TrainingInterrupted
+from modelyard.training.multilabel import print_multilabel_metrics, write_multilabel_run
 from modelyard.training.tracking import Tracking, require_trackers, status_of, tracking_uri
 
 __all__ = ["TrainingInterrupted", "load_splits", "print_data_report", "train"]
@@ -95,6 +96,8 @@ def train(
             data = (
                 prepare_images(recipe.data, recipe.base_dir)
                 if kind.modality == "image"
+                else prepare_multilabel(recipe.data, recipe.base_dir)
+                if recipe.task == "multi-label-classification"
                 else prepare_data(recipe.data, recipe.base_dir)
             )
         if kind.prepare is not None:
@@ -168,13 +171,19 @@ def _one_shot_run(
             ),
         )
         result = kind.fit(ctx)
-        metrics = write_fit_outputs(run_dir, recipe, run_id, t0, data, result.probs, result.info, result.manifest)
+        if recipe.task == "multi-label-classification":
+            metrics = write_multilabel_run(run_dir, recipe, run_id, t0, data, result)
+        else:
+            metrics = write_fit_outputs(run_dir, recipe, run_id, t0, data, result.probs, result.info, result.manifest)
         tracking.complete(run_dir, step=0)
         final = finish_run(run_dir)
     except BaseException as err:
         tracking.finish(status_of(err))
         discard_run(run_dir)  # nothing to resume: a one-shot fit starts over
         raise
+    if recipe.task == "multi-label-classification":
+        print_multilabel_metrics(console, metrics)
+        return final
     print_metrics(console, metrics)
     console.print(f"report: {final / REPORT}")
     return final
