@@ -67,8 +67,12 @@ def test_recipe_accepts_multi_label_task_and_keys():
         (recipe(label_separator=""), "data.label_separator"),
         ({"data": {"path": "x.csv", "label_columns": ["a", "b"]}}, "data.label_columns"),
         ({"data": {"path": "x.csv", "label_separator": "|"}}, "data.label_separator"),
-        ({**recipe(), "model": {"type": "textcnn"}}, "model.type"),
+        ({**recipe(), "model": {"type": "prompt"}}, "model.type"),
         (recipe(sample=100), "data.sample"),
+        ({**recipe(), "train": {"label_smoothing": 0.1}}, "train.label_smoothing"),
+        ({**recipe(), "train": {"rdrop_alpha": 1.0}}, "train.rdrop_alpha"),
+        ({**recipe(), "train": {"metric": "log_loss"}}, "train.metric"),
+        ({"data": {"path": "x.csv"}, "train": {"metric": "samples_f1"}}, "train.metric"),
     ],
 )
 def test_recipe_errors_name_the_field(raw, needle):
@@ -260,7 +264,7 @@ def _fit_tfidf(tmp_path, rows):
     from rich.console import Console
 
     from modelyard.kinds import FitContext, get_kind
-    from modelyard.training.multilabel import write_multilabel_fit_outputs
+    from modelyard.training.multilabel import write_multilabel_run
 
     path = write_columns(tmp_path / "c.csv", rows)
     r = recipe_from_dict(
@@ -271,7 +275,7 @@ def _fit_tfidf(tmp_path, rows):
     run_dir.mkdir()
     ctx = FitContext(r, data, run_dir, run_dir / "model", Console(quiet=True), lambda *_: run_dir)
     result = get_kind("tfidf-logreg").fit(ctx)
-    metrics = write_multilabel_fit_outputs(run_dir, ctx.model_dir, data, result.probs)
+    metrics = write_multilabel_run(run_dir, r, "run", 0.0, data, result)
     return data, ctx.model_dir, result, metrics
 
 

@@ -29,6 +29,15 @@ def label_set_predictions(labels: list[str], probs: np.ndarray, thresholds: np.n
     ]
 
 
+MULTI_LABEL = "multi-label-classification"  # the recipe task (and ``modelyard.json`` ``task``) of label-set models
+
+
+def model_thresholds(meta: dict[str, Any], labels: list[str]) -> np.ndarray:
+    """Per-label decision thresholds of a multi-label model (``modelyard.json`` ``thresholds``; 0.5 when absent)."""
+    saved = meta.get("thresholds") or {}
+    return np.array([float(saved.get(lb, 0.5)) for lb in labels], dtype=np.float64)
+
+
 # The prediction table: one schema for `modelyard predict`, `modelyard label`, evaluation tables
 # (predictions.parquet, with `split` and the gold `label`) and image predictions.
 PRED = "pred"  # the predicted label

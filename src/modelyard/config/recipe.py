@@ -22,7 +22,13 @@ from modelyard.config._base import NAME_PATTERN, _Stage
 from modelyard.config.data import DataConfig
 from modelyard.config.model import ModelSettings, default_model_settings, validate_model_settings
 from modelyard.config.serve import ServeConfig
-from modelyard.config.train import AugmentConfig, PretrainConfig, TrainConfig
+from modelyard.config.train import (
+    MULTI_LABEL_METRICS,
+    SINGLE_LABEL_METRICS,
+    AugmentConfig,
+    PretrainConfig,
+    TrainConfig,
+)
 from modelyard.config.tune import _UNTUNABLE, TuneConfig
 from modelyard.errors import ConfigError
 from modelyard.kinds import available_kinds, get_kind, kinds_for, kinds_with
@@ -79,6 +85,21 @@ def _check_multi_label(recipe: Recipe) -> None:
         raise ValueError("data.extra_train is not supported with task multi-label-classification yet; remove it")
     if recipe.data.sample is not None:
         raise ValueError("data.sample is not supported with task multi-label-classification yet; remove it")
+    single_only = {
+        "train.distill": recipe.train.distill is not None,
+        "train.label_smoothing": recipe.train.label_smoothing > 0,
+        "train.rdrop_alpha": recipe.train.rdrop_alpha > 0,
+    }
+    for key, used in single_only.items():
+        if used:
+            raise ValueError(
+                f"{key} works on one label per text (softmax); remove it for task multi-label-classification"
+            )
+    if recipe.train.metric not in MULTI_LABEL_METRICS:
+        raise ValueError(
+            f"train.metric '{recipe.train.metric}' is not a multi-label metric; use one of "
+            f"{', '.join(sorted(MULTI_LABEL_METRICS))} (accuracy is subset accuracy)"
+        )
 
 
 class Recipe(_Stage):
@@ -125,6 +146,11 @@ class Recipe(_Stage):
         elif self.data.label_columns is not None or self.data.label_separator != "auto":
             key = "data.label_columns" if self.data.label_columns is not None else "data.label_separator"
             raise ValueError(f"{key} applies to task: multi-label-classification only (task is {self.task})")
+        elif self.train.metric not in SINGLE_LABEL_METRICS:
+            raise ValueError(
+                f"train.metric '{self.train.metric}' is a multi-label metric; use one of "
+                f"{', '.join(sorted(SINGLE_LABEL_METRICS))} for task {self.task}"
+            )
         if self.task != "image-classification" and image_model:
             raise ValueError(
                 f"model.type '{self.model.type}' classifies images; set task: image-classification "

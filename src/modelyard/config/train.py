@@ -137,8 +137,14 @@ class TrainConfig(_Stage):
         return self
 
 
-VALID_METRICS = {"accuracy", "macro_f1", "micro_f1", "weighted_f1", "roc_auc", "loss", "log_loss", "ece"}
-LOWER_IS_BETTER = {"loss", "log_loss", "ece"}
+SINGLE_LABEL_METRICS = {"accuracy", "macro_f1", "micro_f1", "weighted_f1", "roc_auc", "loss", "log_loss", "ece"}
+# task multi-label-classification: accuracy is subset accuracy, roc_auc the macro ROC-AUC, loss the BCE
+MULTI_LABEL_METRICS = {
+    "accuracy", "subset_accuracy", "micro_f1", "macro_f1", "weighted_f1", "samples_f1", "hamming_loss",
+    "roc_auc", "macro_roc_auc", "loss",
+}  # fmt: skip
+VALID_METRICS = SINGLE_LABEL_METRICS | MULTI_LABEL_METRICS
+LOWER_IS_BETTER = {"loss", "log_loss", "ece", "hamming_loss"}
 
 
 class PretrainConfig(_Stage):

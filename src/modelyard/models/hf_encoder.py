@@ -151,7 +151,15 @@ KIND = register_kind(
         check_artifacts=check_safetensors_weights,
         display_name=lambda cfg: cfg.backbone,
         supports=frozenset(
-            {"resume", "explain", "compress", "distill_teacher", "ensemble_member", "pretrained_backbone"}
+            {
+                "resume",
+                "explain",
+                "compress",
+                "distill_teacher",
+                "ensemble_member",
+                "pretrained_backbone",
+                "multi_label",
+            }
         ),
     )
 )

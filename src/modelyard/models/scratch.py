@@ -43,7 +43,15 @@ def register_scratch_kind(name: str, settings: type[ScratchTextSettings], build:
             load=load_text_classifier,
             check_artifacts=check_safetensors_weights,
             supports=frozenset(
-                {"resume", "explain", "compress", "distill_teacher", "ensemble_member", "learns_tokenizer"}
+                {
+                    "resume",
+                    "explain",
+                    "compress",
+                    "distill_teacher",
+                    "ensemble_member",
+                    "learns_tokenizer",
+                    "multi_label",
+                }
             ),
         )
     )

@@ -16,7 +16,7 @@ import numpy as np
 
 from modelyard._internal.batching import pad_batch, sorted_batches
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.labels import label_predictions
+from modelyard._internal.labels import MULTI_LABEL, label_predictions, label_set_predictions, model_thresholds
 from modelyard._internal.layout import MANIFEST, MODEL_META
 from modelyard.config import CleaningConfig
 from modelyard.data.cleaning import clean_text as _normalize
@@ -45,6 +45,9 @@ class Classifier:
         self.model_dir = model_dir
         self.meta: dict[str, Any] = read_json(meta_path)
         self.labels: list[str] = list(self.meta["labels"])
+        # multi-label: independent sigmoid probabilities and per-label thresholds tuned on validation
+        self.multi_label = self.meta.get("task") == MULTI_LABEL
+        self.thresholds = model_thresholds(self.meta, self.labels)
         self.max_length = int(self.meta["max_length"])
         self._cleaning = CleaningConfig.model_validate(self.meta.get("cleaning", {}))
         self._normalize = _normalize
@@ -83,7 +86,7 @@ class Classifier:
         return self.tokenizer(clean, truncation=True, max_length=self.max_length)["input_ids"] if clean else []
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        """Class probabilities, shape ``(len(texts), len(labels))``; rows sum to 1."""
+        """Class probabilities, shape ``(len(texts), len(labels))``; rows sum to 1 (multi-label: one sigmoid each)."""
 
         if isinstance(texts, str):
             raise TypeError("predict_proba expects a list of texts, not a single string")
@@ -96,7 +99,8 @@ class Classifier:
             for idx in sorted_batches([len(x) for x in ids], self.batch_size):
                 batch = {k: v.to(self.device) for k, v in pad_batch([ids[i] for i in idx], self.pad_id).items()}
                 logits = self.model(**batch).logits.float()
-                out[idx] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+                scores = torch.sigmoid(logits.double()) if self.multi_label else torch.softmax(logits.double(), dim=-1)
+                out[idx] = scores.cpu().numpy()
         return out
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
@@ -105,7 +109,12 @@ class Classifier:
         Example:
             >>> clf.predict(["great film"])
             [{'label': 'fresh', 'scores': {'fresh': 0.93, 'rotten': 0.07}}]
+
+        A multi-label model returns the label set instead (labels whose probability reaches their threshold):
+        ``[{'labels': ['food', 'music'], 'scores': {'food': 0.91, 'music': 0.62, 'tech': 0.03}}]``.
         """
+        if self.multi_label:
+            return label_set_predictions(self.labels, self.predict_proba(texts), self.thresholds)
         return label_predictions(self.labels, self.predict_proba(texts))
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field
 
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.labels import label_predictions, label_set_predictions
+from modelyard._internal.labels import MULTI_LABEL, label_predictions, label_set_predictions, model_thresholds
 from modelyard._internal.layout import MANIFEST, MODEL_META
 from modelyard.config import CleaningConfig, ModelSettings, TfidfConfig
 from modelyard.data.chinese import segment
@@ -37,7 +37,6 @@ from modelyard.models.text_classifier import text_model_metadata
 
 VECTORIZER_FILE = "vectorizer.json"
 WEIGHTS_FILE = "weights.npz"
-MULTI_LABEL = "multi-label-classification"
 BLOCK_SCALE = float(1.0 / np.sqrt(2.0))  # two L2-normalised blocks side by side keep a unit-norm row
 
 
@@ -108,12 +107,6 @@ def nb_ratios(x: Any, y: np.ndarray, n_classes: int, smoothing: float = 1.0) -> 
         q = np.asarray(x[~pos].sum(axis=0)).ravel() + smoothing
         rows.append(np.log((p / p.sum()) / (q / q.sum())))
     return np.vstack(rows)
-
-
-def model_thresholds(meta: dict[str, Any], labels: list[str]) -> np.ndarray:
-    """Per-label decision thresholds of a multi-label model (``modelyard.json`` ``thresholds``; 0.5 when absent)."""
-    saved = meta.get("thresholds") or {}
-    return np.array([float(saved.get(lb, 0.5)) for lb in labels], dtype=np.float64)
 
 
 def _proba(decision: np.ndarray) -> np.ndarray:

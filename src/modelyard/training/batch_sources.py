@@ -25,11 +25,12 @@ import torch
 
 from modelyard._internal.batching import length_grouped_batches, pad_batch, sorted_batches
 from modelyard.config import AugmentConfig, TrainConfig
+from modelyard.training.losses import binary_cross_entropy
 
 
 @dataclass
 class Encoded:
-    """A split as token ids (unpadded) and integer labels."""
+    """A split as token ids (unpadded) and integer labels (multi-label: a float 0/1 matrix, one column per label)."""
 
     texts: list[str]
     ids: list[list[int]]
@@ -56,8 +57,13 @@ def predict_probs(
     device: torch.device,
     dtype: torch.dtype | None = None,
     labels: np.ndarray | None = None,
+    multi_label: bool = False,
 ) -> tuple[np.ndarray, float | None]:
-    """Class probabilities for token id lists (length-sorted batches), plus mean loss if labels given."""
+    """Class probabilities for token id lists (length-sorted batches), plus mean loss if labels given.
+
+    ``multi_label``: independent sigmoid probabilities and the binary cross-entropy (mean over labels), the
+    objective of :func:`modelyard.training.losses.binary_cross_entropy`.
+    """
     model.eval()
     n = len(ids)
     probs = np.zeros((n, model.config.num_labels), dtype=np.float64)
@@ -66,10 +72,14 @@ def predict_probs(
         batch = {k: v.to(device) for k, v in pad_batch([ids[i] for i in idx], pad_id).items()}
         with autocast(device, dtype):
             logits = model(**batch).logits.float()
-        probs[idx] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+        activation = torch.sigmoid if multi_label else lambda z: torch.softmax(z, dim=-1)
+        probs[idx] = activation(logits.double()).cpu().numpy()
         if labels is not None:
             y = torch.as_tensor(labels[idx], device=device)
-            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            if multi_label:
+                loss_sum += binary_cross_entropy(logits, y).item() * len(idx)
+            else:
+                loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
     return probs, (loss_sum / n if labels is not None and n else None)
 
 
@@ -83,8 +93,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 class TextBatches:
     """Token-id splits: length-grouped shuffled batches, right-padded per batch."""
 
-    def __init__(self, splits: dict[str, Any], cfg: TrainConfig, pad_id: int, device: torch.device) -> None:
+    def __init__(
+        self, splits: dict[str, Any], cfg: TrainConfig, pad_id: int, device: torch.device, multi_label: bool = False
+    ) -> None:
         self.splits, self.cfg, self.pad_id, self.device = splits, cfg, pad_id, device
+        self.multi_label = multi_label
 
     def order(self, epoch: int) -> list[np.ndarray]:
         """The epoch's batches (seeded by ``train.seed + epoch``)."""
@@ -109,6 +122,7 @@ class TextBatches:
             device=self.device,
             dtype=dtype,
             labels=enc.labels,
+            multi_label=self.multi_label,
         )
 
 

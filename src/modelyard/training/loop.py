@@ -34,7 +34,9 @@ from rich.progress import (
 )
 
 import modelyard.training.losses as losses
+import modelyard.training.multilabel as multilabel
 from modelyard._internal.io import write_json
+from modelyard._internal.labels import MULTI_LABEL
 from modelyard._internal.layout import CHECKPOINTS_DIR, HISTORY, METRICS, MODEL_DIR, PREDICTIONS, PROGRESS
 from modelyard._internal.runtime import model_state, pick_device, pick_dtype, rng_state, seed_everything, set_rng_state
 from modelyard._internal.storage import ensure_free_space, storage_errors
@@ -89,6 +91,7 @@ class FineTuneRecipe:
         self.ckpt_dir = run_dir / CHECKPOINTS_DIR
         self.kind = get_kind(recipe.model.type)
         self.stopped_by_hook = False  # an ``on_epoch_end`` hook raised: the run is abandoned, not resumable
+        self.multi_label = recipe.task == MULTI_LABEL  # label sets: BCE, sigmoid, thresholds (training.multilabel)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -120,9 +123,11 @@ class FineTuneRecipe:
                 self.splits[name] = Encoded(
                     texts=texts,
                     ids=encode(tokenizer, texts, self.recipe.model.max_length),
-                    labels=np.array([label_index[x] for x in frame["label"]], dtype=np.int64),
+                    labels=multilabel.targets(frame, self.labels)
+                    if self.multi_label
+                    else np.array([label_index[x] for x in frame["label"]], dtype=np.int64),
                 )
-            self.batches: Any = TextBatches(self.splits, self.cfg, self.pad_id, self.device)
+            self.batches: Any = TextBatches(self.splits, self.cfg, self.pad_id, self.device, self.multi_label)
         # The loop's forward pass; torch.compile wraps it (weights, checkpoints and eval use self.model).
         self.train_model = torch.compile(self.model) if self.cfg.compile else self.model
 
@@ -235,6 +240,8 @@ class FineTuneRecipe:
     def _loss(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         train = self.splits["train"]
         y = torch.as_tensor(train.labels[idx], device=logits.device)
+        if self.multi_label:
+            return losses.binary_cross_entropy(logits, y)
         spec = self.cfg.distill
         if spec is None or train.soft is None:
             return losses.cross_entropy(logits, y, self.cfg.label_smoothing)
@@ -282,6 +289,8 @@ class FineTuneRecipe:
         """Metrics and probabilities for one split with the current weights."""
         enc = self.splits[name]
         probs, loss = self.batches.predict(self.eval_model, name, self.dtype)
+        if self.multi_label:  # threshold 0.5 while training; finalize tunes one per label on valid
+            return multilabel.loop_metrics(enc.labels, probs, self.labels, loss), probs
         return compute_metrics(enc.labels, probs, self.labels, loss=loss), probs
 
     # ------------------------------------------------------------------ the loop
@@ -413,7 +422,7 @@ class FineTuneRecipe:
                     "valid_loss": metrics["loss"],
                     "epoch_seconds": round(time.perf_counter() - epoch_t0, 2),
                 }
-                entry |= {f"valid_{k}": metrics[k] for k in HEADLINE}
+                entry |= {f"valid_{k}": metrics.get(k) for k in HEADLINE}
                 st.history.append(entry)
                 eval_record = {"event": "eval", "time": time.time(), **entry}
                 log.write(json.dumps(eval_record) + "\n")
@@ -478,6 +487,8 @@ class FineTuneRecipe:
         elif self.ema is not None:
             self.model.load_state_dict(self.ema.module.state_dict())
         self.ema = None  # from here on, self.model holds the weights that are evaluated and saved
+        if self.multi_label:
+            return self._finalize_multilabel()
         metrics, frames = {}, []
         for split in ("valid", "test"):
             m, probs = self.evaluate_split(split)
@@ -495,6 +506,43 @@ class FineTuneRecipe:
             self.kind.save(self.run_dir / MODEL_DIR, self.model, self.tokenizer, self.recipe, self.labels)
             write_json(self.run_dir / HISTORY, self.state.history)
         return metrics
+
+    def _finalize_multilabel(self) -> dict[str, Any]:
+        """Save the model, then tune thresholds and write metrics/predictions/report (training.multilabel)."""
+        scored = {}
+        for split in ("valid", "test"):
+            probs, loss = self.batches.predict(self.model, split, self.dtype)
+            scored[split] = (self.splits[split].texts, self.splits[split].labels, probs, loss)
+        self.model.config.problem_type = "multi_label_classification"  # plain transformers then uses BCE too
+        needed = state_bytes(self.model)
+        ensure_free_space(self.run_dir, needed, f"{MODEL_DIR}/ (the trained weights)", "output_dir")
+        with storage_errors(f"{MODEL_DIR}/ (the trained weights)", self.run_dir / MODEL_DIR, "output_dir", needed):
+            assert self.kind.save is not None
+            self.kind.save(self.run_dir / MODEL_DIR, self.model, self.tokenizer, self.recipe, self.labels)
+            return multilabel.finish_multilabel(
+                self.run_dir,
+                title=f"{self.recipe.name} · {self.run_dir.name.split('.')[0]}",
+                labels=self.labels,
+                scored=scored,
+                history=self.state.history,
+                info=self.report_info(),
+            )
+
+    def report_info(self) -> dict[str, Any]:
+        """The run facts shown at the top of ``report.html``."""
+        recipe, st = self.recipe, self.state
+        return {
+            "run": self.run_dir.name.split(".")[0],
+            "recipe name": recipe.name,
+            "backbone": self.kind.name_of(recipe.model),
+            "parameters": f"{self.n_params:,}",
+            "device": str(self.device),
+            "precision": str(self.dtype or "fp32"),
+            "train time (s)": round(st.train_seconds, 1),
+            "best epoch": st.best_epoch,
+            "data": recipe.data.path,
+            "train / valid / test": " / ".join(str(len(self.splits[s].labels)) for s in ("train", "valid", "test")),
+        }
 
 
 _LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")

@@ -1,6 +1,7 @@
 """The training losses as pure functions of logits and targets (tested directly in tests/test_losses.py).
 
-The loop picks one per batch from the recipe: cross-entropy on gold labels (optionally label-smoothed),
+The loop picks one per batch from the recipe: cross-entropy on gold labels (optionally label-smoothed), binary
+cross-entropy on label sets (``task: multi-label-classification``),
 knowledge distillation from a teacher's tempered probabilities (Hinton et al. 2015), and R-Drop
 (Liang et al. 2021) around either. R-Drop and the distillation mix are a few lines each and no library
 ships them as plain functions, hence written here.
@@ -17,6 +18,15 @@ import torch.nn.functional as F  # noqa: N812  (the torch convention)
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of ``logits`` (B, C) against class indices ``targets`` (B,), optionally smoothed."""
     return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+
+def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Multi-label: mean binary cross-entropy of ``logits`` (B, L) against a 0/1 matrix ``targets`` (B, L).
+
+    One independent sigmoid per label (the loss of ``problem_type="multi_label_classification"`` in
+    transformers), averaged over labels and examples.
+    """
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
 
 
 def distillation_kl(logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,10 +1,14 @@
-"""The multi-label ending of a run: per-label thresholds tuned on validation, saved with the model, then metrics.
+"""What a multi-label run (``task: multi-label-classification``) does differently, for every kind.
 
-Every multi-label kind returns independent per-label probabilities for valid and test (sigmoid outputs). This
-module, shared by all of them, tunes one threshold per label on the validation split
-(:func:`~modelyard.evaluation.multilabel_metrics.tune_thresholds`), records the thresholds in
-``model/modelyard.json`` (``thresholds: {label: t}``, read by the loaded classifier's ``predict``) and computes the
-valid/test metrics with those thresholds. The test split never influences the thresholds.
+* Targets are a 0/1 matrix (one column per label); the loop trains with binary cross-entropy
+  (:func:`modelyard.training.losses.binary_cross_entropy`) and predicts independent sigmoid probabilities.
+* During training, validation uses threshold 0.5 (:func:`loop_metrics`); the metric keys the loop and tuning
+  read are filled in (``accuracy`` = subset accuracy, ``roc_auc`` = macro ROC-AUC, ``loss`` = BCE).
+* At the end (:func:`finish_multilabel`, shared by the loop and one-shot kinds) one threshold per label is tuned
+  on the validation split (:func:`~modelyard.evaluation.multilabel_metrics.tune_thresholds`), recorded in
+  ``model/modelyard.json`` (``thresholds: {label: t}``, read by the loaded classifier's ``predict``), and the
+  valid/test metrics, ``predictions.parquet`` and ``report.html`` (per-label table, label co-occurrence) are
+  written with those thresholds. The test split never influences the thresholds.
 """
 
 from __future__ import annotations
@@ -13,12 +17,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from modelyard._internal.io import read_json, write_json
-from modelyard._internal.layout import HISTORY, MANIFEST, METRICS, MODEL_DIR, MODEL_META
+from modelyard._internal.layout import HISTORY, MANIFEST, METRICS, MODEL_DIR, MODEL_META, PREDICTIONS, REPORT
 from modelyard._internal.rundir import run_manifest
 from modelyard.data.multilabel import multi_hot
 from modelyard.evaluation.multilabel_metrics import MULTILABEL_HEADLINE, compute_multilabel_metrics, tune_thresholds
+from modelyard.evaluation.multilabel_report import multilabel_prediction_frame, write_multilabel_report
+
+#: The loop's names for multi-label metrics (so ``train.metric``, history and tuning work unchanged).
+ALIASES = {"accuracy": "subset_accuracy", "roc_auc": "macro_roc_auc"}
+
+
+def targets(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
+    """The float32 multi-hot target matrix of a split (its ``label`` column holds label tuples)."""
+    return multi_hot(frame["label"], labels).astype(np.float32)
+
+
+def loop_metrics(
+    y: np.ndarray, probs: np.ndarray, labels: list[str], loss: float | None, thresholds: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Multi-label metrics of one split plus the keys the loop reads (``loss``, ``accuracy``, ``roc_auc``)."""
+    m = compute_multilabel_metrics(y.astype(np.int64), probs, labels, thresholds)
+    m |= {alias: m[key] for alias, key in ALIASES.items()}
+    m["loss"] = loss
+    return m
 
 
 def save_thresholds(model_dir: Path, labels: list[str], thresholds: np.ndarray) -> None:
@@ -28,36 +52,61 @@ def save_thresholds(model_dir: Path, labels: list[str], thresholds: np.ndarray) 
     write_json(model_dir / MODEL_META, meta)
 
 
-def finish_multilabel(model_dir: Path, data: Any, probs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Tune thresholds on ``probs['valid']``, save them into the model, return ``{split: metrics}`` for valid/test."""
-    labels = list(data.labels)
-    y = {split: multi_hot(getattr(data, split)["label"], labels) for split in ("valid", "test")}
-    thresholds = tune_thresholds(y["valid"], probs["valid"])
-    save_thresholds(model_dir, labels, thresholds)
-    return {split: compute_multilabel_metrics(y[split], probs[split], labels, thresholds) for split in y}
+def finish_multilabel(
+    run_dir: Path,
+    *,
+    title: str,
+    labels: list[str],
+    scored: dict[str, tuple[list[str], np.ndarray, np.ndarray, float | None]],
+    history: list[dict[str, Any]],
+    info: dict[str, Any],
+) -> dict[str, Any]:
+    """Tune thresholds on valid, save them into ``run_dir/model``; write metrics, predictions, history, report.
 
-
-def write_multilabel_fit_outputs(run_dir: Path, model_dir: Path, data: Any, probs: dict[str, np.ndarray]) -> dict:
-    """``metrics.json`` and an empty ``history.json`` of a one-shot multi-label fit (thresholds saved first)."""
-    metrics = finish_multilabel(model_dir, data, probs)
+    ``scored`` is ``{split: (texts, multi-hot y, probabilities, mean loss or None)}`` for ``valid`` and ``test``;
+    ``model/`` must already be saved. Returns ``{split: metrics}``.
+    """
+    _, y_valid, p_valid, _ = scored["valid"]
+    thresholds = tune_thresholds(y_valid.astype(np.int64), p_valid)
+    save_thresholds(run_dir / MODEL_DIR, labels, thresholds)
+    metrics = {s: loop_metrics(y, p, labels, loss, thresholds) for s, (_, y, p, loss) in scored.items()}
+    frames = [
+        multilabel_prediction_frame(s, texts, y.astype(np.int64), p, labels, thresholds)
+        for s, (texts, y, p, _) in scored.items()
+    ]
+    predictions = pd.concat(frames, ignore_index=True)
     write_json(run_dir / METRICS, metrics)
-    write_json(run_dir / HISTORY, [])
+    predictions.to_parquet(run_dir / PREDICTIONS, index=False)
+    write_json(run_dir / HISTORY, history)
+    write_multilabel_report(
+        run_dir / REPORT,
+        title=title,
+        metrics=metrics,
+        labels=labels,
+        history=history,
+        predictions=predictions,
+        info=info,
+    )
     return metrics
 
 
 def write_multilabel_run(run_dir: Path, recipe: Any, run_id: str, t0: float, data: Any, result: Any) -> dict:
-    """The outputs of a one-shot multi-label run: thresholds, ``metrics.json``, ``history.json``, ``manifest.json``.
-
-    No ``predictions.parquet`` or ``report.html`` yet (issue #19 item 2: per-label table and co-occurrence).
-    """
-    metrics = write_multilabel_fit_outputs(run_dir, run_dir / MODEL_DIR, data, result.probs)
+    """The outputs of a one-shot multi-label fit (tf-idf): thresholds, metrics, predictions, report, manifest."""
+    labels = list(data.labels)
+    scored = {
+        s: (getattr(data, s)["text"].tolist(), targets(getattr(data, s), labels), result.probs[s], None)
+        for s in ("valid", "test")
+    }
+    sizes = {s: len(getattr(data, s)) for s in ("train", "valid", "test")}
+    info = {"run": run_id, "recipe name": recipe.name, **result.info}
+    info.setdefault("data", recipe.data.path)
+    info.setdefault("train / valid / test", " / ".join(str(n) for n in sizes.values()))
+    info["labels"] = len(labels)
+    metrics = finish_multilabel(
+        run_dir, title=f"{recipe.name} · {run_id}", labels=labels, scored=scored, history=[], info=info
+    )
     manifest = run_manifest(
-        recipe,
-        run_id,
-        t0,
-        data_fingerprints=data.fingerprints,
-        data_sizes={s: len(getattr(data, s)) for s in ("train", "valid", "test")},
-        **result.manifest,
+        recipe, run_id, t0, data_fingerprints=data.fingerprints, data_sizes=sizes, **result.manifest
     )
     write_json(run_dir / MANIFEST, manifest)
     return metrics

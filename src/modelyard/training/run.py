@@ -146,9 +146,16 @@ def train(
         elif resume is None:
             discard_run(run_dir)
         raise
-    print_metrics(console, metrics)
-    console.print(f"report: {final / REPORT}")
+    _print_final(console, recipe, metrics, final)
     return final
+
+
+def _print_final(console: Console, recipe: Recipe, metrics: dict[str, Any], final: Path) -> None:
+    if recipe.task == "multi-label-classification":
+        print_multilabel_metrics(console, metrics)
+    else:
+        print_metrics(console, metrics)
+    console.print(f"report: {final / REPORT}")
 
 
 def _one_shot_run(
@@ -181,11 +188,7 @@ def _one_shot_run(
         tracking.finish(status_of(err))
         discard_run(run_dir)  # nothing to resume: a one-shot fit starts over
         raise
-    if recipe.task == "multi-label-classification":
-        print_multilabel_metrics(console, metrics)
-        return final
-    print_metrics(console, metrics)
-    console.print(f"report: {final / REPORT}")
+    _print_final(console, recipe, metrics, final)
     return final
 
 
@@ -296,18 +299,9 @@ def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resum
         stopped_early=ft.state.stopped_early,
         total_steps=ft.state.global_step,
     )
-    info = {
-        "run": run_id,
-        "recipe name": recipe.name,
-        "backbone": kind.name_of(recipe.model),
-        "parameters": f"{ft.n_params:,}",
-        "device": str(ft.device),
-        "precision": manifest["precision"],
-        "train time (s)": manifest["train_time_s"],
-        "best epoch": ft.state.best_epoch,
-        "data": recipe.data.path,
-        "train / valid / test": " / ".join(str(len(ft.splits[s].labels)) for s in ("train", "valid", "test")),
-    }
+    write_json(rd.manifest_path, manifest)
+    if ft.multi_label:
+        return  # finalize wrote the multi-label report (per-label table, co-occurrence)
     write_report(
         rd.report_path,
         title=f"{recipe.name} · {run_id}",
@@ -316,11 +310,10 @@ def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resum
         history=ft.state.history,
         steps=rd.steps(),
         predictions=rd.predictions(),
-        info=info,
+        info=ft.report_info() | {"train time (s)": manifest["train_time_s"]},
     )
     if kind.modality == "image":
         add_mistake_grid(rd.report_path, ft.splits["test"], ft.labels, rd.predictions_path)
-    write_json(rd.manifest_path, manifest)
 
 
 def print_data_report(console: Console, report: dict[str, Any]) -> None:
