@@ -116,3 +116,58 @@ def test_interrupted_multi_label_run_resumes_to_the_same_result(tmp_path):
     a = json.loads((full / "metrics.json").read_text())["test"]
     b = json.loads((resumed / "metrics.json").read_text())["test"]
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["micro_f1"] == a["micro_f1"]
+
+
+def test_evaluate_rescores_the_run_and_a_new_file_with_the_saved_thresholds(cnn_run, tmp_path):
+    from modelyard.errors import DataError
+    from modelyard.evaluation.evaluate import evaluate
+
+    before = json.loads((cnn_run / "metrics.json").read_text())
+    out, metrics = evaluate(cnn_run, console=QUIET)
+    assert out == cnn_run
+    for key in ("micro_f1", "macro_f1", "hamming_loss", "subset_accuracy"):
+        assert metrics["test"][key] == pytest.approx(before["test"][key], abs=1e-9)
+    rows = [r for r in toy_rows(120, seed=7) if r[1]]
+    fresh = write_delimited(tmp_path / "new.csv", rows)
+    out, metrics = evaluate(cnn_run, fresh, console=QUIET)
+    assert out.parent == cnn_run / "evaluations" and metrics["eval"]["n"] == len(rows)
+    assert metrics["eval"]["micro_f1"] >= 0.8
+    assert {"metrics.json", "predictions.parquet", "report.html"} <= {p.name for p in out.iterdir()}
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"text": ["pizza", "guitar"], "tags": ["food", "food|cooking"]}).to_csv(bad, index=False)
+    with pytest.raises(DataError, match=r"\['cooking'\].*rows.*\[3\]"):
+        evaluate(cnn_run, bad, console=QUIET)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["compress", "{run}", "--methods", "onnx"], "compression of multi-label models is not supported yet"),
+        (["explain", "{run}", "--text", "pizza and a guitar"], "explanations of multi-label models are not supported"),
+    ],
+)
+def test_stages_without_label_sets_refuse_in_one_line(cnn_run, args, needle):
+    from typer.testing import CliRunner
+
+    from modelyard.cli import app
+
+    result = CliRunner().invoke(app, [a.format(run=cnn_run) for a in args])
+    assert result.exit_code == 2, result.output
+    assert needle in " ".join(result.output.split())
+
+
+def test_tuning_searches_a_multi_label_recipe(tmp_path):
+    from modelyard.tuning.search import tune
+
+    data = write_delimited(tmp_path / "d.csv", toy_rows(300))
+    raw = cnn_recipe(tmp_path, data, epochs=2)
+    raw["tune"] = {"trials": 2, "space": {"train.learning_rate": {"type": "choice", "values": [0.003, 0.01]}}}
+    out = tune(recipe_from_dict(raw, base_dir=tmp_path), console=QUIET)
+    trials = json.loads((out / "trials.json").read_text())
+    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:  # the objective is the multi-label metric, also per epoch (thresholds tuned on valid)
+        assert t["value"] == t["valid_metrics"]["micro_f1"] and t["value"] > 0.5
+        assert all(v > 0 for v in t["epoch_values"].values())
+    from modelyard.config.recipe import load_recipe
+
+    assert load_recipe(out / "best_recipe.yaml").task == "multi-label-classification"

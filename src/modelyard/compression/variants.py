@@ -22,6 +22,7 @@ import numpy as np
 
 from modelyard._internal.integrity import check_file, verify_records
 from modelyard._internal.io import read_json
+from modelyard._internal.labels import MULTI_LABEL
 from modelyard._internal.layout import MANIFEST, MODEL_DIR, MODEL_META
 from modelyard.errors import ModelError, ModelyardError
 from modelyard.kinds import kind_of_meta
@@ -67,6 +68,12 @@ def source_model_dir(run_dir: Path) -> Path:
     meta_path = model_dir / MODEL_META
     if meta_path.is_file() and not (kind := kind_of_meta(read_json(meta_path), meta_path)).can("compress"):
         raise ModelError(f"{run_dir}: " + kind.unsupported("compression (it works on one torch network at a time)"))
+    if meta_path.is_file() and read_json(meta_path).get("task") == MULTI_LABEL:
+        # the variants' parity checks, quality table and runtimes score softmax classes, not label sets
+        raise ModelError(
+            f"{run_dir}: compression of multi-label models is not supported yet; serve the fp32 model "
+            "(modelyard serve RUN) — it needs no variant"
+        )
     if not meta_path.is_file() or not (model_dir / "model.safetensors").is_file():
         raise ModelError(
             f"{run_dir} has no trained model (expected model/modelyard.json and model/model.safetensors); "

@@ -284,6 +284,19 @@ def prepare_multilabel(cfg: DataConfig, base_dir: Path) -> PreparedData:
     )
 
 
+def read_label_sets(cfg: DataConfig, base_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a multi-label file in the recipe's layout, uncleaned and unsplit (``modelyard evaluate FILE``).
+
+    Returns ``text`` + ``label`` (sorted label tuples) for every row whose labels are known (a row with an empty
+    delimited cell or an empty 0/1 cell is left out), and the description of the source (``source``, ``layout``).
+    """
+    frame, info = _read(cfg, base_dir)
+    known = frame["label"] != ""
+    sets = [tuple(json.loads(k)) for k in frame.loc[known, "label"]]
+    out = pd.DataFrame({"text": frame.loc[known, "text"].tolist(), "label": sets}, index=frame.index[known])
+    return out, info
+
+
 def join_labels(labels: Iterable[str], sep: str = "|") -> str:
     """A label set as one string (``pred`` column of ``modelyard predict``)."""
     return sep.join(labels)

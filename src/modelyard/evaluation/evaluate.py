@@ -15,6 +15,7 @@ from modelyard._internal.storage import atomic_dir, storage_errors
 from modelyard.data import read_table
 from modelyard.errors import DataError
 from modelyard.evaluation.image_eval import evaluate_image_run
+from modelyard.evaluation.multilabel_eval import evaluate_multilabel_run
 from modelyard.evaluation.predictions import print_metrics
 from modelyard.evaluation.scoring import score_and_write
 from modelyard.kinds import get_kind
@@ -46,6 +47,8 @@ def evaluate(
     if get_kind(recipe.model.type).modality == "image":
         return evaluate_image_run(run, recipe, data, console)
     clf = load(run)
+    if getattr(clf, "multi_label", False):
+        return evaluate_multilabel_run(rd, clf, data, text_column, label_column, console)
     index = {lab: i for i, lab in enumerate(clf.labels)}
 
     if data is None:

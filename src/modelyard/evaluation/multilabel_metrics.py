@@ -24,7 +24,14 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["DEFAULT_THRESHOLD", "MULTILABEL_HEADLINE", "compute_multilabel_metrics", "predict_sets", "tune_thresholds"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "MULTILABEL_HEADLINE",
+    "compute_multilabel_metrics",
+    "predict_sets",
+    "tune_thresholds",
+    "with_aliases",
+]
 
 DEFAULT_THRESHOLD = 0.5
 #: The metrics shown per split in logs and reports (in this order).
@@ -112,6 +119,15 @@ def compute_multilabel_metrics(
         "predicted_cardinality": _f(pred.sum(axis=1).mean()),
         "per_label": per_label,
     }
+
+
+#: The single-label names the loop, tuning and ``print_metrics`` read, filled in for multi-label metrics.
+ALIASES = {"accuracy": "subset_accuracy", "roc_auc": "macro_roc_auc"}
+
+
+def with_aliases(metrics: dict[str, Any], loss: float | None = None) -> dict[str, Any]:
+    """``metrics`` plus ``accuracy`` (= subset accuracy), ``roc_auc`` (= macro ROC-AUC) and ``loss`` (BCE or None)."""
+    return metrics | {alias: metrics[key] for alias, key in ALIASES.items()} | {"loss": loss}
 
 
 def _best_threshold(y: np.ndarray, p: np.ndarray, default: float) -> float:

@@ -105,6 +105,11 @@ def _require_internals(classifier: Any) -> tuple[Any, Any]:
         raise ExplainUnsupportedError(
             f"{getattr(classifier, 'model_dir', 'this model')}: " + kind_of_meta(meta).unsupported("explanations")
         )
+    if getattr(classifier, "multi_label", False):
+        raise ExplainUnsupportedError(
+            f"{getattr(classifier, 'model_dir', 'this model')}: explanations of multi-label models are not "
+            "supported yet (attributions explain one softmax class)"
+        )
     model = getattr(classifier, "model", None)
     tokenizer = getattr(classifier, "tokenizer", None)
     if model is None or tokenizer is None or not hasattr(model, "get_input_embeddings"):

@@ -289,8 +289,8 @@ class FineTuneRecipe:
         """Metrics and probabilities for one split with the current weights."""
         enc = self.splits[name]
         probs, loss = self.batches.predict(self.eval_model, name, self.dtype)
-        if self.multi_label:  # threshold 0.5 while training; finalize tunes one per label on valid
-            return multilabel.loop_metrics(enc.labels, probs, self.labels, loss), probs
+        if self.multi_label:  # per-label thresholds tuned on valid, as finalize does
+            return multilabel.loop_metrics(enc.labels, probs, self.labels, loss, tune=name == "valid"), probs
         return compute_metrics(enc.labels, probs, self.labels, loss=loss), probs
 
     # ------------------------------------------------------------------ the loop

@@ -23,11 +23,13 @@ from modelyard._internal.io import read_json, write_json
 from modelyard._internal.layout import HISTORY, MANIFEST, METRICS, MODEL_DIR, MODEL_META, PREDICTIONS, REPORT
 from modelyard._internal.rundir import run_manifest
 from modelyard.data.multilabel import multi_hot
-from modelyard.evaluation.multilabel_metrics import MULTILABEL_HEADLINE, compute_multilabel_metrics, tune_thresholds
+from modelyard.evaluation.multilabel_metrics import (
+    MULTILABEL_HEADLINE,
+    compute_multilabel_metrics,
+    tune_thresholds,
+    with_aliases,
+)
 from modelyard.evaluation.multilabel_report import multilabel_prediction_frame, write_multilabel_report
-
-#: The loop's names for multi-label metrics (so ``train.metric``, history and tuning work unchanged).
-ALIASES = {"accuracy": "subset_accuracy", "roc_auc": "macro_roc_auc"}
 
 
 def targets(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
@@ -36,13 +38,23 @@ def targets(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
 
 
 def loop_metrics(
-    y: np.ndarray, probs: np.ndarray, labels: list[str], loss: float | None, thresholds: np.ndarray | None = None
+    y: np.ndarray,
+    probs: np.ndarray,
+    labels: list[str],
+    loss: float | None,
+    thresholds: np.ndarray | None = None,
+    *,
+    tune: bool = False,
 ) -> dict[str, Any]:
-    """Multi-label metrics of one split plus the keys the loop reads (``loss``, ``accuracy``, ``roc_auc``)."""
-    m = compute_multilabel_metrics(y.astype(np.int64), probs, labels, thresholds)
-    m |= {alias: m[key] for alias, key in ALIASES.items()}
-    m["loss"] = loss
-    return m
+    """Multi-label metrics of one split plus the keys the loop reads (``loss``, ``accuracy``, ``roc_auc``).
+
+    ``tune``: thresholds tuned on this very split (the validation split after each epoch). The final valid
+    metrics use thresholds tuned on valid, so epochs are compared on the same footing; at 0.5 an early epoch
+    whose probabilities are still all below 0.5 would score 0 whatever it had learnt.
+    """
+    if tune:
+        thresholds = tune_thresholds(y.astype(np.int64), probs)
+    return with_aliases(compute_multilabel_metrics(y.astype(np.int64), probs, labels, thresholds), loss)
 
 
 def save_thresholds(model_dir: Path, labels: list[str], thresholds: np.ndarray) -> None:

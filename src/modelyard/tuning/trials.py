@@ -98,8 +98,8 @@ def _portable_paths(recipe: Recipe, raw: dict[str, Any]) -> None:
     data_path = raw["data"]["path"]
     if not str(data_path).startswith("bundled:"):
         raw["data"]["path"] = str(recipe.resolve(data_path).resolve())
-    backbone = str(raw["model"]["backbone"])
-    if not backbone.startswith("bundled:") and recipe.resolve(backbone).exists():
+    backbone = raw["model"].get("backbone")  # kinds trained from scratch (textcnn, bilstm …) have none
+    if isinstance(backbone, str) and not backbone.startswith("bundled:") and recipe.resolve(backbone).exists():
         raw["model"]["backbone"] = str(recipe.resolve(backbone).resolve())
     raw["output_dir"] = str(recipe.resolve(raw["output_dir"]).resolve())
 
