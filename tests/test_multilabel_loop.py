@@ -171,3 +171,30 @@ def test_tuning_searches_a_multi_label_recipe(tmp_path):
     from modelyard.config.recipe import load_recipe
 
     assert load_recipe(out / "best_recipe.yaml").task == "multi-label-classification"
+
+
+def test_hf_encoder_learns_label_sets_and_plain_transformers_reads_them(tmp_path, tiny_backbone):
+    """The pretrained-encoder kind: BCE through the same loop; the saved config says multi-label to transformers."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from modelyard.models import load
+
+    data = write_delimited(tmp_path / "d.csv", [r for r in toy_rows(200) if r[1]])
+    raw = {
+        "task": "multi-label-classification",
+        "data": {"path": str(data), "label_column": "tags"},
+        "model": {"type": "hf-encoder", "backbone": str(tiny_backbone), "max_length": 24},
+        "train": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-2, "metric": "micro_f1"},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    run = train(recipe_from_dict(raw, base_dir=tmp_path), console=QUIET)
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 2 and all(0 < h["train_loss"] < 1 for h in history)  # BCE per label, not CE over 4
+    clf = load(run / "model")
+    texts = ["pizza and a guitar", "football on a laptop"]
+    hf = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    assert hf.config.problem_type == "multi_label_classification"
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    with torch.no_grad():
+        logits = hf(**tok(texts, padding=True, return_tensors="pt")).logits
+    np.testing.assert_allclose(clf.predict_proba(texts), torch.sigmoid(logits).numpy(), atol=1e-5)
