@@ -4,7 +4,9 @@ Pinned choices on real data (bundled corpora, ``../shared/data`` read in place) 
 exports: English sentiment → fine-tuned MiniLM (ensemble with ``--budget best``), Chinese sentiment and
 Chinese topic → Chinese cleaning and a Chinese-capable model (TF-IDF; a character TextCNN with an hour),
 English 4-class news without a header row → MiniLM on the positional columns, very few labels → the prompt
-model, an image folder → an image recipe, a multi-label file → refused in one line (not a wrong recipe).
+model, an image folder → an image recipe, a multi-label file (labels joined in one column, or one 0/1 column
+per label; Chinese or English) → task multi-label-classification with that layout and TF-IDF (Chinese cleaning
+for Chinese).
 """
 
 from __future__ import annotations
@@ -115,24 +117,79 @@ def test_an_image_folder_gets_an_image_recipe(tmp_path: Path) -> None:
     assert raw["task"] == "image-classification" and raw["model"]["type"] == "cnn-small"
 
 
-@pytest.mark.parametrize("layout", ["joined", "columns"])
-def test_a_multi_label_file_is_recognised_and_refused_in_one_line(tmp_path: Path, layout: str) -> None:
-    rng = np.random.default_rng(0)
-    aspects = ["服务", "价格", "卫生", "位置"]
+ASPECTS = {
+    "zh": {
+        "服务": ["服务员很热情", "前台态度冷淡", "入住办理很快", "保洁阿姨很周到"],
+        "价格": ["价格太贵了", "性价比很高", "房价便宜实惠", "收费不合理"],
+        "卫生": ["床单不干净", "卫生间有异味", "房间打扫得很整洁", "地毯很脏"],
+        "位置": ["离地铁站很近", "交通方便", "位置太偏僻", "周边吃饭方便"],
+    },
+    "en": {
+        "service": ["the staff were friendly", "reception was rude", "check-in was quick", "housekeeping was great"],
+        "price": ["far too expensive", "good value for money", "cheap room rate", "hidden fees everywhere"],
+        "cleanliness": ["dirty sheets", "the bathroom smelled", "spotless room", "stained carpet"],
+        "location": ["close to the metro", "easy transport", "remote location", "plenty of restaurants nearby"],
+    },
+}
+
+
+def aspect_reviews(lang: str, layout: str, n: int = 160, seed: int = 0) -> pd.DataFrame:
+    """Hotel reviews mentioning 1-3 aspects each (the labels), as users export them: ``评论`` + ``标签`` joined
+    by ``、`` (Chinese), ``review`` + ``labels`` joined by ``|`` (English), or one 0/1 column per aspect."""
+    rng = np.random.default_rng(seed)
+    phrases = ASPECTS[lang]
+    names = list(phrases)
+    text_col, label_col, sep = ("评论", "标签", "、") if lang == "zh" else ("review", "labels", "|")
     rows = []
-    for i in range(80):
-        chosen = [a for a in aspects if rng.random() < 0.4] or ["服务"]
-        rows.append({"评论": f"第{i}条评论，关于" + "和".join(chosen), "标签": "|".join(chosen)})
+    for i in range(n):
+        chosen = sorted(rng.choice(names, size=int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])), replace=False))
+        parts = [str(rng.choice(phrases[a])) for a in chosen]
+        filler = f"第{i}次入住" if lang == "zh" else f"stay number {i}"
+        rows.append({text_col: ("，" if lang == "zh" else ", ").join([filler, *parts]), label_col: sep.join(chosen)})
     frame = pd.DataFrame(rows)
     if layout == "columns":
-        for a in aspects:
-            frame[a] = frame["标签"].str.contains(a).astype(int)
-        frame = frame.drop(columns="标签")
+        for a in names:
+            frame[a] = frame[label_col].str.split(sep).map(lambda s, a=a: int(a in s))
+        frame = frame.drop(columns=label_col)
+    return frame
+
+
+@pytest.mark.parametrize("layout", ["delimited", "columns"])
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_a_multi_label_file_gets_a_multi_label_recipe_that_trains(tmp_path: Path, lang: str, layout: str) -> None:
     data = tmp_path / "aspects.csv"
-    frame.to_csv(data, index=False)
-    res = modelyard("init", "--data", data, "-o", tmp_path / "r.yaml", cwd=tmp_path)
-    assert res.rc == 2 and "multi-label" in res.error_line, res.stderr[-1500:]
-    assert not (tmp_path / "r.yaml").exists()
+    aspect_reviews(lang, layout).to_csv(data, index=False)
+    raw, text = _init(tmp_path, "--data", data)
+    names = list(ASPECTS[lang])
+    assert raw["task"] == "multi-label-classification" and raw["model"]["type"] == "tfidf-logreg"
+    if layout == "columns":
+        assert raw["data"]["label_columns"] == names and raw["data"]["label_separator"] == "auto"
+    else:
+        assert raw["data"]["label_columns"] is None
+        assert (raw["data"]["label_column"], raw["data"]["label_separator"]) == (
+            ("标签", "、") if lang == "zh" else ("labels", "|")
+        )
+    if lang == "zh":
+        assert raw["data"]["clean"]["chinese"]["traditional_to_simplified"] is True
+        assert raw["model"]["tfidf"]["word_ngram_max"] == 2 and raw["model"]["tfidf"]["ngram_max"] == 4
+        assert "examples/chinese_multilabel.yaml" in text and "0.8052" in text  # the measured test micro-F1
+    else:
+        assert "clean" not in raw["data"] or not raw["data"]["clean"].get("chinese")
+        assert raw["model"]["tfidf"]["ngram_max"] == 5 and "0.8446" in text
+    assert "textcnn or hf-encoder" in text and "label cardinality" in text
+    run = _trains(tmp_path)
+    metrics = yaml.safe_load((run / "metrics.json").read_text())
+    assert metrics["test"]["micro_f1"] >= 0.8 and set(metrics["test"]["per_label"]) == set(names)
+
+
+def test_explain_prints_the_multi_label_analysis(tmp_path: Path) -> None:
+    data = tmp_path / "aspects.csv"
+    aspect_reviews("zh", "delimited").to_csv(data, index=False)
+    res = modelyard("init", "--data", data, "--explain", "-o", tmp_path / "r.yaml", cwd=tmp_path)
+    assert res.rc == 0 and not (tmp_path / "r.yaml").exists(), res.stderr[-1500:]
+    assert "multi-label: labels joined by '、' in column '标签'" in res.stdout
+    assert "4 labels; label cardinality" in res.stdout and "rows per label: " in res.stdout
+    assert "rarest labels: " in res.stdout and "recipe: model.type tfidf-logreg" in res.stdout
 
 
 def test_explain_prints_the_analysis_and_writes_nothing(tmp_path: Path) -> None:

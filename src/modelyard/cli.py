@@ -117,7 +117,13 @@ def init(
         return
     rel = _relative_to(data.resolve(), output.resolve().parent) if data.exists() else str(data)
     atomic_write_text(output, text_starter_recipe(prof, rel, output, budget, speed, header=header))
-    err_console.print(f"wrote {output} (text column '{prof.text_column}', label column '{prof.label_column}')")
+    labels = (
+        f"{len(prof.label_columns)} 0/1 label columns"
+        if prof.label_columns
+        else f"label column '{prof.label_column}'"
+        + (f", labels joined by '{prof.label_separator}'" if prof.label_separator else "")
+    )
+    err_console.print(f"wrote {output} (text column '{prof.text_column}', {labels})")
     print(output)
 
 

@@ -78,6 +78,13 @@ BASED_ON = {
     "test accuracy 0.8495 / 0.8534 on Rotten Tomatoes (22 min on 2 CPU cores)",
     "en-prompt": "examples/prompt_rotten_tomatoes.yaml: zero/few-shot with the bundled SmolLM2-135M-Instruct, "
     "about 0.80 accuracy on Rotten Tomatoes validation with no training labels",
+    "ml-zh-tfidf": "examples/chinese_multilabel.yaml: TF-IDF of character 1-4-grams + jieba word 1-2-grams, one "
+    "logistic regression per label with thresholds tuned on valid; on 10,000 baskets of 1-3 real Chinese product "
+    "reviews (10 labels) valid / test micro-F1 0.8279 / 0.8052, macro-F1 0.8287 / 0.8058, subset accuracy "
+    "0.5956 / 0.5288, macro ROC-AUC 0.9543 / 0.9477 (about 10 CPU-seconds to fit)",
+    "ml-tfidf": "examples/chinese_multilabel.yaml (English counterpart in its header): TF-IDF of character "
+    "2-5-grams + word 1-2-grams, one logistic regression per label; on 4,000 baskets of 1-3 AG News articles "
+    "(4 labels) test micro-F1 0.8446, macro-F1 0.8426, subset accuracy 0.6225 (seconds to fit)",
     "tfidf": "TF-IDF of character 2-5-grams + word 1-2-grams with logistic regression (Rotten Tomatoes alone: "
     "valid / test 0.7853 / 0.8072, seconds to train); script-agnostic",
 }
@@ -86,6 +93,23 @@ BASED_ON = {
 MINILM_TEXTS_PER_S = 32.0
 BUDGETS = {"10m": 600.0, "1h": 3600.0, "best": float("inf")}
 FEW_LABELS = 8  # fewer labelled examples than this in some class: the few-shot/prompt path
+MULTI_LABEL_WHY = (
+    "one logistic regression per label over TF-IDF n-grams, thresholds tuned per label on validation: the model "
+    "kind that learns label sets in this version (seconds on CPU); set model.type to textcnn or hf-encoder once "
+    "those learn label sets"
+)
+
+
+def multi_label_model(prof: DataProfile) -> tuple[str, dict[str, Any]]:
+    """The model ``init`` writes for multi-label data (a BASED_ON key and ``model``): the one place to change it.
+
+    Only tfidf-logreg learns label sets in this version, so it is the choice for every script and budget; once
+    the neural kinds do (model.type textcnn / hf-encoder with task multi-label-classification), a
+    budget-dependent choice like the single-label one belongs here.
+    """
+    if prof.script in ("zh", "mixed"):
+        return "ml-zh-tfidf", dict(ZH_TFIDF)
+    return "ml-tfidf", dict(EN_TFIDF)
 
 
 @dataclass
@@ -118,22 +142,10 @@ def machine_speed() -> tuple[float, str]:
 
 
 def choose_recipe(prof: DataProfile, budget: str = "10m", speed: float = 1.0) -> Choice:
-    """The recipe a knowledgeable engineer would start from, for this data and time budget.
-
-    Raises:
-        DataError: multi-label data (not supported by this version: said plainly instead of a wrong recipe).
-    """
+    """The recipe a knowledgeable engineer would start from, for this data and time budget."""
     seconds = _budget_seconds(budget)
     if prof.multi_label:
-        layout = (
-            f"{len(prof.label_columns)} 0/1 label columns"
-            if prof.label_columns
-            else f"labels joined by '{prof.label_separator}' in '{prof.label_column}'"
-        )
-        raise DataError(
-            f"{prof.path} is multi-label ({layout}); this version trains single-label classifiers only. "
-            "Keep one label per row (e.g. the first) or wait for task: multi-label-classification"
-        )
+        return _multi_label(prof)
     reasons: list[str] = []
     metric = "accuracy"
     if prof.imbalance >= 3:
@@ -231,18 +243,61 @@ def choose_recipe(prof: DataProfile, budget: str = "10m", speed: float = 1.0) ->
     return Choice("tfidf", {"model": dict(EN_TFIDF), "train": {"metric": metric}, "clean": clean}, reasons)
 
 
+def _multi_label(prof: DataProfile) -> Choice:
+    """The multi-label recipe: the detected layout, Chinese cleaning for Chinese, and :func:`multi_label_model`."""
+    layout = (
+        f"one 0/1 column per label ({len(prof.label_columns)} columns): data.label_columns lists them"
+        if prof.label_columns
+        else f"the labels of a row are joined by '{prof.label_separator}' in '{prof.label_column}': "
+        "data.label_separator"
+    )
+    reasons = [
+        f"several labels per row ({prof.n_classes} labels, {prof.label_cardinality:g} per row on average): "
+        f"task multi-label-classification; {layout}"
+    ]
+    metric = "micro_f1"
+    if prof.imbalance >= 3:
+        metric = "macro_f1"
+        reasons.append(
+            f"labels are imbalanced ({prof.imbalance:g}:1): train.metric is macro-F1 (it picks the best epoch of "
+            "the kinds trained in epochs)"
+        )
+    clean: dict[str, Any] = {}
+    if prof.conflicts:
+        clean["conflicts"] = "majority"
+        reasons.append(f"{prof.conflicts} texts carry different label sets: each keeps its majority label set")
+    if prof.script in ("zh", "mixed"):
+        clean["chinese"] = dict(ZH_CLEAN)
+        reasons.append(
+            "the texts are Chinese"
+            + (" mixed with English" if prof.script == "mixed" else "")
+            + ": Chinese cleaning (half-width, punctuation, Traditional -> Simplified, repeats) is on, with "
+            "TF-IDF of character 1-4-grams + jieba word 1-2-grams"
+        )
+    key, model = multi_label_model(prof)
+    reasons.append(MULTI_LABEL_WHY)
+    return Choice(key, {"model": model, "train": {"metric": metric}, "clean": clean}, reasons)
+
+
 def text_starter_recipe(
     prof: DataProfile, data_path: str, output: Path, budget: str, speed: tuple[float, str], header: bool = True
 ) -> str:
     """The recipe ``init --data FILE`` writes: the choice, its reasons and the measured numbers as comments."""
     choice = choose_recipe(prof, budget, speed[0])
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(prof.path).stem).strip("-") or "my-classifier"
+    if prof.label_columns:
+        labels: dict[str, Any] = {"label_columns": list(prof.label_columns)}
+    elif prof.multi_label:
+        labels = {"label_column": prof.label_column, "label_separator": prof.label_separator}
+    else:
+        labels = {"label_column": prof.label_column}
     raw: dict[str, Any] = {
         "name": name,
+        **({"task": "multi-label-classification"} if prof.multi_label else {}),
         "data": {
             "path": data_path,
             "text_column": prof.text_column,
-            "label_column": prof.label_column,
+            **labels,
             **({} if header else {"header": False}),
             **({"clean": choice.recipe["clean"]} if choice.recipe["clean"] else {}),
         },
@@ -259,7 +314,8 @@ def text_starter_recipe(
         "Why this recipe:",
         *(f"  - {r}" for r in choice.reasons),
         f"Based on {BASED_ON[choice.key]}.",
-        f"Override any key on the command line: modelyard train {output} train.epochs=1 data.sample=2000",
+        f"Override any key on the command line: modelyard train {output} "
+        + ("data.test_size=0.2 data.seed=1" if prof.multi_label else "train.epochs=1 data.sample=2000"),
     ]
     header = "\n".join(f"# {line}".rstrip() for line in _wrap(lines)) + "\n\n"
     return header + annotated_yaml(recipe)
@@ -271,5 +327,5 @@ def _wrap(lines: list[str], width: int = 116) -> list[str]:
     out: list[str] = []
     for line in lines:
         indent = len(line) - len(line.lstrip(" -"))
-        out.extend(textwrap.wrap(line, width, subsequent_indent=" " * indent) or [""])
+        out.extend(textwrap.wrap(line, width, subsequent_indent=" " * indent, break_on_hyphens=False) or [""])
     return out

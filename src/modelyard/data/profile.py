@@ -42,6 +42,8 @@ class DataProfile:
     label_columns: list[str] = field(default_factory=list)  # one 0/1 column per label (multi-label)
     label_separator: str | None = None  # labels joined in one column (multi-label)
     multi_label: bool = False
+    label_cardinality: float = 0.0  # multi-label: mean number of labels per row
+    labels_per_row: dict[int, int] = field(default_factory=dict)  # multi-label: rows by number of labels
     script: str = "unknown"  # "zh", "en", "mixed", "other"
     cjk_share: float = 0.0
     classes: dict[str, int] = field(default_factory=dict)
@@ -146,9 +148,10 @@ def profile_table(frame: pd.DataFrame, path: str, text: str | None = None, label
     texts = frame[text].astype(str)
     if binary and (label not in frame.columns or label in binary):
         prof.multi_label, prof.label_columns = True, binary
-        prof.classes = {
-            c: int(frame[c].astype(str).str.strip().isin(["1", "1.0", "true", "True"]).sum()) for c in binary
-        }
+        hot = pd.DataFrame({c: frame[c].astype(str).str.strip().isin(["1", "1.0", "true", "True"]) for c in binary})
+        counts = Counter({c: int(hot[c].sum()) for c in binary})
+        _label_sets(prof, hot.sum(axis=1))
+        prof.classes = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
         labels = None
     else:
         prof.label_column = label
@@ -156,9 +159,9 @@ def profile_table(frame: pd.DataFrame, path: str, text: str | None = None, label
         sep = _separator(labels)
         if sep is not None:
             prof.multi_label, prof.label_separator = True, sep
-            counts = Counter(
-                p.strip() for row in labels.str.split(re.escape(sep), regex=True) for p in row if p.strip()
-            )
+            sets = [{p.strip() for p in row if p.strip()} for row in labels.str.split(re.escape(sep), regex=True)]
+            counts = Counter(lb for s in sets for lb in s)
+            _label_sets(prof, pd.Series([len(s) for s in sets]))
         else:
             counts = Counter(labels)
         prof.classes = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -186,6 +189,12 @@ def profile_table(frame: pd.DataFrame, path: str, text: str | None = None, label
     return prof
 
 
+def _label_sets(prof: DataProfile, sizes: pd.Series) -> None:
+    """Record how many labels the rows carry (multi-label): the mean and the rows by count."""
+    prof.label_cardinality = round(float(sizes.mean()), 3) if len(sizes) else 0.0
+    prof.labels_per_row = {int(k): int(v) for k, v in sorted(sizes.value_counts().items())}
+
+
 def max_length_for(prof: DataProfile, cap: int = 512) -> int:
     """A ``model.max_length`` covering the 95th percentile of texts, rounded up to 32/64/128/256/512."""
     for size in (32, 64, 128, 256, 512):
@@ -208,7 +217,11 @@ def describe(prof: DataProfile) -> list[str]:
             + (f" (several labels per row, joined by '{prof.label_separator}')" if prof.label_separator else "")
         ),
         f"language: {script.get(prof.script, prof.script)} ({prof.cjk_share:.0%} of letters are Chinese characters)",
-        f"{prof.n_classes} classes ({_classes(prof)}); largest/smallest = {prof.imbalance:g}",
+        *(
+            _multi_label_lines(prof)
+            if prof.multi_label
+            else [f"{prof.n_classes} classes ({_classes(prof)}); largest/smallest = {prof.imbalance:g}"]
+        ),
         f"text length: median {prof.chars_p50} characters, 95th percentile {prof.chars_p95} "
         f"(~{prof.tokens_p95} tokens)",
     ]
@@ -218,6 +231,27 @@ def describe(prof: DataProfile) -> list[str]:
             f"{prof.empty_texts:,} empty texts (cleaning removes them)"
         )
     return lines
+
+
+def _multi_label_lines(prof: DataProfile) -> list[str]:
+    """The multi-label analysis: layout, labels, labels per row, per-label frequency and the rarest labels."""
+    rows = max(prof.rows, 1)
+    layout = (
+        f"one 0/1 column per label ({', '.join(prof.label_columns[:8])}{' …' if len(prof.label_columns) > 8 else ''})"
+        if prof.label_columns
+        else f"labels joined by '{prof.label_separator}' in column '{prof.label_column}'"
+    )
+    per_row = ", ".join(f"{k}: {v / rows:.0%}" for k, v in prof.labels_per_row.items())
+    rarest = sorted(prof.classes.items(), key=lambda kv: (kv[1], kv[0]))[:3]
+    return [
+        f"multi-label: {layout}",
+        f"{prof.n_classes} labels; label cardinality {prof.label_cardinality:g} labels per row "
+        f"(rows by number of labels: {per_row})",
+        "rows per label: "
+        + ", ".join(f"{k} {v:,} ({v / rows:.1%})" for k, v in list(prof.classes.items())[:12])
+        + (" …" if prof.n_classes > 12 else ""),
+        "rarest labels: " + ", ".join(f"{k} {v:,}" for k, v in rarest) + f"; largest/smallest = {prof.imbalance:g}",
+    ]
 
 
 def _classes(prof: DataProfile) -> str:
