@@ -224,8 +224,12 @@ def predict(
     text_column: Annotated[str | None, typer.Option(help="Text column (default: the recipe's).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
 ) -> None:
-    """Batch prediction: the input rows plus pred, confidence and prob_<label> columns."""
-    from modelyard._internal.labels import add_prediction_columns
+    """Batch prediction: the input rows plus pred, confidence and prob_<label> columns.
+
+    Multi-label models: pred is the predicted label set joined by | (empty: none), one prob_<label> per label,
+    no confidence column.
+    """
+    from modelyard._internal.labels import add_label_set_columns, add_prediction_columns
     from modelyard.data import read_table, write_table
     from modelyard.errors import DataError
     from modelyard.models.loading import load
@@ -248,10 +252,23 @@ def predict(
             "pass --text-column"
         )
     probs = clf.predict_proba(frame[col].astype(str).tolist())
-    add_prediction_columns(frame, clf.labels, probs)
+    if getattr(clf, "multi_label", False):
+        add_label_set_columns(frame, clf.labels, probs, clf.thresholds)
+    else:
+        add_prediction_columns(frame, clf.labels, probs)
     write_table(frame, output)
     err_console.print(f"wrote {len(frame)} predictions to {output}")
     print(output)
+
+
+def _is_multi_label(run_dir: Path) -> bool:
+    """Whether the model of a run directory (or model directory) learns label sets."""
+    from modelyard.models.loading import model_dir_of, read_model_meta
+
+    try:
+        return read_model_meta(model_dir_of(run_dir)).get("task") == "multi-label-classification"
+    except (ModelyardError, OSError, ValueError):
+        return False  # not a readable model: the command's own loading reports it
 
 
 @app.command()
@@ -300,6 +317,11 @@ def serve(
         from modelyard.compression.variants import check_runtime
 
         check_runtime(runtime)  # names the replacement of a removed variant (dynamic-int8 → onnx-int8)
+        if _is_multi_label(run_dir):  # variants softmax one label; a label set needs per-label sigmoids
+            raise ModelyardError(
+                f"{run_dir} is a multi-label model; compressed runtimes ('{runtime}') cannot serve label sets yet; "
+                "serve it with --runtime torch"
+            )
         if not (RunDir(run_dir).compressed_dir / runtime).is_dir():
             raise ModelyardError(
                 f"{run_dir} has no '{runtime}' variant; "
@@ -463,6 +485,12 @@ def label(
 ) -> None:
     """Label a file with a model: label, confidence and per-class probabilities per row."""
     from modelyard.training.prompt import label_file
+
+    if source.is_dir() and _is_multi_label(source):
+        raise ModelyardError(
+            f"{source} is a multi-label model and `modelyard label` writes one label per row; use "
+            f"`modelyard predict {source} -i {input} -o {output}` (pred: the label set joined by |)"
+        )
 
     label_file(source, input, output, console=err_console, threshold=threshold, text_column=text_column)
     print(output)

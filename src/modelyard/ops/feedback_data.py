@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modelyard.data import PreparedData
+from modelyard._internal.labels import split_label_set
+from modelyard.data import PreparedData, label_sets
 from modelyard.data.images import ImageData, ImageSplit
 from modelyard.serving.images import described_sha256
 
@@ -36,30 +37,44 @@ def holdout_score(key: str) -> float:
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
+def _label_set_of(value: Any, labels: list[str]) -> tuple[str, ...] | None:
+    """A logged multi-label answer (``"a|b"``, ``""``) as a tuple in label order; ``None`` if a label is unknown."""
+    found = split_label_set(value)
+    if any(lab not in labels for lab in found):
+        return None
+    return tuple(lab for lab in labels if lab in found)
+
+
 def build_training_data(
-    splits: Any, feedback: list[dict[str, Any]], labels: list[str], holdout: float
+    splits: Any, feedback: list[dict[str, Any]], labels: list[str], holdout: float, *, multi_label: bool = False
 ) -> tuple[Any, pd.DataFrame, dict[str, int]]:
     """Apply feedback to the champion's splits.
+
+    Multi-label (``multi_label``): a feedback ``label`` is a label set joined by ``|`` (``""``: the empty set,
+    a real answer); it becomes a tuple of labels in label order, the ``label`` cell of a multi-label split
+    (:mod:`modelyard.data.multilabel`), so the challenger trains on splits of the same layout as the champion's.
 
     Args:
         splits: The champion's :class:`~modelyard.data.PreparedData`.
         feedback: ``Registry.feedback`` rows (``text``, ``label``, ``at``).
         labels: The champion's labels; feedback with another label is ignored (counted).
         holdout: Fraction of feedback texts held out for evaluation.
+        multi_label: The champion learns label sets.
 
     Returns:
         ``(prepared data for the challenger, feedback hold-out frame, counts)``.
     """
 
     counts = {"feedback_rows": len(feedback), "feedback_unknown_label": 0}
-    latest: dict[str, tuple[Any, str]] = {}
+    latest: dict[str, tuple[Any, Any]] = {}
     for row in feedback:
-        if row["label"] not in labels:
+        answer = _label_set_of(row["label"], labels) if multi_label else row["label"]
+        if answer is None or (not multi_label and answer not in labels):
             counts["feedback_unknown_label"] += 1
             continue
         key = text_key(row["text"])
         if key and (key not in latest or row["at"] >= latest[key][0]):
-            latest[key] = (row["at"], row["label"])
+            latest[key] = (row["at"], answer)
     test_keys = {text_key(t) for t in splits.test["text"]}
     held = {k: lab for k, (_, lab) in latest.items() if holdout_score(k) < holdout and k not in test_keys}
     learn = {k: lab for k, (_, lab) in latest.items() if k not in held and k not in test_keys}
@@ -69,6 +84,8 @@ def build_training_data(
 
     def apply(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
         frame = frame.copy()
+        if multi_label:  # parquet gives arrays back: tuples compare (and hash) as label sets
+            frame["label"] = pd.Series(label_sets(frame["label"]), index=frame.index, dtype=object)
         keys = frame["text"].map(text_key)
         frame = frame[~keys.isin(held)]  # hold-out texts must not be trained on
         keys = frame["text"].map(text_key)

@@ -4,7 +4,8 @@ The reference is the served version's own valid + test splits (never trained on)
 version. Four signals:
 
 * prediction confidence (max probability): PSI and the two-sample Kolmogorov-Smirnov statistic;
-* predicted-class mix: PSI over the classes;
+* predicted-class mix: PSI over the classes (multi-label models: over each label's share of the predicted
+  labels, plus the share of empty label sets; confidence is then the highest label probability);
 * text length (characters): PSI and KS;
 * embedding distance: cosine distance between the mean [CLS]-pooled encoder embedding of the
   reference texts and of the live texts (same model, so the spaces are comparable).
@@ -67,6 +68,24 @@ def categorical_psi(expected: np.ndarray, actual: np.ndarray) -> float:
     e = np.clip(np.asarray(expected, dtype=float), _FLOOR, None)
     a = np.clip(np.asarray(actual, dtype=float), _FLOOR, None)
     return float(np.sum((a - e) * np.log(a / e)))
+
+
+NO_LABEL = "(no label)"
+
+
+def predicted_mix(probs: np.ndarray, labels: list[str], thresholds: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
+    """The predicted-class mix (shares summing to 1) and its categories.
+
+    Single-label (``thresholds`` ``None``): the share of each argmax class. Multi-label: each label's share of all
+    predicted labels (a label set counts each of its labels once), plus :data:`NO_LABEL` for predictions whose set
+    is empty, so a model that starts predicting nothing shows as drift too.
+    """
+    n = max(len(probs), 1)
+    if thresholds is None:
+        return np.bincount(probs.argmax(axis=1), minlength=len(labels)) / n, list(labels)
+    hits = probs >= thresholds[None, :]
+    counts = np.append(hits.sum(axis=0), (~hits.any(axis=1)).sum()).astype(float)
+    return counts / max(counts.sum(), 1.0), [*labels, NO_LABEL]
 
 
 def _embed(clf: Any, texts: list[str], batch: int = 64) -> np.ndarray | None:
@@ -175,8 +194,9 @@ def monitor(
     ref_conf, live_conf = ref_probs.max(axis=1), live_probs.max(axis=1)
     ref_len = np.array([len(t) for t in ref_texts], dtype=float)
     live_len = np.array([len(t) for t in live_texts], dtype=float)
-    ref_mix = np.bincount(ref_probs.argmax(axis=1), minlength=len(labels)) / len(ref_probs)
-    live_mix = np.bincount(live_probs.argmax(axis=1), minlength=len(labels)) / len(live_probs)
+    thresholds = np.asarray(clf.thresholds, dtype=float) if getattr(clf, "multi_label", False) else None
+    ref_mix, mix_labels = predicted_mix(ref_probs, labels, thresholds)
+    live_mix, _ = predicted_mix(live_probs, labels, thresholds)
 
     signals = {
         "confidence_psi": (psi(ref_conf, live_conf, bins), th.psi),
@@ -193,13 +213,13 @@ def monitor(
         for name, (value, limit) in signals.items()
     }
     summary["class_mix"] = {
-        "reference": dict(zip(labels, ref_mix.round(4).tolist(), strict=True)),
-        "live": dict(zip(labels, live_mix.round(4).tolist(), strict=True)),
+        "reference": dict(zip(mix_labels, ref_mix.round(4).tolist(), strict=True)),
+        "live": dict(zip(mix_labels, live_mix.round(4).tolist(), strict=True)),
     }
     summary["status"] = "drift" if any(s["drift"] for s in summary["signals"].values()) else "ok"
     charts = [
         {"svg": _chart(ref_conf, live_conf, "prediction confidence"), "caption": "confidence_psi, confidence_ks"},
-        {"svg": _chart(ref_mix, live_mix, "predicted-class mix", categorical=labels), "caption": "class_mix_psi"},
+        {"svg": _chart(ref_mix, live_mix, "predicted-class mix", categorical=mix_labels), "caption": "class_mix_psi"},
         {"svg": _chart(ref_len, live_len, "text length (characters)"), "caption": "text_length_psi, text_length_ks"},
     ]
     _write(output, summary, charts)

@@ -26,6 +26,7 @@ from rich.console import Console
 from modelyard._internal.io import read_json
 from modelyard._internal.layout import RECIPE
 from modelyard.config import apply_overrides, recipe_from_dict
+from modelyard.data import multi_hot
 from modelyard.evaluation.metrics import compute_metrics
 from modelyard.kinds import kind_of_meta
 from modelyard.models.loading import load
@@ -39,9 +40,19 @@ __all__ = ["build_image_training_data", "build_training_data", "retrain", "text_
 
 
 def _score(clf: Any, part: Any, labels: list[str]) -> dict[str, Any] | None:
-    """Accuracy and macro-F1 of ``clf`` on a text frame (``text``, ``label``) or an image split."""
+    """Accuracy and macro-F1 of ``clf`` on a text frame (``text``, ``label``) or an image split.
+
+    A multi-label model: macro-F1 over its labels at its own thresholds, and ``accuracy`` is the subset accuracy
+    (the share of texts whose whole label set is right).
+    """
     if len(part) == 0:
         return None
+    if getattr(clf, "multi_label", False):
+        from modelyard.evaluation.multilabel_metrics import compute_multilabel_metrics
+
+        probs = np.asarray(clf.predict_proba(part["text"].astype(str).tolist()), dtype=np.float64)
+        m = compute_multilabel_metrics(multi_hot(part["label"], labels), probs, labels, clf.thresholds)
+        return {"accuracy": m["subset_accuracy"], "macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"], "n": m["n"]}
     if isinstance(part, pd.DataFrame):
         inputs: list[Any] = part["text"].astype(str).tolist()
         y = np.array([labels.index(lab) for lab in part["label"]])
@@ -58,8 +69,10 @@ def _feedback_data(
     """``(champion splits, challenger data, feedback hold-out, counts)`` for a text or an image model."""
     splits = load_splits(champion.path)
     labels = list(champion.labels)
-    if kind_of_meta(read_json(RunDir(champion.path).model_meta_path), champion.path).modality != "image":
-        return (splits, *build_training_data(splits, feedback, labels, holdout))
+    meta = read_json(RunDir(champion.path).model_meta_path)
+    if kind_of_meta(meta, champion.path).modality != "image":
+        multi_label = meta.get("task") == "multi-label-classification"  # feedback labels are sets joined by |
+        return (splits, *build_training_data(splits, feedback, labels, holdout, multi_label=multi_label))
     clf = load(champion.path)
     data, hold, counts = build_image_training_data(
         splits, feedback, labels, holdout, registry.feedback_image, clf.to_array

@@ -53,6 +53,7 @@ from modelyard.serving.schemas import (
     ErrorResponse,
     ExplainRequest,
     ExplainResponse,
+    LabelSetPrediction,
     Prediction,
     PredictRequest,
     PredictResponse,
@@ -295,13 +296,10 @@ def create_app(
             check_length(text, f"texts[{i}]", index=i)
         loaded = runtime.require_ready()
         rows = await submit_batch(batcher, texts)
-        labels = loaded.labels
         probs = np.vstack(rows)
-        best = probs.argmax(axis=1)
-        predictions = [
-            Prediction(label=labels[int(b)], scores=dict(zip(labels, row.tolist(), strict=True)))
-            for b, row in zip(best, probs, strict=True)
-        ]
+        # single-label: {label, scores} (the argmax); multi-label: {labels, scores} (each label's threshold)
+        kind = LabelSetPrediction if loaded.multi_label else Prediction
+        predictions: list[Prediction | LabelSetPrediction] = [kind(**p) for p in loaded.predictions(probs)]
         # The production server logs every prediction and returns its id (serving/production.py).
         if prediction_hook is not None:
             ids = prediction_hook(http_request, texts, probs, loaded, time.perf_counter() - started)

@@ -16,7 +16,8 @@ labels change), so that:
 * limits that depend on the serve settings and rules across fields (a feedback label must be one of the
   served model's labels) are written into the schema descriptions with their current values, and the
   feedback example uses a label of the served model;
-* ``POST /v1/predict`` links each ``predictions[i].id`` to ``POST /v1/feedback`` (OpenAPI links);
+* ``POST /v1/predict`` links each ``predictions[i].id`` to ``POST /v1/feedback`` (OpenAPI links; for a
+  multi-label model ``predictions[i].labels`` to the feedback's ``labels``);
 * when the served model classifies images, ``POST /v1/predict`` documents the bodies it then takes (a
   multipart upload or JSON ``{"images": [base64, …]}``, answered by :mod:`.images`) and their limits and
   errors, instead of the texts body.
@@ -67,6 +68,7 @@ def _with_errors(
     labels: tuple[str, ...] | None,
     needs_key: Callable[[str], bool] | None,
     images: bool = False,
+    multi_label: bool = False,
 ) -> dict[str, Any]:
     """Add the statuses, security, descriptions, examples and links to a copy of FastAPI's document."""
     doc = copy.deepcopy(doc)
@@ -134,7 +136,7 @@ def _with_errors(
             },
         }
     _describe_limits(schemas, cfg)
-    _describe_labels(doc, schemas, labels)
+    _describe_labels(doc, schemas, labels, multi_label)
     if images:
         _describe_images(doc, cfg)
     return doc
@@ -225,7 +227,9 @@ def _describe_limits(schemas: dict[str, Any], cfg: ServeConfig) -> None:
         )
 
 
-def _describe_labels(doc: dict[str, Any], schemas: dict[str, Any], labels: tuple[str, ...] | None) -> None:
+def _describe_labels(
+    doc: dict[str, Any], schemas: dict[str, Any], labels: tuple[str, ...] | None, multi_label: bool = False
+) -> None:
     known = (
         f"one of the served model's labels: {', '.join(f'`{x}`' for x in labels)}"
         if labels
@@ -239,10 +243,18 @@ def _describe_labels(doc: dict[str, Any], schemas: dict[str, Any], labels: tuple
                 f"The correct label: {known} (the labels of the model that made the prediction); "
                 "another: HTTP 422 `invalid_request`."
             )
+        label_set = feedback.get("properties", {}).get("labels")
+        if label_set is not None:
+            label_set["description"] = (
+                f"Multi-label models only, instead of `label`: the correct label set, each {known}, in any order; "
+                "`[]` means none applies (another label: HTTP 422 `invalid_request` naming it). Send `label` or "
+                "`labels`, not both."
+            )
         if labels:
             for example in feedback.get("examples", []):
                 if isinstance(example, dict):
-                    example["label"] = labels[0]
+                    example.pop("label" if multi_label else "labels", None)
+                    example.update({"labels": [labels[0]]} if multi_label else {"label": labels[0]})
     target = schemas.get("ExplainRequest", {}).get("properties", {}).get("target")
     if target is not None:
         target["description"] = (
@@ -258,7 +270,12 @@ def _describe_labels(doc: dict[str, Any], schemas: dict[str, Any], labels: tuple
                 "description": "Send the correct label for the first prediction (use the same API key).",
                 "requestBody": {
                     "prediction_id": "$response.body#/predictions/0/id",
-                    "label": "$response.body#/predictions/0/label",
+                    # a multi-label model answers a label set: its feedback is `labels`
+                    **(
+                        {"labels": "$response.body#/predictions/0/labels"}
+                        if multi_label
+                        else {"label": "$response.body#/predictions/0/label"}
+                    ),
                 },
             }
         }
@@ -292,9 +309,10 @@ def install_openapi(app: FastAPI, cfg: ServeConfig, checks_api_keys: Callable[[F
             def needs_key(path: str) -> bool:
                 return required_scope(path, public) is not None
 
-        key = (labels, needs_key is not None, images)
+        multi_label = loaded is not None and loaded.multi_label
+        key = (labels, needs_key is not None, images, multi_label)
         if built.get("key") != key:
-            built["doc"] = _with_errors(base, cfg, labels, needs_key, images)
+            built["doc"] = _with_errors(base, cfg, labels, needs_key, images, multi_label)
             built["key"] = key
         return built["doc"]
 

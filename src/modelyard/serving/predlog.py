@@ -26,6 +26,19 @@ _PII = [
     (re.compile(r"(?<![\w])\+?\d(?:[\s().-]?\d){8,18}(?![\w])"), "<number>"),  # phones, card/account numbers
 ]
 RECENT_IDS = 100_000  # ids remembered in memory so feedback works before the row is written
+LABEL_CHARS = 256  # the `label` column of the prediction and feedback tables (String(256))
+
+
+def log_label(label: str) -> str:
+    """The ``label`` column value of a logged prediction: a label, or a multi-label model's set joined by ``|``.
+
+    A set too long for the column is cut after its last whole label and marked with ``…`` (the ``scores``
+    column keeps every label's probability; the monitor reads those).
+    """
+    if len(label) <= LABEL_CHARS:
+        return label
+    head = label[: LABEL_CHARS - 1]
+    return (head.rsplit("|", 1)[0] if "|" in head else head) + "…"
 
 
 def mask_pii(text: str) -> str:

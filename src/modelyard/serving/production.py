@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, FastAPI, Query, Request
 from prometheus_client import Counter, Gauge
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from modelyard.config import ServeConfig
 from modelyard.errors import ModelyardError
@@ -46,13 +46,15 @@ from modelyard.registry.versions import VersionInfo, verify_version
 from modelyard.rundir import RunDir
 from modelyard.serving.app import ModelRuntime, create_app
 from modelyard.serving.console import install_console
-from modelyard.serving.http_errors import ApiError
-from modelyard.serving.images import described_sha256, feedback_image
+from modelyard.serving.feedback import FeedbackRequest, FeedbackResponse, feedback_router
+from modelyard.serving.images import described_sha256
 from modelyard.serving.jobs import JobRunner
-from modelyard.serving.predlog import PredictionLog, mask_pii
-from modelyard.serving.schemas import ErrorResponse
+from modelyard.serving.predlog import PredictionLog, log_label, mask_pii
 from modelyard.serving.security import install_auth
 from modelyard.serving.server import run_server
+
+# FeedbackRequest, FeedbackResponse and feedback_router moved to serving/feedback.py; importable here as before.
+__all__ = ["FeedbackRequest", "FeedbackResponse", "create_production_app", "feedback_router", "serve_registry"]
 
 logger = logging.getLogger("modelyard.serving")
 
@@ -137,34 +139,6 @@ def parse_target(target: str) -> tuple[str, str]:
     return validate_name(name), validate_alias(alias)
 
 
-class FeedbackRequest(BaseModel):
-    """Body of ``POST /v1/feedback``."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"prediction_id": "2f0c6a1e-8d5b-4c1e-9a57-0d1f2b3c4d5e", "label": "pos"}]},
-    )
-    prediction_id: str = Field(..., description="The `id` of a prediction made with the same API key.")
-    label: str = Field(..., min_length=1, max_length=256, description="The correct label (one of the model's).")
-    image: str | None = Field(
-        None,
-        description=(
-            "Image models only: the predicted image again (base64, as sent to `/v1/predict`), so `modelyard "
-            "retrain` can learn from it. Its sha256 must equal the prediction's (else 422 `image_mismatch`); "
-            "the prediction log itself never keeps pixels. Without it the feedback is recorded but an image "
-            "model cannot be retrained on it."
-        ),
-    )
-
-
-class FeedbackResponse(BaseModel):
-    """Body of an accepted ``POST /v1/feedback``."""
-
-    status: str = Field(..., description="`accepted`: queued for the log writer.")
-    prediction_id: str
-    label: str
-
-
 class VersionOut(BaseModel):
     """One registered version in ``GET /admin/v1/versions``."""
 
@@ -201,9 +175,10 @@ def _prediction_logger(predlog: PredictionLog, app_name: str, cfg: ServeConfig) 
         key_id = key.key_id if key is not None else None
         version = loaded.info.get("version")
         labels = loaded.labels
+        predicted = loaded.label_strings(probs)  # the label, or a multi-label model's set joined by "|"
         now = utcnow()
         ids = []
-        for text, row in zip(texts, probs, strict=True):
+        for text, row, label in zip(texts, probs, predicted, strict=True):
             pid = str(uuid.uuid4())
             predlog.log_prediction(
                 {
@@ -213,7 +188,7 @@ def _prediction_logger(predlog: PredictionLog, app_name: str, cfg: ServeConfig) 
                     "version": version,
                     "key_id": key_id,
                     "text": mask_pii(text) if cfg.mask_pii and mask else text,
-                    "label": labels[int(row.argmax())],
+                    "label": log_label(label),
                     "scores": dict(zip(labels, (float(p) for p in row), strict=True)),
                     "latency_ms": seconds * 1000.0,
                 },
@@ -224,75 +199,6 @@ def _prediction_logger(predlog: PredictionLog, app_name: str, cfg: ServeConfig) 
         return ids
 
     return log_predictions
-
-
-def feedback_router(
-    registry: Registry, predlog: PredictionLog, app_name: str, cfg: ServeConfig | None = None
-) -> APIRouter:
-    """``POST /v1/feedback``: the correct label for a prediction made with the caller's key (queued to the log)."""
-    cfg = cfg or ServeConfig()
-    router = APIRouter()
-
-    @router.post(
-        "/v1/feedback",
-        tags=["feedback"],
-        summary="The correct label for a prediction made with this API key",
-        status_code=202,
-        response_model=FeedbackResponse,
-        responses={
-            404: {"model": ErrorResponse, "description": "No such prediction for this key (`prediction_not_found`)."},
-            413: {"model": ErrorResponse, "description": "`body.image` over `max_image_bytes` (`image_too_large`)."},
-            422: {
-                "model": ErrorResponse,
-                "description": (
-                    "Malformed id, unknown label or an image for a text prediction (`invalid_request`); "
-                    "`body.image` not base64 (`invalid_base64`) or not the predicted image (`image_mismatch`)."
-                ),
-            },
-            503: {"model": ErrorResponse, "description": "The log queue is full (`overloaded`); honour Retry-After."},
-        },
-    )
-    async def feedback(body: FeedbackRequest, http_request: Request) -> FeedbackResponse:
-        key = getattr(http_request.state, "api_key", None)
-        key_id = key.key_id if key is not None else None
-        try:
-            parsed = uuid.UUID(body.prediction_id)
-        except ValueError:
-            parsed = None
-        if parsed is None or parsed.version != 4 or str(parsed) != body.prediction_id.lower():
-            raise ApiError(422, "invalid_request", "body.prediction_id: not a UUIDv4 prediction id")
-        pid = str(parsed)
-        owner = predlog.recent(pid)
-        if owner is None:
-            row = await asyncio.to_thread(registry.prediction, pid)
-            owner = (
-                None
-                if row is None
-                else (row["key_id"], row["app"], tuple(row["scores"]), described_sha256(row["text"]))
-            )
-        # Someone else's prediction is answered exactly like a missing one: ids must not be probeable.
-        if owner is None or owner[0] != key_id or owner[1] != app_name:
-            raise ApiError(404, "prediction_not_found", f"no prediction {pid} made with this API key")
-        if body.label not in owner[2]:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"body.label: {body.label!r} is not a label of the model; use one of {list(owner[2])}",
-            )
-        now = utcnow()
-        image = None
-        if body.image is not None:
-            sha = owner[3]
-            if sha is None:
-                raise ApiError(422, "invalid_request", "body.image: this prediction was made for a text, not an image")
-            data, media_type = feedback_image(body.image, sha, cfg)
-            image = {"sha256": sha, "app": app_name, "media_type": media_type, "data": data, "at": now}
-        row = {"at": now, "prediction_id": pid, "app": app_name, "key_id": key_id, "label": body.label}
-        if not predlog.log_feedback(row, image):
-            raise ApiError(503, "overloaded", "the log queue is full; retry shortly", headers={"Retry-After": "1"})
-        return FeedbackResponse(status="accepted", prediction_id=pid, label=body.label)
-
-    return router
 
 
 def admin_router(registry: Registry, app_name: str) -> APIRouter:

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from fastapi import FastAPI, Request
 
+from modelyard._internal.labels import join_label_set, label_predictions, label_set_predictions, predicted_sets
 from modelyard.serving.http_errors import RETRY_AFTER, ApiError
 from modelyard.serving.metrics import ServingMetrics
 
@@ -37,7 +38,8 @@ class Classifier(Protocol):
     labels: list[str]
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        """Probabilities ``(len(texts), len(labels))``, rows summing to 1. Blocking."""
+        """Probabilities ``(len(texts), len(labels))``, rows summing to 1 (multi-label models, which also have
+        ``multi_label = True`` and ``thresholds``: one independent probability per label). Blocking."""
         ...
 
     def info(self) -> dict[str, Any]:
@@ -87,6 +89,41 @@ class _Loaded:
     classifier: Classifier
     labels: tuple[str, ...]
     info: dict[str, Any]
+    # multi-label models: the per-label decision thresholds (label order); None for a single-label model
+    thresholds: np.ndarray | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
+
+    def predictions(self, probs: np.ndarray) -> list[dict[str, Any]]:
+        """``{"label", "scores"}`` (single-label: the argmax) or ``{"labels", "scores"}`` (multi-label) per row."""
+        labels = list(self.labels)
+        if self.thresholds is None:
+            return label_predictions(labels, probs)
+        return label_set_predictions(labels, probs, self.thresholds)
+
+    def label_strings(self, probs: np.ndarray) -> list[str]:
+        """What the prediction log's ``label`` column keeps: the argmax label, or the label set joined by ``|``."""
+        labels = list(self.labels)
+        if self.thresholds is None:
+            return [labels[int(i)] for i in np.asarray(probs).argmax(axis=1)]
+        return [join_label_set(s) for s in predicted_sets(labels, probs, self.thresholds)]
+
+
+def _multi_label(classifier: Any, labels: tuple[str, ...], info: dict[str, Any]) -> tuple[np.ndarray | None, dict]:
+    """The thresholds of a multi-label classifier (``None`` otherwise) and its ``info()`` saying so.
+
+    Raises:
+        ValueError: A multi-label classifier without one finite threshold per label.
+    """
+    if not getattr(classifier, "multi_label", False):
+        return None, info
+    thresholds = np.asarray(getattr(classifier, "thresholds", None), dtype=np.float64)
+    if thresholds.shape != (len(labels),) or not np.isfinite(thresholds).all():
+        raise ValueError(f"a multi-label classifier needs one threshold per label; got shape {thresholds.shape}")
+    per_label = dict(zip(labels, (round(float(t), 6) for t in thresholds), strict=True))
+    return thresholds, {**info, "multi_label": True, "thresholds": per_label}
 
 
 class ModelRuntime:
@@ -132,12 +169,13 @@ class ModelRuntime:
             # Round-trip through JSON once, here, so numpy scalars or paths in info() can't make
             # every later response fail to serialise.
             info = json.loads(json.dumps(info, default=str))
+            thresholds, info = _multi_label(classifier, labels, info)
         except BaseException as err:  # noqa: B036 - a SystemExit in a thread must still be reported
             self._error = err
             logger.error("model failed to load after %.1fs", time.perf_counter() - start, exc_info=err)
             self._metrics.set_model(None)
             return
-        self._loaded = _Loaded(classifier, labels, info)
+        self._loaded = _Loaded(classifier, labels, info, thresholds)
         self._metrics.set_model(info)
         logger.info("model ready after %.1fs: %s", time.perf_counter() - start, info.get("name", "?"))
 
@@ -180,7 +218,10 @@ class ModelRuntime:
         current = self._loaded
         if not labels or (current is not None and labels != current.labels):
             raise ValueError(f"labels {list(labels)} differ from the serving model's; restart to change them")
-        self._loaded = _Loaded(classifier, labels, info)
+        thresholds, info = _multi_label(classifier, labels, info)
+        if current is not None and current.multi_label != (thresholds is not None):
+            raise ValueError("the new model and the serving one differ in multi-label; restart to change it")
+        self._loaded = _Loaded(classifier, labels, info, thresholds)
         self._error = None
         self._metrics.set_model(info)
         return info

@@ -68,10 +68,30 @@ class Prediction(BaseModel):
     )
 
 
+class LabelSetPrediction(BaseModel):
+    """A multi-label model's answer for one text: a set of labels (possibly empty)."""
+
+    labels: list[str] = Field(
+        ...,
+        description="The predicted labels: those whose score reaches the model's threshold for that label, in the "
+        "model's label order; `[]` when none does.",
+    )
+    scores: dict[str, float] = Field(
+        ..., description="Independent probability of every label (each in [0, 1]; they do not sum to 1)."
+    )
+    id: str | None = Field(
+        None, description="Prediction id (UUIDv4) for `POST /v1/feedback`; set when the server logs predictions."
+    )
+
+
 class PredictResponse(BaseModel):
     """Body of a successful ``POST /v1/predict``."""
 
-    predictions: list[Prediction] = Field(..., description="One prediction per input text, in input order.")
+    predictions: list[Prediction | LabelSetPrediction] = Field(
+        ...,
+        description="One prediction per input text, in input order: `{label, scores, id}` from a single-label "
+        "model, `{labels, scores, id}` from a multi-label model (`GET /v1/model`: `multi_label`).",
+    )
     model: dict[str, Any] = Field(..., description="The serving model's `info()` (name, run id, labels …).")
 
 
