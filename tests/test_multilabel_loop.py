@@ -198,3 +198,22 @@ def test_hf_encoder_learns_label_sets_and_plain_transformers_reads_them(tmp_path
     with torch.no_grad():
         logits = hf(**tok(texts, padding=True, return_tensors="pt")).logits
     np.testing.assert_allclose(clf.predict_proba(texts), torch.sigmoid(logits).numpy(), atol=1e-5)
+
+
+def test_server_answers_label_sets_of_a_loop_model(cnn_run):
+    """The served TextCNN (a torch kind) answers sets with the thresholds it was trained with."""
+    from modelyard.models import load
+    from tests.test_multilabel_serving import PID, _plain
+
+    texts = ["we ate pizza and played football", "a guitar"]
+    predicted, feedback, _ = _plain(
+        lambda: load(cnn_run / "model"),
+        LABELS,
+        [("/v1/predict", {"texts": texts}), ("/v1/feedback", {"prediction_id": PID, "labels": ["sports", "food"]})],
+    )
+    assert predicted.status_code == 200, predicted.text
+    body = predicted.json()
+    expected = load(cnn_run / "model").predict(texts)
+    assert [p["labels"] for p in body["predictions"]] == [e["labels"] for e in expected]
+    assert body["model"]["multi_label"] is True and sorted(body["model"]["thresholds"]) == LABELS
+    assert feedback.status_code == 202 and feedback.json()["labels"] == ["food", "sports"]
