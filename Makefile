@@ -57,7 +57,8 @@ test: install-dev
 	$(BIN)/lint-imports --config pyproject.toml
 	$(BIN)/pytest -m "not slow and not faults_slow and not package" --durations=15 $(PYTEST_ARGS)
 
-# Kills at random moments of every writing stage (tests/test_faults_kill.py, a few minutes); .ci/run runs it.
+# Kills at random moments of every writing stage (tests/test_faults_kill.py, a few minutes) and the one-minute
+# registry stress run of four writer processes; .ci/run runs it.
 test-faults: install-dev
 	$(BIN)/pytest -m faults_slow $(PYTEST_ARGS)
 

@@ -69,6 +69,9 @@ REDUCED: dict[str, list[str]] = {
     "chinese_sentiment_tfidf.yaml": ["data.sample=300", "model.tfidf.min_df=1"],
     # ten classes, the smallest 0.9% of the corpus: 600 rows leave it 5, one per split with quarter-size splits
     "chinese_topic.yaml": ["data.sample=600", "data.valid_size=0.25", "data.test_size=0.25", *TEXTCNN],
+    # multi-label: data.path is replaced by 500 generated shopping baskets (overrides_for)
+    "chinese_multilabel.yaml": ["model.tfidf.min_df=1"],
+    "chinese_multilabel_textcnn.yaml": TEXTCNN,
     "fashion_mnist.yaml": [
         "data.sample=300",
         "model.width=8",
@@ -126,6 +129,23 @@ def overrides_for(name: str, raw: dict[str, Any], tmp: Path, backbone: Path | No
         out.append("model.members=" + _flow([_shrunk_member(m) for m in model["members"]]))
     if backbone is not None:
         out.append(f"model.backbone={backbone}")
+    if raw.get("task") == "multi-label-classification":  # its data file is generated (not in a clean clone)
+        out.append(f"data.path={_baskets(tmp)}")
+    return out
+
+
+def _baskets(tmp: Path, rows: int = 500) -> Path:
+    """A small examples/make_shopping_baskets.py file from ../shared/data (the shipped multi-label data)."""
+    import subprocess
+    import sys
+
+    out = tmp / "baskets.csv"
+    script = EXAMPLES / "make_shopping_baskets.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--rows", str(rows), "--out", str(out)], capture_output=True, text=True
+    )
+    if res.returncode:
+        pytest.fail(f"examples/make_shopping_baskets.py failed: {res.stderr[-1000:]}", pytrace=False)
     return out
 
 
@@ -205,7 +225,7 @@ def _inputs(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
         images = [_png(splits.train.images[i]) for i in range(3)]
         return {"images": images}, [splits.labels[int(i)] for i in splits.train.labels[:3]]
     rows = splits.train.iloc[:3]
-    return {"texts": rows["text"].tolist()}, rows["label"].tolist()
+    return {"texts": rows["text"].tolist()}, [x if isinstance(x, str) else list(x) for x in rows["label"]]
 
 
 def _serve_predict_feedback(reg: Any, body: dict[str, Any], truth: list[str]) -> tuple[Any, Any, list[Any]]:
@@ -219,7 +239,8 @@ def _serve_predict_feedback(reg: Any, body: dict[str, Any], truth: list[str]) ->
             feedback = []
             images = body.get("images") or [None] * len(truth)
             for pred, label, image in zip(predicted.json().get("predictions", []), truth, images, strict=False):
-                item = {"prediction_id": pred["id"], "label": label, **({"image": image} if image else {})}
+                answer = {"labels": label} if isinstance(label, list) else {"label": label}  # multi-label: a set
+                item = {"prediction_id": pred["id"], **answer, **({"image": image} if image else {})}
                 feedback.append(await client.post("/v1/feedback", json=item, headers=bearer(key)))
             assert app.state.predlog.flush(30)
             return predicted, anonymous, feedback
@@ -249,9 +270,14 @@ def test_recipe_trains_registers_serves_takes_feedback_and_retrains(
         assert anonymous.status_code == 401
         assert predicted.status_code == 200, predicted.text
         preds = predicted.json()["predictions"]
-        assert len(preds) == 3 and all(p["label"] in champion.labels for p in preds), preds
+        if recipe.task == "multi-label-classification":  # label sets; the log keeps a set joined by "|"
+            assert len(preds) == 3 and all(set(p["labels"]) <= set(champion.labels) for p in preds), preds
+            logged = ["|".join(t) for t in truth]
+        else:
+            assert len(preds) == 3 and all(p["label"] in champion.labels for p in preds), preds
+            logged = truth
         assert [r.status_code for r in feedback] == [202, 202, 202], [r.text for r in feedback]
-        assert [f["label"] for f in reg.feedback("demo")] == truth
+        assert [f["label"] for f in reg.feedback("demo")] == logged
 
         decision = retrain(reg, "demo", output_dir=tmp_path / "retrain")
         recorded = reg.audit_trail("demo", "retrain")

@@ -452,6 +452,7 @@ def run_concurrent_writers(store: Path, db: str | None, run: Path, seconds: floa
     reg.close()
 
 
+@pytest.mark.faults_slow  # a one-minute stress run: `make test-faults` (run by .ci/run), not the default suite
 def test_four_concurrent_writer_processes_sqlite_one_minute(tiny_trained_run: Path, tmp_path: Path) -> None:
     run_concurrent_writers(tmp_path / "store", None, tiny_trained_run, seconds=60)
 

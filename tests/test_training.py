@@ -262,6 +262,7 @@ def test_rdrop_loss_is_mean_ce_plus_alpha_symmetric_kl() -> None:
 
     labels = np.array([0, 1, 1])
     obj = types.SimpleNamespace(
+        multi_label=False,
         cfg=types.SimpleNamespace(rdrop_alpha=0.7, label_smoothing=0.0, distill=None),
         splits={"train": types.SimpleNamespace(labels=labels, soft=None)},
     )

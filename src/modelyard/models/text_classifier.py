@@ -30,7 +30,10 @@ class Classifier:
     Attributes:
         labels: class names in model output order.
         model_dir: the exported model directory.
+        multi_label: whether the model predicts label sets (``task: multi-label-classification``).
     """
+
+    multi_label = False  # a class default, so that subclasses with their own ``__init__`` (variants) have it
 
     def __init__(self, model_dir: Path, *, device: str = "auto", batch_size: int = 64) -> None:
         import torch
