@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -361,3 +362,63 @@ def test_rerun_replaces_variant(compressed: tuple[Path, dict]) -> None:
     assert {p.name for p in (run / "compressed").iterdir()} == set(METHODS)
     # this rerun's compression.json covers only the requested method (plus the source)
     assert [r["method"] for r in json.loads((run / "compression.json").read_text())["rows"]] == [SOURCE, "onnx"]
+
+
+# ---------------------------------------------------------------------- serve --runtime auto
+
+
+def _auto_run(compressed: tuple[Path, dict], tmp_path: Path, rows: dict[str, tuple[float, bool]]) -> Path:
+    """A copy of the compressed run whose compression.json holds ``{method: (p50 ms at batch 1, parity_ok)}``."""
+    from modelyard.compression.compress import TOLERANCES
+
+    run = tmp_path / "run"
+    shutil.copytree(compressed[0], run)
+    table = {
+        "rows": [
+            {"method": m, "p50_ms_b1": p50, "p50_ms_b32": 10 * p50, "parity_ok": ok, "agreement": 1.0 if ok else 0.9}
+            for m, (p50, ok) in rows.items()
+        ],
+        "tolerances": TOLERANCES,
+    }
+    (run / "compression.json").write_text(json.dumps(table))
+    return run
+
+
+def test_runtime_auto_picks_the_fastest_variant_that_passed_parity(compressed, tmp_path) -> None:
+    from modelyard.compression.choice import choose_runtime
+
+    run = _auto_run(compressed, tmp_path, {SOURCE: (20.0, True), "onnx": (8.0, True), "onnx-int8": (6.0, True)})
+    runtime, why = choose_runtime(run)
+    assert runtime == "onnx-int8" and "3.33× torch" in why
+    # the fastest failed parity, and prune (faster still) changes the model: the next passing one is chosen
+    (tmp_path / "run").rename(tmp_path / "old")
+    rows = {SOURCE: (20.0, True), "onnx": (8.0, True), "onnx-int8": (6.0, False), "prune": (1.0, True)}
+    runtime, why = choose_runtime(_auto_run(compressed, tmp_path, rows))
+    assert runtime == "onnx" and "onnx-int8 (failed parity" in why and "prune (changes the model" in why
+
+
+def test_runtime_auto_skips_a_missing_variant_and_falls_back_to_torch(compressed, tmp_path) -> None:
+    from modelyard.compression.choice import choose_runtime
+
+    run = _auto_run(compressed, tmp_path, {SOURCE: (20.0, True), "onnx-int8": (6.0, True)})
+    shutil.rmtree(run / "compressed" / "onnx-int8")
+    runtime, why = choose_runtime(run)
+    assert runtime == "torch" and "skipped: onnx-int8" in why
+    (run / "compression.json").unlink()
+    runtime, why = choose_runtime(run)
+    assert runtime == "torch" and "no compression.json" in why and "modelyard compress" in why
+
+
+def test_serve_runtime_auto_serves_the_chosen_variant(compressed, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import modelyard.serving
+    from modelyard.cli import app
+
+    run = _auto_run(compressed, tmp_path, {SOURCE: (20.0, True), "onnx": (5.0, True), "onnx-int8": (6.0, True)})
+    served: list[Any] = []
+    monkeypatch.setattr(modelyard.serving, "serve", lambda loader, cfg, **kw: served.append(loader()))
+    result = CliRunner().invoke(app, ["serve", str(run), "--runtime", "auto"])
+    assert result.exit_code == 0, result.output
+    assert "runtime auto → onnx" in " ".join(result.output.split())
+    assert served[0].info()["runtime"] == "onnx"

@@ -282,7 +282,11 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1 — loopback only).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: the recipe's serve.port, 8000).")] = None,
     runtime: Annotated[
-        str, typer.Option(help="torch (default) or a variant made by `modelyard compress`: onnx, onnx-int8, …")
+        str,
+        typer.Option(
+            help="torch (default), a variant made by `modelyard compress` (onnx, onnx-int8, …), or auto: the "
+            "fastest runtime that passed parity in the run's compression.json."
+        ),
     ] = "torch",
     store: Annotated[
         Path | None, typer.Option("--store", help="Registry store for NAME@ALIAS and API keys (default ~/.modelyard).")
@@ -308,6 +312,11 @@ def serve(
     from modelyard.models.loading import check_model_files
 
     check_model_files(model_dir_of(run_dir))  # fail fast on a bad path or a damaged file, before the server starts
+    if runtime == "auto":
+        from modelyard.compression.choice import choose_runtime
+
+        runtime, why = choose_runtime(run_dir)
+        err_console.print(f"runtime auto → {runtime}: {why}", markup=False, highlight=False)
     if runtime == "torch":
         from modelyard.models.loading import load
 
