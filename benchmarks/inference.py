@@ -1,0 +1,215 @@
+"""CPU inference of a trained run against what a user would otherwise run, side by side in one process.
+
+    python benchmarks/inference.py RUN_DIR [--repeats 30] [--threads N] [--compile] [--no-http]
+
+Measured on the run's own test texts (the same texts for everyone):
+
+* ``hf-pipeline``: ``transformers.pipeline("text-classification")`` on torch fp32 — the usual choice;
+* ``torch``: modelyard's loaded model (``inference_mode``, length-sorted batches, dynamic padding);
+* ``torch.compile`` (``--compile``): the same model wrapped in ``torch.compile``;
+* every variant ``modelyard compress`` left in ``RUN/compressed/`` (onnx, onnx-int8 …);
+* ``http``: ``modelyard serve RUN --runtime auto`` on loopback, one text per ``POST /v1/predict`` — its p50 minus the
+  in-process p50 of the runtime it chose is the HTTP overhead.
+
+For each: p50/p95 ms at batch 1 and texts/s at batch 32, with ratios to the pipeline. For BERT-family encoders a
+roofline line follows: the FLOPs of one request (the encoder's matrix products at the texts' mean token length)
+divided by this machine's measured fp32 GEMM throughput (a torch matmul micro-benchmark here) is a latency floor;
+each runtime's p50 is shown as a multiple of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _timed(fn: Any, batches: list[list[str]], repeats: int) -> list[float]:
+    fn(batches[0])  # warm-up (lazy init, allocator, kernels)
+    out = []
+    for i in range(repeats):
+        batch = batches[i % len(batches)]
+        t0 = time.perf_counter()
+        fn(batch)
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+def _row(name: str, fn: Any, texts: list[str], repeats: int) -> dict[str, Any]:
+    ones = [[t] for t in texts[: max(repeats, 1)]]
+    b32 = [texts[i : i + 32] for i in range(0, max(len(texts) - 31, 1), 32)] or [texts[:32]]
+    b1 = _timed(fn, ones, repeats)
+    t32 = _timed(fn, b32, max(3, repeats // 5))
+    return {
+        "name": name,
+        "p50_b1": statistics.median(b1),
+        "p95_b1": float(np.percentile(b1, 95)),
+        "tps_b32": 32_000.0 / statistics.median(t32),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http_row(run: Path, texts: list[str], repeats: int) -> tuple[dict[str, Any] | None, str]:
+    """``modelyard serve RUN --runtime auto`` on loopback: one text per request, keep-alive client."""
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "MODELYARD_LOG_LEVEL": "warning", "COLUMNS": "400"}  # its "runtime auto" line unwrapped
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelyard", "serve", str(run), "--runtime", "auto", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=30) as client:
+            for _ in range(600):
+                try:
+                    if client.get(f"{url}/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None:
+                    return None, (proc.stderr.read() if proc.stderr else "")[-500:]
+                time.sleep(0.1)
+
+            def call(batch: list[str]) -> None:
+                r = client.post(f"{url}/v1/predict", json={"texts": batch})
+                r.raise_for_status()
+
+            row = _row("http (serve --runtime auto)", call, texts, repeats)
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    chosen = next((line for line in (err or "").splitlines() if "runtime auto" in line), "")
+    return row, chosen
+
+
+def _gemm_gflops(h: int, inner: int, rows: int = 64, repeats: int = 50) -> float:
+    """Measured fp32 GEMM throughput of torch on this machine at the encoder's shapes (GFLOP/s)."""
+    import torch
+
+    a, b = torch.randn(rows, h), torch.randn(h, inner)
+    for _ in range(5):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2.0 * rows * h * inner * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def _encoder_flops(config: Any, tokens: float) -> float | None:
+    """Matrix-product FLOPs of one forward pass of a BERT-style encoder over ``tokens`` tokens."""
+    h = getattr(config, "hidden_size", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    inner = getattr(config, "intermediate_size", None)
+    if not (h and layers and inner):
+        return None
+    s = tokens
+    per_layer = 2 * s * (4 * h * h + 2 * h * inner) + 2 * 2 * s * s * h  # QKV+out, FFN, scores+context
+    return float(layers * per_layer + 2 * h * h + 2 * h * config.num_labels)  # + pooler and head
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--repeats", type=int, default=30, help="timed batch-1 calls per runtime")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (compiles first: slow)")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP round trip")
+    args = parser.parse_args(argv)
+
+    import pandas as pd
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from modelyard.compression import load_variant
+    from modelyard.models.loading import load
+    from modelyard.rundir import RunDir
+
+    run = RunDir.finished(args.run_dir).path
+    texts = pd.read_parquet(run / "splits" / "test.parquet")["text"].astype(str).tolist()
+    texts = (texts * (1 + 96 // max(len(texts), 1)))[: max(96, args.repeats)]
+    rows = []
+
+    clf = load(run)
+    model_dir = run / "model"
+    if hasattr(clf, "model") and hasattr(clf, "tokenizer"):
+        from transformers import pipeline
+
+        pipe = pipeline("text-classification", model=str(model_dir), device=-1, top_k=None)
+        rows.append(_row("hf-pipeline (torch fp32)", lambda b: pipe(b, batch_size=len(b)), texts, args.repeats))
+    rows.append(_row("modelyard torch", clf.predict_proba, texts, args.repeats))
+    if args.compile and hasattr(clf, "model"):
+        clf.model = torch.compile(clf.model)
+        rows.append(_row("modelyard torch.compile", clf.predict_proba, texts, args.repeats))
+        clf = load(run)
+    variants = sorted(p.name for p in (run / "compressed").iterdir()) if (run / "compressed").is_dir() else []
+    for name in variants:
+        try:
+            variant = load_variant(run, name)
+        except Exception as err:  # noqa: BLE001 - a benchmark reports what it could not load and goes on
+            print(f"skip {name}: {err}")
+            continue
+        rows.append(_row(f"modelyard {name}", variant.predict_proba, texts, args.repeats))
+    chosen = ""
+    if not args.no_http:
+        http, chosen = _http_row(run, texts, args.repeats)
+        if http is not None:
+            rows.append(http)
+        else:
+            print(f"http: the server did not start: {chosen}")
+
+    base = rows[0]
+    print(f"\n{run.name}: {len(texts)} test texts, torch threads {torch.get_num_threads()}")
+    print(f"{'runtime':34} {'p50 b1 ms':>10} {'p95 b1 ms':>10} {'× pipe':>7} {'texts/s b32':>12} {'× pipe':>7}")
+    for r in rows:
+        print(
+            f"{r['name']:34} {r['p50_b1']:10.2f} {r['p95_b1']:10.2f} {base['p50_b1'] / r['p50_b1']:7.2f} "
+            f"{r['tps_b32']:12.1f} {r['tps_b32'] / base['tps_b32']:7.2f}"
+        )
+    if chosen:
+        print(chosen.strip())
+        http = next((r for r in rows if r["name"].startswith("http")), None)
+        picked = chosen.split("→", 1)[-1].split(":", 1)[0].strip()
+        inproc = next((r for r in rows if r["name"] == f"modelyard {picked}"), None)
+        if http and inproc:
+            print(f"HTTP overhead over in-process {picked}: {http['p50_b1'] - inproc['p50_b1']:+.2f} ms p50 at batch 1")
+    config = getattr(getattr(clf, "model", None), "config", None)
+    if config is not None and getattr(config, "num_hidden_layers", None):
+        tokens = float(np.mean([len(x) for x in clf.encode(texts)]))
+        flops = _encoder_flops(config, tokens)
+        if flops:
+            gflops = _gemm_gflops(config.hidden_size, config.intermediate_size)
+            floor = flops / (gflops * 1e9) * 1000.0
+            print(
+                f"roofline: {flops / 1e6:.1f} MFLOP per request ({tokens:.0f} tokens) ÷ {gflops:.1f} GFLOP/s "
+                f"(measured fp32 GEMM) = {floor:.2f} ms floor at batch 1"
+            )
+            for r in rows:
+                print(f"  {r['name']:32} {r['p50_b1'] / floor:6.1f}× the floor")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
