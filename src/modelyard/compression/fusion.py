@@ -1,8 +1,10 @@
 """Transformer graph fusions (ONNX Runtime's ``onnxruntime.transformers`` optimizer) on an fp32 export.
 
 For BERT-family encoders the optimizer replaces op-by-op subgraphs with ONNX Runtime's fused CPU kernels
-(``SkipLayerNormalization`` = residual Add + LayerNorm, ``BiasGelu`` = bias Add + erf GELU, and where its
-patterns match the graph, ``Attention`` and ``EmbedLayerNormalization``). The fused graph is the ``onnx``
+(``SkipLayerNormalization`` = residual Add + LayerNorm, ``BiasGelu`` = bias Add + erf GELU, ``Attention`` =
+Q/K/V projections + scaled dot-product + softmax, and where its pattern matches, ``EmbedLayerNormalization``).
+The optimizer's ``Attention`` patterns predate transformers 5's mask code, so the dynamo export's masks are
+first rewritten into BERT's classic form (:func:`canonical_padding_masks`). The fused graph is the ``onnx``
 variant and the input of int8 quantisation. It is kept only when it stays within the ``onnx`` tolerance
 against torch fp32 on the calibration texts (max |Δ logit| ≤ 1e-3, argmax agreement 1.0); otherwise the
 unfused export is kept and the reason recorded. Other model kinds (TextCNN, BiLSTM, …) are not fused.
