@@ -348,7 +348,10 @@ def test_fusion_falls_back_to_the_unfused_graph_when_parity_breaks(tmp_path: Pat
     assert (tmp_path / "model.onnx").read_bytes() != before
 
 
-def test_non_bert_kinds_are_not_fused(tmp_path: Path) -> None:
+def test_non_bert_kinds_are_not_fused(tmp_path: Path, tiny_backbone: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from modelyard.compression.build import build_onnx
     from modelyard.compression.fusion import fuse_checked
     from modelyard.compression.onnx_export import export_onnx
     from modelyard.models import textcnn
@@ -360,6 +363,11 @@ def test_non_bert_kinds_are_not_fused(tmp_path: Path) -> None:
     got = fuse_checked(tmp_path / "src", tmp_path / "model.onnx", [[2, 5, 3]], np.zeros((1, 2)), 0)
     assert isinstance(got, str) and got.startswith("none (model_type 'modelyard-textcnn'"), got
     assert (tmp_path / "model.onnx").read_bytes() == before
+    # … and the onnx variant's variant.json says so
+    (tmp_path / "variant").mkdir()
+    spec = build_onnx(tmp_path / "src", tmp_path / "variant", tokenizer=AutoTokenizer.from_pretrained(tiny_backbone))
+    assert spec["fusion"] == "none (model_type 'modelyard-textcnn' is not a BERT-family encoder)"
+    assert json.loads((tmp_path / "variant" / "variant.json").read_text())["fusion"] == spec["fusion"]
 
 
 def test_int8_ladder_keeps_feed_forward_matmuls_fp32() -> None:

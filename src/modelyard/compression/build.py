@@ -20,7 +20,7 @@ import numpy as np
 
 from modelyard._internal.io import read_json, sha256_file, write_json
 from modelyard._internal.layout import HISTORY, METRICS, MODEL_DIR, MODEL_META, RECIPE, SPLITS_DIR
-from modelyard.compression.fusion import fuse_checked
+from modelyard.compression.fusion import fuse_checked, fusion_plan
 from modelyard.compression.onnx_export import export_onnx, load_fp32, no_hf_progress_bars
 from modelyard.compression.parity import (
     CONFIDENCE,
@@ -80,7 +80,9 @@ def build_onnx(
     import torch
 
     exported = export_onnx(source, out / ONNX_FILE, log=log)
-    ids, calibration, reference = _calibration(source, run_dir, frontend, tokenizer)
+    ids, calibration, reference = [], None, None
+    if fusion_plan(source)[0] is not None:  # texts and torch logits only for a graph that may be fused
+        ids, calibration, reference = _calibration(source, run_dir, frontend, tokenizer)
     fusion = fuse_checked(source, out / ONNX_FILE, ids, reference, _pad_id(tokenizer), log=log)
     _copy_front_end(source, out, tokenizer)
     return _variant_json(
