@@ -184,16 +184,26 @@ def _scale_as_div(mul: Any, const: Callable[[str], Any], producers: dict[str, An
 def _drop_dead_nodes(graph: Any) -> None:
     """Remove nodes none of whose outputs is used (repeatedly), then initializers nothing reads; keeps order."""
     outputs = {o.name for o in graph.output}
+    nodes = list(graph.node)
     while True:
-        used = outputs | {name for node in graph.node for name in node.input}
-        dead = [node for node in graph.node if not any(out in used for out in node.output)]
-        if not dead:
+        used = outputs | {name for node in nodes for name in node.input}
+        alive = [node for node in nodes if any(out in used for out in node.output)]
+        if len(alive) == len(nodes):
             break
-        for node in dead:
-            graph.node.remove(node)
-    used = {name for node in graph.node for name in node.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
+        nodes = alive
+    used = {name for node in nodes for name in node.input}
+    inits = [init for init in graph.initializer if init.name in used]
+    # rebuilt, not .remove()d: removing from a repeated field compares messages (whole weight tensors)
+    kept_nodes = [type(n)() for n in nodes]
+    for new, old in zip(kept_nodes, nodes, strict=True):
+        new.CopyFrom(old)
+    kept_inits = [type(i)() for i in inits]
+    for new, old in zip(kept_inits, inits, strict=True):
+        new.CopyFrom(old)
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
 
 
 def optimize_encoder(source: Path, path: Path, out: Path, *, rewrite_masks: bool = True) -> tuple[dict[str, int], int]:
