@@ -210,18 +210,165 @@ def test_prune_reaches_sparsity_and_loads_with_plain_transformers(compressed: tu
     assert abs(weight_sparsity([m.weight.detach().numpy() for _, m in layers]) - SPARSITY) <= 0.01
 
 
-def test_onnx_int8_level_is_chosen_on_the_validation_split(compressed: tuple[Path, dict]) -> None:
+def test_onnx_int8_level_is_chosen_by_a_lower_bound_on_training_texts(compressed: tuple[Path, dict]) -> None:
+    """Calibration comes from the training split, and a level is accepted only on its lower bound.
+
+    The tiny run has 144 training rows: fewer than the 299 that full agreement needs for a 95% lower bound
+    ≥ 0.99, so a point-estimate rule would stop at all-int8 while the bound refuses every level.
+    """
+    import pandas as pd
+
     from modelyard.compression.build import INT8_LADDER
+    from modelyard.compression.parity import CALIBRATION_ROWS, agreement_lower_bound
 
     run, _ = compressed
     spec = json.loads((run / "compressed" / "onnx-int8" / "variant.json").read_text())
-    assert spec["calibration"] == "valid split" and spec["min_agreement"] == 0.99
+    n_train = len(pd.read_parquet(run / "splits" / "train.parquet"))
+    cal = spec["calibration"]
+    assert cal["split"] == "train" and cal["n"] == min(CALIBRATION_ROWS, n_train) and cal["of"] == n_train
+    assert n_train != len(pd.read_parquet(run / "splits" / "valid.parquet"))  # the count tells the splits apart
+    assert spec["min_agreement"] == 0.99 and cal["confidence"] == 0.95
     tried = spec["levels_tried"]
     assert tried and tried[0]["level"] == "all-int8" and tried[0]["fp32_nodes"] == 0
     assert spec["level"] == tried[-1]["level"] in {name for name, _ in INT8_LADDER}
-    # stops at the first level that reaches the target, or tried every level
-    assert tried[-1]["valid_agreement"] >= 0.99 or len(tried) == len(INT8_LADDER)
-    assert all(t["valid_agreement"] < 0.99 for t in tried[:-1])
+    for t in tried:
+        bound = agreement_lower_bound(t["agree"], t["n"])
+        assert t["n"] == cal["n"] and t["agreement"] == t["agree"] / t["n"]
+        assert t["lower_bound"] == pytest.approx(bound, abs=1e-6)
+        assert t["accepted"] == (bound >= 0.99)
+    # stops at the first accepted level, or tried every level, kept the last and says none passed
+    assert not any(t["accepted"] for t in tried[:-1])
+    assert tried[-1]["accepted"] or len(tried) == len(INT8_LADDER)
+    assert cal["passed"] == tried[-1]["accepted"]
+    assert n_train < 299 and not cal["passed"]  # this run cannot show ≥ 0.99 at 95% confidence
+
+
+@pytest.mark.parametrize(
+    ("agree", "n", "accepted"),
+    [(299, 300, False), (300, 300, True), (2990, 3000, True), (2960, 3000, False), (144, 144, False)],
+)
+def test_parity_rule_judges_the_lower_bound_not_the_point_estimate(agree: int, n: int, accepted: bool) -> None:
+    """299/300 = 0.9967 meets 0.99 as a point estimate, but its 95% lower bound (0.984) does not."""
+    from modelyard.compression.parity import agreement_entry, agreement_lower_bound
+
+    reference = np.tile([[0.0, 1.0]], (n, 1))
+    got = reference.copy()
+    got[agree:] = [1.0, 0.0]  # the last n - agree rows flip their argmax
+    entry = agreement_entry(got, reference, 0.99)
+    assert entry["agree"] == agree and entry["n"] == n and entry["accepted"] is accepted
+    assert entry["agreement"] >= 0.99 or not accepted
+    assert entry["lower_bound"] <= entry["agreement"]
+    assert entry["lower_bound"] == pytest.approx(agreement_lower_bound(agree, n), abs=1e-6)
+
+
+def test_agreement_lower_bound_values() -> None:
+    from scipy.stats import binomtest
+
+    from modelyard.compression.parity import agreement_lower_bound, rows_needed
+
+    assert agreement_lower_bound(299, 300) == pytest.approx(0.98429, abs=1e-5)
+    assert agreement_lower_bound(2990, 3000) == pytest.approx(0.99435, abs=1e-5)
+    assert agreement_lower_bound(0, 10) == 0.0 and agreement_lower_bound(0, 0) == 0.0
+    assert agreement_lower_bound(90, 100, confidence=0.99) < agreement_lower_bound(90, 100) < 0.9
+    # the exact bound is the rate at which observing >= agree hits has probability 1 - confidence
+    bound = agreement_lower_bound(290, 300)
+    assert binomtest(290, 300, bound, alternative="greater").pvalue == pytest.approx(0.05, rel=1e-3)
+    assert rows_needed(0.99) == 299 and agreement_lower_bound(299, 299) >= 0.99 > agreement_lower_bound(298, 298)
+    with pytest.raises(ValueError):
+        agreement_lower_bound(5, 4)
+
+
+def test_calibration_texts_are_a_seeded_sample_of_the_training_split(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from modelyard.compression.parity import calibration_texts
+
+    (tmp_path / "splits").mkdir()
+    for split, n in (("train", 50), ("valid", 20), ("test", 20)):
+        pd.DataFrame({"text": [f"{split} {i}" for i in range(n)], "label": ["a"] * n}).to_parquet(
+            tmp_path / "splits" / f"{split}.parquet"
+        )
+    texts, info = calibration_texts(tmp_path, rows=30)
+    assert len(texts) == len(set(texts)) == 30 and all(t.startswith("train ") for t in texts)
+    assert info == {"split": "train", "n": 30, "of": 50, "seed": 0}
+    assert calibration_texts(tmp_path, rows=30)[0] == texts != calibration_texts(tmp_path, rows=30, seed=1)[0]
+    assert len(calibration_texts(tmp_path)[0]) == 50  # capped at the split's size
+    assert calibration_texts(tmp_path / "nowhere") == ([], {"split": "train", "n": 0, "of": 0, "seed": 0})
+
+
+def test_onnx_graphs_are_fused_and_keep_parity_with_torch(compressed: tuple[Path, dict]) -> None:
+    """The tiny BERT's export gets Attention, SkipLayerNormalization and BiasGelu; the fused graph matches torch."""
+    import onnx
+
+    run, _ = compressed
+    for method in ("onnx", "onnx-int8"):
+        spec = json.loads((run / "compressed" / method / "variant.json").read_text())
+        fusion = spec["fusion"]
+        assert isinstance(fusion, dict), fusion
+        assert fusion["fused_operators"].get("SkipLayerNormalization") == 4  # 2 layers × (attention, ffn)
+        assert fusion["fused_operators"].get("BiasGelu") == 2
+        # the dynamo export's Where-based masks, rewritten to BERT's classic form, let Attention fuse
+        assert fusion["fused_operators"].get("Attention") == 2 and fusion["attention_masks_rewritten"] == 2
+        assert all(n > 0 for n in fusion["fused_operators"].values())
+        assert fusion["parity"]["split"] == "train" and fusion["parity"]["agreement"] == 1.0
+        assert fusion["parity"]["max_abs_logit_diff"] <= TOLERANCES["onnx"]["max_abs_logit_diff"]
+        ops = {n.op_type for n in onnx.load(str(run / "compressed" / method / "model.onnx")).graph.node}
+        assert {"SkipLayerNormalization", "BiasGelu"} <= ops
+        assert ("Attention" if method == "onnx" else "QAttention") in ops, ops
+    texts = synthetic_sentiment(200, seed=13)["text"].tolist()  # unseen texts, batches with padding
+    diff = np.abs(load_variant(run, "onnx").predict_logits(texts) - load_variant(run, "torch").predict_logits(texts))
+    assert diff.max() <= TOLERANCES["onnx"]["max_abs_logit_diff"]
+
+
+def test_fusion_falls_back_to_the_unfused_graph_when_parity_breaks(tmp_path: Path, tiny_backbone: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from modelyard.compression.fusion import fuse_checked
+    from modelyard.compression.onnx_export import export_onnx
+    from modelyard.compression.parity import torch_logits
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=2).eval()
+    model.save_pretrained(tmp_path / "src", safe_serialization=True)
+    export_onnx(tmp_path / "src", tmp_path / "model.onnx")
+    before = (tmp_path / "model.onnx").read_bytes()
+    rng = np.random.default_rng(0)
+    ids = [[2, *rng.integers(5, 40, int(k)).tolist(), 3] for k in rng.integers(3, 20, 40)]
+    reference = torch_logits(model, ids, 0)
+    logs: list[str] = []
+    got = fuse_checked(tmp_path / "src", tmp_path / "model.onnx", ids, reference + 0.01, 0, log=logs.append)
+    # tried with the attention masks rewritten, then without; both broke the (shifted) parity: not kept
+    assert isinstance(got, str) and got.startswith("none (the fused graph (Attention, "), got
+    assert got.count("broke parity with torch on 40 training texts") == 2
+    assert (tmp_path / "model.onnx").read_bytes() == before and len(logs) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "src"]  # no fused leftovers
+    kept = fuse_checked(tmp_path / "src", tmp_path / "model.onnx", ids, reference, 0, log=logs.append)
+    assert isinstance(kept, dict) and kept["fused_operators"]["SkipLayerNormalization"] == 4
+    assert kept["fused_operators"]["Attention"] == 2 and kept["parity"]["max_abs_logit_diff"] <= 1e-3
+    assert (tmp_path / "model.onnx").read_bytes() != before
+
+
+def test_non_bert_kinds_are_not_fused(tmp_path: Path, tiny_backbone: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from modelyard.compression.build import build_onnx
+    from modelyard.compression.fusion import fuse_checked
+    from modelyard.compression.onnx_export import export_onnx
+    from modelyard.models import textcnn
+
+    model = textcnn.TextCNNForSequenceClassification(textcnn.TextCNNConfig(vocab_size=40, embedding_dim=8))
+    model.eval().save_pretrained(tmp_path / "src", safe_serialization=True)
+    export_onnx(tmp_path / "src", tmp_path / "model.onnx")
+    before = (tmp_path / "model.onnx").read_bytes()
+    got = fuse_checked(tmp_path / "src", tmp_path / "model.onnx", [[2, 5, 3]], np.zeros((1, 2)), 0)
+    assert isinstance(got, str) and got.startswith("none (model_type 'modelyard-textcnn'"), got
+    assert (tmp_path / "model.onnx").read_bytes() == before
+    # … and the onnx variant's variant.json says so
+    (tmp_path / "variant").mkdir()
+    spec = build_onnx(tmp_path / "src", tmp_path / "variant", tokenizer=AutoTokenizer.from_pretrained(tiny_backbone))
+    assert spec["fusion"] == "none (model_type 'modelyard-textcnn' is not a BERT-family encoder)"
+    assert json.loads((tmp_path / "variant" / "variant.json").read_text())["fusion"] == spec["fusion"]
 
 
 def test_int8_ladder_keeps_feed_forward_matmuls_fp32() -> None:

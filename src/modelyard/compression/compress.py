@@ -3,6 +3,10 @@
 Every variant and the fp32 source ("torch-fp32") are measured in one process, side by side, on the
 run's test split: parity (argmax agreement, max |Δ logit|), accuracy / macro-F1, weight size and
 CPU latency at batch 1 and 32. Results go to ``<run>/compression.json`` and ``compression.html``.
+
+The builders make their own choices (whether a fused graph is kept, the onnx-int8 ladder level) on
+calibration texts drawn from the *training* split (:mod:`modelyard.compression.parity`), so the test
+split measured here is data no choice was made on.
 """
 
 from __future__ import annotations
@@ -33,10 +37,20 @@ from modelyard.errors import ModelyardError
 
 SOURCE = "torch-fp32"
 # Parity of a variant against the fp32 torch source on the test split. None = not checked (reported only).
+# onnx-int8's level is chosen on training texts by a 95% lower confidence bound of agreement ≥ 0.99 (see
+# build_onnx_int8); the test-split point estimate below is the honest check of that choice, never its input.
 TOLERANCES: dict[str, dict[str, Any]] = {
     SOURCE: {"min_agreement": 1.0, "max_abs_logit_diff": 0.0, "note": "the reference"},
-    "onnx": {"min_agreement": 1.0, "max_abs_logit_diff": 1e-3, "note": "same fp32 graph, different kernels"},
-    "onnx-int8": {"min_agreement": 0.99, "max_abs_logit_diff": None, "note": "int8 MatMul weights"},
+    "onnx": {
+        "min_agreement": 1.0,
+        "max_abs_logit_diff": 1e-3,
+        "note": "same fp32 graph (fused where parity holds), different kernels",
+    },
+    "onnx-int8": {
+        "min_agreement": 0.99,
+        "max_abs_logit_diff": None,
+        "note": "int8 MatMul weights; level chosen on training texts by a 95% lower bound ≥ 0.99",
+    },
     "prune": {"min_agreement": None, "max_abs_logit_diff": None, "note": "agreement reported only"},
     "distill": {"min_agreement": None, "max_abs_logit_diff": None, "note": "a retrained student: agreement reported"},
 }
