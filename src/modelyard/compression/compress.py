@@ -24,6 +24,7 @@ from modelyard._internal.integrity import file_records
 from modelyard._internal.io import atomic_write_text, read_json, write_json
 from modelyard._internal.layout import MODEL_DIR, MODEL_META, REPORT, SPLITS_DIR
 from modelyard._internal.storage import atomic_dir, ensure_free_space, run_lock, storage_errors
+from modelyard.compression.parity import ONNX_TOLERANCE
 from modelyard.compression.variants import (
     METHODS,
     ONNX_FILE,
@@ -42,8 +43,7 @@ SOURCE = "torch-fp32"
 TOLERANCES: dict[str, dict[str, Any]] = {
     SOURCE: {"min_agreement": 1.0, "max_abs_logit_diff": 0.0, "note": "the reference"},
     "onnx": {
-        "min_agreement": 1.0,
-        "max_abs_logit_diff": 1e-3,
+        **ONNX_TOLERANCE,
         "note": "same fp32 graph (fused where parity holds), different kernels",
     },
     "onnx-int8": {

@@ -272,15 +272,14 @@ def fuse_checked(
         ``{"optimizer", "fused_operators", "attention_masks_rewritten", "parity": {...}}`` when a fused graph
         is kept, else the string ``"none (<reason>)"`` (the graph at ``path`` is then the unchanged export).
     """
-    from modelyard.compression.compress import TOLERANCES
-    from modelyard.compression.parity import onnx_logits
+    from modelyard.compression.parity import ONNX_TOLERANCE, onnx_logits
 
     target, _, _, reason = fusion_plan(source)
     if target is None:
         return f"none ({reason})"
     if reference is None or not ids:
         return "none (no training texts to check the fused graph's parity on)"
-    tol = TOLERANCES["onnx"]
+    tol = ONNX_TOLERANCE
     fused = path.with_name(path.stem + ".fused.onnx")
     reasons: list[str] = []
     try:

@@ -22,6 +22,10 @@ import numpy as np
 
 from modelyard._internal.layout import SPLITS_DIR
 
+#: The parity of a same-model fp32 graph (``onnx``, fused or not) with torch: identical argmax, logits within 1e-3.
+#: One definition for the build's fusion check and ``compress``'s table (``TOLERANCES["onnx"]``).
+ONNX_TOLERANCE = {"min_agreement": 1.0, "max_abs_logit_diff": 1e-3}
+
 # Up to this many training texts are drawn for calibration: enough for a 95% lower bound ≥ 0.99 at a true
 # agreement of ~0.995 (2,985/3,000 → 0.9922), and a few seconds of MiniLM-L6 forward passes on 2 CPU cores.
 CALIBRATION_ROWS = 3000
