@@ -480,3 +480,44 @@ def test_predict_output_that_is_a_folder_is_one_line(run: Path, texts_csv: Path,
     res = modelyard("predict", run, "-i", texts_csv, "-o", tmp_path / "preds.csv")
     assert_one_line_error(res, str(tmp_path / "preds.csv"))
     assert (tmp_path / "preds.csv").is_dir()
+
+
+def test_a_one_shot_fit_killed_leaves_nothing_visible_and_the_next_run_cleans_up(tmp_path: Path) -> None:
+    """A run that cannot be resumed (pretraining, a one-shot fit) is staged hidden; after a SIGKILL the next
+    run into the folder removes the dead writer's staging folder, never a live one."""
+    import signal
+    import time
+
+    from modelyard._internal.rundir import discard_run, finish_run, start_run
+
+    runs = tmp_path / "runs"
+    # a live writer (this process) holds its staging folder: another start_run must keep it
+    run_id, live = start_run(runs, resumable=False)
+    assert live.name == f".staging-{run_id}" and visible(runs) == []
+    _, other = start_run(runs, resumable=False)
+    assert live.is_dir()
+    discard_run(other)
+    assert not other.exists()
+    (live / "manifest.json").write_text("{}")
+    (live / "model").mkdir()
+    final = finish_run(live)
+    assert final.name == run_id and not live.exists()
+    assert sorted(p.name for p in runs.iterdir()) == [run_id]  # no staging folder, no lock file
+
+    # a writer killed with SIGKILL (no except, no finally) leaves a hidden folder the next run removes
+    code = (
+        "import sys, time; from pathlib import Path; from modelyard._internal.rundir import start_run;"
+        f"_, p = start_run(Path({str(runs)!r}), resumable=False); (p / 'half.bin').write_bytes(b'x');"
+        "print(p, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    dead = Path(proc.stdout.readline().strip())
+    assert dead.is_dir()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert dead.is_dir() and visible(runs) == [run_id]
+    time.sleep(0.05)
+    _, nxt = start_run(runs, resumable=False)
+    assert not dead.exists() and not dead.with_name(dead.name + ".lock").exists()
+    discard_run(nxt)
+    assert sorted(p.name for p in runs.iterdir()) == [run_id]

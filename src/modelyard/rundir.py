@@ -50,12 +50,12 @@ class RunDir:
     @property
     def run_id(self) -> str:
         """The run's id: the directory name without ``.incomplete``."""
-        return self.path.name.removesuffix(layout.INCOMPLETE)
+        return self.path.name.removesuffix(layout.INCOMPLETE).removeprefix(layout.STAGING)
 
     @property
     def is_incomplete(self) -> bool:
         """Whether the run is still being written (or was interrupted)."""
-        return self.path.name.endswith(layout.INCOMPLETE)
+        return self.path.name.endswith(layout.INCOMPLETE) or self.path.name.startswith(layout.STAGING)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

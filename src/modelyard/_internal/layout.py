@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 INCOMPLETE = ".incomplete"  # suffix of a run directory still being written
+STAGING = ".staging-"  # hidden prefix of a run that cannot be resumed while it is written (pretrain, one-shot fits)
 
 RECIPE = "recipe.yaml"
 MANIFEST = "manifest.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard._internal.integrity import record_checksums
-from modelyard._internal.layout import INCOMPLETE, MANIFEST, MODEL_DIR
+from modelyard._internal.layout import INCOMPLETE, MANIFEST, MODEL_DIR, STAGING
 from modelyard._internal.storage import make_dir, storage_errors
 from modelyard.errors import ModelyardError
 
@@ -41,8 +41,11 @@ def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def start_run(output_dir: Path) -> tuple[str, Path]:
+def start_run(output_dir: Path, *, resumable: bool = True) -> tuple[str, Path]:
     """Create ``<output_dir>/<run-id>.incomplete`` and return ``(run_id, path)``.
+
+    A run that cannot be resumed (``resumable=False``) is staged under a hidden ``.staging-<run-id>`` name
+    instead, so that even a ``SIGKILL`` leaves nothing visible; the next run in the folder removes it.
 
     Two runs started into the same ``output_dir`` at once never share a folder: the id is random and the
     folder is created exclusively (a clash is retried with a new id).
@@ -53,27 +56,102 @@ def start_run(output_dir: Path) -> tuple[str, Path]:
     make_dir(output_dir, "output_dir")
     for leftover in output_dir.glob(f"{DISCARDED}*"):
         shutil.rmtree(leftover, ignore_errors=True)
+    _remove_dead_staging(output_dir)
     for _ in range(8):
         run_id = new_run_id()
-        path = output_dir / f"{run_id}{INCOMPLETE}"
+        path = output_dir / (f"{STAGING}{run_id}" if not resumable else f"{run_id}{INCOMPLETE}")
+        lock = _StagingLock(path) if not resumable else None  # taken before the folder exists: see below
         try:
             with storage_errors("the run directory", path, "output_dir"):
                 path.mkdir()
         except FileExistsError:
+            if lock is not None:
+                lock.release()
             continue
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         return run_id, path
     raise ModelyardError(f"could not create a new run directory in {output_dir}")  # pragma: no cover
 
 
 def finish_run(tmp_dir: Path) -> Path:
     """Record the model's checksums in the manifest, then rename the completed run into place (one ``rename``)."""
-    final = tmp_dir.with_name(tmp_dir.name.removesuffix(INCOMPLETE))
+    final = tmp_dir.with_name(tmp_dir.name.removesuffix(INCOMPLETE).removeprefix(STAGING))
     if final.exists():
         raise ModelyardError(f"run directory {final} already exists; not overwriting it")
     with storage_errors("manifest.json", tmp_dir / MANIFEST, "output_dir"):
         record_checksums(tmp_dir)
     os.rename(tmp_dir, final)
+    _StagingLock.release_for(tmp_dir)
     return final
+
+
+# A run that cannot be resumed (pretraining) is staged under a hidden ``.staging-<run-id>`` name so that a
+# process killed with SIGKILL (no ``except`` runs) leaves nothing a user sees. Whether its writer is still
+# alive is told by an advisory lock (``fcntl.flock``) on a sibling ``.staging-<run-id>.lock`` file: the
+# kernel drops it when the process dies, however it dies, so the next run in that folder removes only the
+# staging folders of dead writers — never one a concurrent run is still writing. Written by hand: no library
+# we use offers "remove what a dead process left" (filelock's locks are released the same way but it cannot
+# tell a stale lock from a live one without trying, which is what this does).
+_LOCK_SUFFIX = ".lock"
+
+
+class _StagingLock:
+    held: dict[Path, int] = {}
+
+    def __init__(self, staging: Path) -> None:
+        self.path = staging.with_name(staging.name + _LOCK_SUFFIX)
+        self.staging = staging
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        _flock(fd, blocking=True)
+        _StagingLock.held[staging] = fd
+
+    def release(self) -> None:
+        _StagingLock.release_for(self.staging)
+
+    @classmethod
+    def release_for(cls, staging: Path) -> None:
+        fd = cls.held.pop(staging, None)
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(staging.with_name(staging.name + _LOCK_SUFFIX))
+        os.close(fd)
+
+
+def _flock(fd: int, *, blocking: bool) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no stale-writer detection, staging folders are kept
+        return blocking
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _remove_dead_staging(output_dir: Path) -> None:
+    """Remove ``.staging-*`` folders (and their lock files) whose writer has died."""
+    for lock_path in output_dir.glob(f"{STAGING}*{_LOCK_SUFFIX}"):
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            if _flock(fd, blocking=False):  # nobody holds it: the writer is gone
+                shutil.rmtree(lock_path.with_name(lock_path.name.removesuffix(_LOCK_SUFFIX)), ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.unlink(lock_path)
+        finally:
+            os.close(fd)
+    for staging in output_dir.glob(f"{STAGING}*"):
+        # the lock file is created before the folder and removed only after it is renamed or removed, so a
+        # staging folder without one was left by a writer that died
+        if staging.is_dir() and not staging.with_name(staging.name + _LOCK_SUFFIX).exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 DISCARDED = ".discarded-"
@@ -90,6 +168,7 @@ def discard_run(tmp_dir: Path) -> None:
     if tmp_dir.exists():
         with contextlib.suppress(OSError):
             os.rename(tmp_dir, tmp_dir.with_name(f"{DISCARDED}{tmp_dir.name}"))
+    _StagingLock.release_for(tmp_dir)
 
 
 def find_run(path: Path) -> Path:

@@ -234,7 +234,7 @@ def pretrain(recipe: Recipe, *, console: Console | None = None) -> Path:
         f"{len(tokenizer)}) · {len(examples)} texts (+{len(eval_texts)} held out) · "
         f"{'whole-word' if p.whole_word_masking else 'token'} masking {p.mlm_probability:.0%} · {total} steps"
     )
-    run_id, run_dir = start_run(recipe.resolve(recipe.output_dir))
+    run_id, run_dir = start_run(recipe.resolve(recipe.output_dir), resumable=False)
     history: list[dict[str, Any]] = []
     try:
         log = (run_dir / PROGRESS).open("a", encoding="utf-8")

@@ -103,7 +103,8 @@ def train(
         if kind.prepare is not None:
             kind.prepare(recipe.model, recipe, list(data.labels))
         print_data_report(console, data.report)
-        run_id, run_dir = start_run(recipe.resolve(recipe.output_dir))
+        # a one-shot fit has nothing to resume: staged hidden, so even a SIGKILL leaves nothing visible
+        run_id, run_dir = start_run(recipe.resolve(recipe.output_dir), resumable=kind.trains_in_loop)
         try:
             with storage_errors("the run's recipe and splits", run_dir, "output_dir"):
                 _write_inputs(run_dir, recipe, data)
