@@ -241,6 +241,10 @@ def test_onnx_int8_level_is_chosen_by_a_lower_bound_on_training_texts(compressed
     assert tried[-1]["accepted"] or len(tried) == len(INT8_LADDER)
     assert cal["passed"] == tried[-1]["accepted"]
     assert n_train < 299 and not cal["passed"]  # this run cannot show ≥ 0.99 at 95% confidence
+    # the kernel path the level was chosen on (an AVX2 machine may choose another level)
+    from modelyard.compression.cpu import int8_kernel_path
+
+    assert spec["cpu"]["int8_kernels"] == int8_kernel_path() and isinstance(spec["cpu"]["vnni"], bool)
 
 
 @pytest.mark.parametrize(

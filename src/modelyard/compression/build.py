@@ -171,6 +171,8 @@ def build_onnx_int8(
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from modelyard.compression.cpu import cpu_summary
+
     out = out.resolve()  # the quantizer runs from a scratch cwd below
     fp32 = out / "model.fp32.onnx"
     exported = export_onnx(source, fp32, log=log)
@@ -197,6 +199,7 @@ def build_onnx_int8(
             quant_input, preprocessed = fp32, False
         names = [n.name for n in onnx.load(str(quant_input)).graph.node if n.op_type in ("MatMul", "Gemm")]
         levels = INT8_LADDER if reference is not None else INT8_LADDER[:1]
+        log(f"onnx-int8: onnxruntime's int8 kernels on this CPU: {cpu_summary()['int8_kernels']}")
         chosen = None
         for level, patterns in levels:
             exclude = [n for n in names if any(p.search(n) for p in patterns)]
@@ -256,6 +259,7 @@ def build_onnx_int8(
         calibration=calibration if reference is not None else None,
         levels_tried=tried,
         onnxruntime=onnxruntime.__version__,
+        cpu=cpu_summary(),  # the int8 kernel path the level was chosen with (an AVX2 machine may choose another)
     )
 
 

@@ -101,13 +101,13 @@ def torch_logits(model: Any, ids: list[list[int]], pad_id: int, batch_size: int 
 
 def onnx_logits(path: Path, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
     """Logits of an ONNX classifier graph (onnxruntime, CPU) on pre-tokenized ``ids``, in input order."""
-    from modelyard._internal.batching import pad_batch, sorted_batches
+    from modelyard._internal.batching import pad_batch_numpy, sorted_batches
     from modelyard.compression.variants import _OrtModel
 
     model = _OrtModel(path)
     out: np.ndarray | None = None
     for idx in sorted_batches([len(x) for x in ids], batch_size):
-        logits = model(**pad_batch([ids[i] for i in idx], pad_id)).logits.numpy()
+        logits = model.logits(*pad_batch_numpy([ids[i] for i in idx], pad_id))
         if out is None:
             out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
         out[idx] = logits

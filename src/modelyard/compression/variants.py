@@ -1,14 +1,16 @@
 """Compressed variants as classifiers with the same protocol as :class:`modelyard.models.text_classifier.Classifier`.
 
-Every variant *is* a ``Classifier`` subclass: ``predict_proba``/``predict`` are inherited unchanged, so
-input normalisation (``modelyard.data.cleaning.clean_text`` with the run's cleaning config),
-tokenization, length-sorted batching and the softmax are the very same code for the source model and
-for every variant. Only the forward pass differs:
+Every variant *is* a ``Classifier`` subclass: ``encode`` and ``predict`` are inherited unchanged, so input
+normalisation (``modelyard.data.cleaning.clean_text`` with the run's cleaning config), tokenization and the
+padding-aware batching (:func:`~modelyard._internal.batching.padding_aware_batches`) are the very same code
+for the source model and for every variant. Only the forward pass differs (and, for ONNX, the request path
+stays in numpy — no torch tensors between the tokenizer and the session):
 
 * ``torch`` / ``prune`` / ``distill``: a Hugging Face safetensors model (``Classifier`` itself); the
   distilled student has fewer encoder layers.
 * ``onnx`` / ``onnx-int8``: an ``onnxruntime.InferenceSession`` (CPU) behind a small adapter that
-  looks like a ``transformers`` model call (``model(input_ids=…, attention_mask=…).logits``).
+  looks like a ``transformers`` model call (``model(input_ids=…, attention_mask=…).logits``) and also
+  takes numpy directly (``model.logits(input_ids, attention_mask)``).
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ class VariantClassifier(Classifier):
         Same steps as ``Classifier.predict_proba`` (normalise → tokenize → sorted batches) minus the
         softmax; the tests check that both agree so the two paths cannot drift apart.
         """
-        from modelyard._internal.batching import pad_batch, sorted_batches
+        from modelyard._internal.batching import pad_batch, padding_aware_batches
 
         ids = self.encode(texts)
         out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
@@ -115,7 +117,7 @@ class VariantClassifier(Classifier):
             return out
         torch = self._torch
         with self._lock, torch.inference_mode():
-            for idx in sorted_batches([len(x) for x in ids], self.batch_size):
+            for idx in padding_aware_batches([len(x) for x in ids], self.batch_size):
                 batch = {k: v.to(self.device) for k, v in pad_batch([ids[i] for i in idx], self.pad_id).items()}
                 out[idx] = self.model(**batch).logits.float().cpu().numpy()
         return out
@@ -131,13 +133,23 @@ class TorchClassifier(VariantClassifier):
 
 
 class _OrtModel:
-    """Adapter: an ONNX Runtime session called like a ``transformers`` sequence classifier."""
+    """Adapter: an ONNX Runtime session called like a ``transformers`` sequence classifier.
+
+    Session options for one request at a time on a CPU (measured with ``benchmarks/inference.py``):
+    sequential execution (encoder graphs are one chain: a parallel executor only adds scheduling),
+    ``intra_op_num_threads`` = the cores this process may use, and the memory arena and pattern planner on
+    (repeated shapes reuse their buffers). I/O binding is not used: on the CPU provider ``run`` already
+    reads numpy inputs in place and the logits are a few floats.
+    """
 
     def __init__(self, path: Path, num_threads: int | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.enable_cpu_mem_arena = True
+        opts.enable_mem_pattern = True
         if num_threads:
             opts.intra_op_num_threads = num_threads
             opts.inter_op_num_threads = 1
@@ -145,11 +157,16 @@ class _OrtModel:
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Logits ``(n, k)`` float32 for int64 ``input_ids``/``attention_mask`` (numpy in, numpy out)."""
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        (logits,) = self.session.run(["logits"], {name: feeds[name] for name in self.input_names})
+        return logits
+
     def __call__(self, **inputs: Any) -> SimpleNamespace:
         import torch
 
-        feeds = {name: inputs[name].cpu().numpy().astype(np.int64) for name in self.input_names}
-        (logits,) = self.session.run(["logits"], feeds)
+        logits = self.logits(*(inputs[k].cpu().numpy().astype(np.int64) for k in ("input_ids", "attention_mask")))
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
     def eval(self) -> _OrtModel:
@@ -173,7 +190,7 @@ class OnnxClassifier(VariantClassifier):
         _read_variant(vdir, runtime)
         # Classifier.__init__ always loads safetensors weights, so the text front end is set up here
         # with the same attributes and the same helpers (CleaningConfig + clean_text, the saved
-        # tokenizer); predict_proba itself is inherited, not re-implemented.
+        # tokenizer); only the forward pass and the softmax below run on numpy instead of torch.
         self.model_dir = vdir
         self.variant_path = vdir
         self.runtime = runtime
@@ -193,6 +210,28 @@ class OnnxClassifier(VariantClassifier):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._torch = torch
         self._lock = threading.Lock()
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        """As :meth:`VariantClassifier.predict_logits`, numpy end to end (no torch tensors on the request path)."""
+        from modelyard._internal.batching import pad_batch_numpy, padding_aware_batches
+
+        ids = self.encode(texts)
+        out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
+        with self._lock:
+            for idx in padding_aware_batches([len(x) for x in ids], self.batch_size):
+                out[idx] = self.model.logits(*pad_batch_numpy([ids[i] for i in idx], self.pad_id))
+        return out
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Softmax of :meth:`predict_logits` in float64 (compressed variants are single-label models)."""
+        if isinstance(texts, str):
+            raise TypeError("predict_proba expects a list of texts, not a single string")
+        logits = self.predict_logits(texts).astype(np.float64)
+        if not len(logits):
+            return np.zeros((0, len(self.labels)))
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
 
 
 def check_variant(run_dir: Path, runtime: str) -> None:

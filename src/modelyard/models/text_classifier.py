@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard._internal.batching import pad_batch, sorted_batches
+from modelyard._internal.batching import pad_batch, padding_aware_batches
 from modelyard._internal.io import read_json, write_json
 from modelyard._internal.labels import MULTI_LABEL, label_predictions, label_set_predictions, model_thresholds
 from modelyard._internal.layout import MANIFEST, MODEL_META
@@ -99,7 +99,7 @@ class Classifier:
         out = np.zeros((len(ids), len(self.labels)), dtype=np.float64)
         torch = self._torch
         with self._lock, torch.inference_mode():
-            for idx in sorted_batches([len(x) for x in ids], self.batch_size):
+            for idx in padding_aware_batches([len(x) for x in ids], self.batch_size):
                 batch = {k: v.to(self.device) for k, v in pad_batch([ids[i] for i in idx], self.pad_id).items()}
                 logits = self.model(**batch).logits.float()
                 scores = torch.sigmoid(logits.double()) if self.multi_label else torch.softmax(logits.double(), dim=-1)

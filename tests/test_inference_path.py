@@ -1,0 +1,80 @@
+"""The inference request path: padding-aware batches (exact, cheaper than fixed batches) and the int8 kernel path."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from modelyard._internal.batching import pad_batch, pad_batch_numpy, padding_aware_batches, sorted_batches
+from modelyard.compression.cpu import int8_kernel_path
+
+
+def _cost(batches: list[np.ndarray], lengths: np.ndarray, call_tokens: int) -> int:
+    return int(sum(len(b) * lengths[b].max() + call_tokens for b in batches))
+
+
+def _brute_force(lengths: np.ndarray, batch_size: int, call_tokens: int) -> int:
+    """The cheapest cut of the length-sorted order, by trying every set of cut points."""
+    s = sorted(lengths.tolist(), reverse=True)
+    n = len(s)
+    best = None
+    for k in range(n):
+        for cuts in itertools.combinations(range(1, n), k):
+            bounds = [0, *cuts, n]
+            if any(b - a > batch_size for a, b in itertools.pairwise(bounds)):
+                continue
+            cost = sum((b - a) * s[a] + call_tokens for a, b in itertools.pairwise(bounds))
+            best = cost if best is None else min(best, cost)
+    assert best is not None
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_padding_aware_batches_are_the_cheapest_cut_and_cover_every_text_once(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 80, size=int(rng.integers(1, 11)))
+    batches = padding_aware_batches(lengths, batch_size=4, call_tokens=16)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= 4 for b in batches)
+    assert _cost(batches, lengths, 16) == _brute_force(lengths, 4, 16)
+
+
+def test_padding_aware_batches_compute_fewer_padded_tokens_than_fixed_batches() -> None:
+    # 32 texts of 5-60 tokens in one batch are padded to ~60 each; cut by length far fewer tokens are computed
+    lengths = np.random.default_rng(0).integers(5, 61, size=32)
+    fixed = sorted_batches(lengths, 32)
+    aware = padding_aware_batches(lengths, 32)
+    assert len(fixed) == 1 and len(aware) > 1
+    padded = lambda bs: int(sum(len(b) * lengths[b].max() for b in bs))  # noqa: E731
+    assert padded(aware) < 0.75 * padded(fixed), (padded(aware), padded(fixed))
+    # equal lengths: one call (another call would only add its fixed cost)
+    assert [len(b) for b in padding_aware_batches([7] * 20, 32)] == [20]
+    assert padding_aware_batches([], 32) == []
+
+
+def test_numpy_padding_matches_torch_padding() -> None:
+    seqs = [[5, 6, 7], [8], [9, 10]]
+    ids, mask = pad_batch_numpy(seqs, pad_id=0)
+    ref = pad_batch(seqs, pad_id=0)
+    assert ids.dtype == np.int64 and mask.dtype == np.int64
+    np.testing.assert_array_equal(ids, ref["input_ids"].numpy())
+    np.testing.assert_array_equal(mask, ref["attention_mask"].numpy())
+
+
+@pytest.mark.parametrize(
+    ("flags", "path"),
+    [
+        ({"avx2", "avx512bw", "avx512_vnni", "amx_int8"}, "amx"),
+        ({"avx2", "avx512bw", "avx512_vnni"}, "avx512-vnni"),
+        ({"avx2", "avx_vnni"}, "avx-vnni"),
+        ({"avx2", "avx512bw"}, "avx512bw"),
+        ({"sse4_2", "avx2"}, "avx2"),
+        ({"fp", "asimd", "asimddp"}, "arm-dotprod"),
+        ({"fp", "asimd"}, "arm-neon"),
+        (set(), "generic"),
+    ],
+)
+def test_int8_kernel_path_is_read_from_the_cpu_flags(flags: set[str], path: str) -> None:
+    assert int8_kernel_path(frozenset(flags)) == path
