@@ -62,19 +62,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _http_row(run: Path, texts: list[str], repeats: int) -> tuple[dict[str, Any] | None, str]:
-    """``modelyard serve RUN --runtime auto`` on loopback: one text per request, keep-alive client."""
+def _http_row(
+    run: Path, texts: list[str], repeats: int, overrides: list[str], inproc: Any
+) -> tuple[dict[str, Any] | None, str, list[float]]:
+    """``modelyard serve RUN --runtime auto`` on loopback: one text per request, keep-alive client.
+
+    Each timed request is paired with an in-process call of the same runtime (``inproc``) on the same text,
+    alternately, so both see the same machine state; the paired differences are the HTTP overhead.
+    """
     import httpx
 
     port = _free_port()
     env = {**os.environ, "MODELYARD_LOG_LEVEL": "warning", "COLUMNS": "400"}  # its "runtime auto" line unwrapped
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelyard", "serve", str(run), "--runtime", "auto", "--port", str(port)],
+        [sys.executable, "-m", "modelyard", "serve", str(run), "--runtime", "auto", "--port", str(port), *overrides],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
+    diffs: list[float] = []
     try:
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(timeout=30) as client:
@@ -85,7 +92,8 @@ def _http_row(run: Path, texts: list[str], repeats: int) -> tuple[dict[str, Any]
                 except httpx.TransportError:
                     pass
                 if proc.poll() is not None:
-                    return None, (proc.stderr.read() if proc.stderr else "")[-500:]
+                    return None, (proc.stderr.read() if proc.stderr else ""), []
+
                 time.sleep(0.1)
 
             def call(batch: list[str]) -> None:
@@ -93,6 +101,12 @@ def _http_row(run: Path, texts: list[str], repeats: int) -> tuple[dict[str, Any]
                 r.raise_for_status()
 
             row = _row("http (serve --runtime auto)", call, texts, repeats)
+            for text in texts[: max(repeats, 1)]:
+                t0 = time.perf_counter()
+                inproc([text])
+                t1 = time.perf_counter()
+                call([text])
+                diffs.append(((time.perf_counter() - t1) - (t1 - t0)) * 1000.0)
     finally:
         proc.terminate()
         try:
@@ -101,7 +115,7 @@ def _http_row(run: Path, texts: list[str], repeats: int) -> tuple[dict[str, Any]
             proc.kill()
             _, err = proc.communicate()
     chosen = next((line for line in (err or "").splitlines() if "runtime auto" in line), "")
-    return row, chosen
+    return row, chosen, diffs
 
 
 def _gemm_gflops(h: int, inner: int, rows: int = 64, repeats: int = 50) -> float:
@@ -136,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (compiles first: slow)")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP round trip")
+    parser.add_argument(
+        "--serve",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a serve override for the HTTP row, e.g. serve.max_wait_ms=0 for a run whose recipe predates that default",
+    )
     args = parser.parse_args(argv)
 
     import pandas as pd
@@ -158,7 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import pipeline
 
         pipe = pipeline("text-classification", model=str(model_dir), device=-1, top_k=None)
-        rows.append(_row("hf-pipeline (torch fp32)", lambda b: pipe(b, batch_size=len(b)), texts, args.repeats))
+        max_length = int(getattr(clf, "max_length", 512))  # the user's pipeline truncates as the model was trained
+        rows.append(
+            _row(
+                "hf-pipeline (torch fp32)",
+                lambda b: pipe(b, batch_size=len(b), truncation=True, max_length=max_length),
+                texts,
+                args.repeats,
+            )
+        )
     rows.append(_row("modelyard torch", clf.predict_proba, texts, args.repeats))
     if args.compile and hasattr(clf, "model"):
         clf.model = torch.compile(clf.model)
@@ -172,13 +201,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip {name}: {err}")
             continue
         rows.append(_row(f"modelyard {name}", variant.predict_proba, texts, args.repeats))
-    chosen = ""
+    chosen, diffs = "", []
     if not args.no_http:
-        http, chosen = _http_row(run, texts, args.repeats)
+        from modelyard.compression.choice import choose_runtime
+
+        picked_runtime, _ = choose_runtime(run)
+        inproc = load_variant(run, picked_runtime) if picked_runtime != "torch" else clf
+        http, chosen, diffs = _http_row(run, texts, args.repeats, args.serve, inproc.predict_proba)
         if http is not None:
             rows.append(http)
         else:
-            print(f"http: the server did not start: {chosen}")
+            print(f"http: the server did not start: {chosen[-500:]}")
 
     base = rows[0]
     print(f"\n{run.name}: {len(texts)} test texts, torch threads {torch.get_num_threads()}")
@@ -195,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         inproc = next((r for r in rows if r["name"] == f"modelyard {picked}"), None)
         if http and inproc:
             print(f"HTTP overhead over in-process {picked}: {http['p50_b1'] - inproc['p50_b1']:+.2f} ms p50 at batch 1")
+    if diffs:
+        print(
+            f"HTTP overhead, paired (each request alternated with an in-process call on the same text, "
+            f"{len(diffs)} pairs): p50 {statistics.median(diffs):+.2f} ms, p95 {np.percentile(diffs, 95):+.2f} ms"
+        )
     config = getattr(getattr(clf, "model", None), "config", None)
     if config is not None and getattr(config, "num_hidden_layers", None):
         tokens = float(np.mean([len(x) for x in clf.encode(texts)]))

@@ -9,6 +9,8 @@ runs onnxruntime's recommended pre-processing once, then builds each candidate i
   scales; activations quantised at run time, u8);
 * ``dynamic s8 per-tensor``, ``dynamic u8u8`` (uint8 weights: no ``vpmaddubsw`` saturation on AVX2),
   ``dynamic reduce-range`` (7-bit weights, the other AVX2 remedy);
+* ``dynamic s8 no-Gather`` (``rr``: with reduce-range) — only MatMul/Attention quantised, the embedding table
+  (a Gather) kept fp32;
 * ``static QDQ u8s8`` / ``static QDQ s8s8`` — ``quantize_static`` with QuantizeLinear/DequantizeLinear pairs,
   activation ranges calibrated (MinMax) on 256 *training* texts;
 * ``static QOperator u8s8`` — the same calibration, QLinearMatMul operators.
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra_options=extra,
             )
 
+        MATMULS = ["MatMul", "Attention"]  # the embedding Gather stays fp32
         candidates = {
             "fp32 fused (onnx)": None,
             "dynamic s8 per-channel": lambda out: quantize_dynamic(
@@ -152,6 +155,17 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "dynamic s8 reduce-range": lambda out: quantize_dynamic(
                 str(prep), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True
+            ),
+            "dynamic s8 no-Gather": lambda out: quantize_dynamic(
+                str(prep), str(out), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=MATMULS
+            ),
+            "dynamic s8 no-Gather rr": lambda out: quantize_dynamic(
+                str(prep),
+                str(out),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=True,
+                op_types_to_quantize=MATMULS,
             ),
             "static QDQ u8s8": static(QuantFormat.QDQ, QuantType.QUInt8),
             "static QDQ s8s8": static(QuantFormat.QDQ, QuantType.QInt8, ActivationSymmetric=True),

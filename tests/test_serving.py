@@ -469,6 +469,23 @@ def test_concurrent_requests_are_batched_without_cross_talk() -> None:
     assert len(fake.threads) == 1
 
 
+def test_with_the_default_wait_texts_that_arrive_while_the_model_is_busy_are_still_batched() -> None:
+    """``max_wait_ms`` 0 (the default): nothing waits while the model is idle, yet under load batches form."""
+    assert ServeConfig().max_wait_ms == 0
+    fake = FakeClassifier(delay=0.03)
+    app = serve_app(fake, max_batch_size=16, max_wait_ms=0)
+    texts = [f"good {i}" for i in range(24)]
+
+    async def main() -> list[httpx.Response]:
+        async with running(app) as c:
+            return await asyncio.gather(*(c.post("/v1/predict", json={"texts": [t]}) for t in texts))
+
+    responses = run(main())
+    assert all(r.status_code == 200 for r in responses)
+    sizes = [len(b) for b in fake.batches]
+    assert sum(sizes) == 24 and len(sizes) < 24 and max(sizes) > 1, sizes
+
+
 def test_a_large_request_is_split_across_batches_in_order() -> None:
     fake = FakeClassifier()
     app = serve_app(fake, max_batch_size=16, max_wait_ms=5)

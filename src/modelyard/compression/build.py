@@ -152,7 +152,9 @@ def build_onnx_int8(
     """Dynamic int8 quantization (onnxruntime) of the fused fp32 export; only the int8 model is kept.
 
     Per-channel weight scales: on the Rotten Tomatoes MiniLM run they raised argmax agreement with
-    fp32 from 96.4% (per-tensor) to 98.6% at the same size; ``reduce_range`` lowered it.
+    fp32 from 96.4% (per-tensor) to 98.6% at the same size; ``reduce_range`` lowered it. Dynamic rather than
+    static: ``benchmarks/int8_choices.py`` found no static scheme (QDQ or QOperator, u8s8 or s8s8, calibrated on
+    training texts) both faster and as faithful on that run (README, "CPU inference").
 
     The fp32 export is first fused as for the ``onnx`` variant (:func:`~modelyard.compression.fusion.fuse_checked`,
     kept only if it keeps parity with torch), and the fused graph is quantized.

@@ -15,7 +15,12 @@ class ServeConfig(_Stage):
     host: str = Field("127.0.0.1", description="Interface to bind; loopback unless you mean to expose it.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
     max_batch_size: int = Field(32, ge=1, description="Most texts the micro-batcher merges into one forward pass.")
-    max_wait_ms: float = Field(5.0, ge=0, description="How long the batcher waits to fill a batch.")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long the batcher waits to fill a batch while the model is idle (0: never; texts that "
+        "arrive while the model is busy are batched anyway).",
+    )
     max_texts_per_request: int = Field(64, ge=1, description="More texts in one request → HTTP 413.")
     max_chars_per_text: int = Field(10000, ge=1, description="A longer text → HTTP 413.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="A larger request body → HTTP 413.")
