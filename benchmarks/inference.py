@@ -63,12 +63,13 @@ def _free_port() -> int:
 
 
 def _http_row(
-    run: Path, texts: list[str], repeats: int, overrides: list[str], inproc: Any
+    run: Path, texts: list[str], repeats: int, overrides: list[str], load_inproc: Any
 ) -> tuple[dict[str, Any] | None, str, list[float]]:
     """``modelyard serve RUN --runtime auto`` on loopback: one text per request, keep-alive client.
 
-    Each timed request is paired with an in-process call of the same runtime (``inproc``) on the same text,
-    alternately, so both see the same machine state; the paired differences are the HTTP overhead.
+    Each timed request is paired with an in-process call of the runtime the server chose (``load_inproc(runtime)``,
+    read from the response's ``model.runtime``) on the same text, alternately, so both see the same machine state;
+    the paired differences are the HTTP overhead.
     """
     import httpx
 
@@ -101,6 +102,8 @@ def _http_row(
                 r.raise_for_status()
 
             row = _row("http (serve --runtime auto)", call, texts, repeats)
+            served = client.post(f"{url}/v1/predict", json={"texts": texts[:1]}).json()["model"].get("runtime", "torch")
+            inproc = load_inproc(served)
             for text in texts[: max(repeats, 1)]:
                 t0 = time.perf_counter()
                 inproc([text])
@@ -203,11 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_row(f"modelyard {name}", variant.predict_proba, texts, args.repeats))
     chosen, diffs = "", []
     if not args.no_http:
-        from modelyard.compression.choice import choose_runtime
 
-        picked_runtime, _ = choose_runtime(run)
-        inproc = load_variant(run, picked_runtime) if picked_runtime != "torch" else clf
-        http, chosen, diffs = _http_row(run, texts, args.repeats, args.serve, inproc.predict_proba)
+        def load_inproc(runtime: str) -> Any:
+            return (load_variant(run, runtime) if runtime != "torch" else clf).predict_proba
+
+        http, chosen, diffs = _http_row(run, texts, args.repeats, args.serve, load_inproc)
         if http is not None:
             rows.append(http)
         else:

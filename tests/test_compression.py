@@ -571,5 +571,25 @@ def test_serve_runtime_auto_serves_the_chosen_variant(compressed, tmp_path, monk
     monkeypatch.setattr(modelyard.serving, "serve", lambda loader, cfg, **kw: served.append(loader()))
     result = CliRunner().invoke(app, ["serve", str(run), "--runtime", "auto"])
     assert result.exit_code == 0, result.output
-    assert "runtime auto → onnx" in " ".join(result.output.split())
-    assert served[0].info()["runtime"] == "onnx"
+    line = " ".join(result.output.split())
+    # serve times the eligible runtimes again on this machine and serves the one it names
+    assert "measured here" in line, line
+    picked = line.split("runtime auto → ", 1)[1].split(":", 1)[0]
+    assert picked in {"torch", "onnx", "onnx-int8"} and served[0].info().get("runtime", "torch") == picked
+
+
+def test_runtime_auto_measured_here_never_times_a_runtime_that_failed_parity(compressed, tmp_path) -> None:
+    from modelyard.compression.choice import choose_runtime, measure_runtimes
+
+    rows = {SOURCE: (20.0, True), "onnx": (8.0, True), "onnx-int8": (0.1, False)}
+    runtime, why = choose_runtime(_auto_run(compressed, tmp_path, rows), measure=True)
+    assert runtime in {"torch", "onnx"} and "measured here" in why and "onnx-int8 (failed parity" in why
+    listed = why.split("interleaved): ", 1)[1].split(";", 1)[0]
+    assert "onnx-int8" not in listed and "torch" in listed and "onnx" in listed
+    # one runtime eligible: nothing to measure, the table's reason
+    (tmp_path / "run").rename(tmp_path / "old")
+    runtime, why = choose_runtime(_auto_run(compressed, tmp_path, {SOURCE: (20.0, True)}), measure=True)
+    assert runtime == "torch" and "measured here" not in why
+    # timings are medians of single-text calls, one per loadable runtime
+    timings = measure_runtimes(tmp_path / "run", ["torch", "onnx", "no-such-runtime"], rounds=1, per_round=2)
+    assert set(timings) == {"torch", "onnx"} and all(t > 0 for t in timings.values())

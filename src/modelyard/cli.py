@@ -315,7 +315,7 @@ def serve(
     if runtime == "auto":
         from modelyard.compression.choice import choose_runtime
 
-        runtime, why = choose_runtime(run_dir)
+        runtime, why = choose_runtime(run_dir, measure=True)
         err_console.print(f"runtime auto → {runtime}: {why}", markup=False, highlight=False)
     if runtime == "torch":
         from modelyard.models.loading import load
