@@ -42,6 +42,8 @@ _BUILTIN: dict[str, str] = {
     "cnn-small": "modelyard.models.cnn_small",
     "resnet-mini": "modelyard.models.resnet_mini",
     "vit-tiny": "modelyard.models.vit_tiny",
+    "vae": "modelyard.models.vae",
+    "gan": "modelyard.models.gan",
 }
 
 Modality = Literal["text", "image"]
@@ -55,6 +57,7 @@ CAPABILITIES = frozenset(
         "ensemble_member",  # may be listed in model.members of an ensemble
         "pretrained_backbone",  # `backbone` names pretrained weights that must resolve before a run starts
         "learns_tokenizer",  # the builder learns its tokenizer from the training texts
+        "generative",  # learns to generate images (task: image-generation; training.generative, `generate`)
         "multi_label",  # learns label sets (task: multi-label-classification): sigmoid scores + per-label thresholds
     }
 )

@@ -102,14 +102,20 @@ def _check_multi_label(recipe: Recipe) -> None:
         )
 
 
+def _image_classifiers() -> list[str]:
+    generative = set(kinds_with("generative"))
+    return [k for k in kinds_for("image") if k not in generative]
+
+
 class Recipe(_Stage):
     """A whole modelyard recipe: one section per stage."""
 
     name: str = Field("text-classifier", pattern=NAME_PATTERN, description="Application name (runs, registry).")
-    task: Literal["text-classification", "multi-label-classification", "image-classification"] = Field(
+    task: Literal["text-classification", "multi-label-classification", "image-classification", "image-generation"] = Field(
         "text-classification",
         description="What is being learned: text-classification (one label per text), multi-label-classification "
-        "(a set of labels per text) or image-classification.",
+        "(a set of labels per text), image-classification, or image-generation (a `vae` or `gan` that learns "
+        "to generate the training images, per class).",
     )
     data: DataConfig
     model: SerializeAsAny[ModelSettings] = Field(
@@ -135,11 +141,23 @@ class Recipe(_Stage):
     def _task_model(self) -> Recipe:
         for key in self.tune.space:
             _check_tunable_key(key, type(self.model))
-        image_model = get_kind(self.model.type).modality == "image"
+        kind = get_kind(self.model.type)
+        generative = kind.can("generative")
+        image_model = kind.modality == "image" and not generative
+        if self.task == "image-generation" and not generative:
+            raise ValueError(
+                f"task image-generation needs a generative model; set model.type to one of "
+                f"{', '.join(kinds_with('generative'))} (model.type is '{self.model.type}')"
+            )
+        if generative and self.task != "image-generation":
+            raise ValueError(
+                f"model.type '{self.model.type}' generates images; set task: image-generation "
+                f"(or pick a classifier: {', '.join(_image_classifiers())})"
+            )
         if self.task == "image-classification" and not image_model:
             raise ValueError(
                 f"task image-classification needs an image model; set model.type to one of "
-                f"{', '.join(kinds_for('image'))} (model.type is '{self.model.type}')"
+                f"{', '.join(_image_classifiers())} (model.type is '{self.model.type}')"
             )
         if self.task == "multi-label-classification":
             _check_multi_label(self)
@@ -151,7 +169,7 @@ class Recipe(_Stage):
                 f"train.metric '{self.train.metric}' is a multi-label metric; use one of "
                 f"{', '.join(sorted(SINGLE_LABEL_METRICS))} for task {self.task}"
             )
-        if self.task != "image-classification" and image_model:
+        if self.task not in ("image-classification", "image-generation") and image_model:
             raise ValueError(
                 f"model.type '{self.model.type}' classifies images; set task: image-classification "
                 "or pick a text model (hf-encoder, prompt)"

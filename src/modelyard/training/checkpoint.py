@@ -51,14 +51,16 @@ def save_checkpoint(
     directory: Path,
     *,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer],
     scheduler: Any,
     trainer_state: dict[str, Any],
     extra_modules: dict[str, torch.nn.Module] | None = None,
 ) -> None:
     """Write a complete checkpoint to ``directory`` atomically (temp dir, then rename).
 
-    ``extra_modules`` (e.g. an EMA copy of the model) are saved as ``<name>.safetensors``.
+    ``extra_modules`` (e.g. an EMA copy of the model) are saved as ``<name>.safetensors``. ``optimizer`` may be
+    several by name (a GAN's generator and discriminator), saved as ``optimizer-<name>.*``; ``scheduler`` may be
+    None (a constant learning rate).
     """
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -93,22 +95,31 @@ def _write_checkpoint(
     save_file(model_state(model), str(tmp / "model.safetensors"))
     for name, module in (extra_modules or {}).items():
         save_file(model_state(module), str(tmp / f"{name}.safetensors"))
-    opt_tensors, opt_skeleton = _flatten_optimizer(optimizer.state_dict())
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    write_json(tmp / "optimizer.json", opt_skeleton)
+    for stem, opt in _optimizer_files(optimizer).items():
+        opt_tensors, opt_skeleton = _flatten_optimizer(opt.state_dict())
+        save_file(opt_tensors, str(tmp / f"{stem}.safetensors"))
+        write_json(tmp / f"{stem}.json", opt_skeleton)
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"torch_cuda_{i}"] = s
     save_file(rng, str(tmp / "rng.safetensors"))
-    write_json(tmp / "trainer_state.json", {**trainer_state, "scheduler": scheduler.state_dict()})
+    sched = scheduler.state_dict() if scheduler is not None else None
+    write_json(tmp / "trainer_state.json", {**trainer_state, "scheduler": sched})
+
+
+def _optimizer_files(optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    """File stem → optimizer: ``optimizer`` for one, ``optimizer-<name>`` for several."""
+    if isinstance(optimizer, dict):
+        return {f"optimizer-{name}": opt for name, opt in optimizer.items()}
+    return {"optimizer": optimizer}
 
 
 def load_checkpoint(
     directory: Path,
     *,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer],
     scheduler: Any,
     extra_modules: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
@@ -119,8 +130,7 @@ def load_checkpoint(
     """
     needed = [
         "model.safetensors",
-        "optimizer.safetensors",
-        "optimizer.json",
+        *(f"{stem}.{ext}" for stem in _optimizer_files(optimizer) for ext in ("safetensors", "json")),
         "rng.safetensors",
         "trainer_state.json",
         *(f"{name}.safetensors" for name in extra_modules or {}),
@@ -142,7 +152,7 @@ def load_checkpoint(
 def _restore(
     directory: Path,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer],
     scheduler: Any,
     extra_modules: dict[str, torch.nn.Module] | None,
 ) -> dict[str, Any]:
@@ -150,12 +160,14 @@ def _restore(
     model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
     for name, module in (extra_modules or {}).items():
         module.load_state_dict(load_file(str(directory / f"{name}.safetensors"), device=str(device)))
-    opt = _unflatten_optimizer(
-        load_file(str(directory / "optimizer.safetensors")), read_json(directory / "optimizer.json")
-    )
-    optimizer.load_state_dict(opt)
+    for stem, opt in _optimizer_files(optimizer).items():
+        opt.load_state_dict(
+            _unflatten_optimizer(load_file(str(directory / f"{stem}.safetensors")), read_json(directory / f"{stem}.json"))
+        )
     state = read_json(directory / "trainer_state.json")
-    scheduler.load_state_dict(state.pop("scheduler"))
+    sched = state.pop("scheduler")
+    if scheduler is not None:
+        scheduler.load_state_dict(sched)
     rng = load_file(str(directory / "rng.safetensors"))
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():

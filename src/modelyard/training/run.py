@@ -47,6 +47,7 @@ from modelyard.evaluation.report import write_report
 from modelyard.evaluation.scoring import write_scored
 from modelyard.kinds import FitContext, get_kind
 from modelyard.rundir import RunDir
+from modelyard.training.generative import GenerativeRecipe
 from modelyard.training.loop import FineTuneRecipe, TrainingInterrupted
 from modelyard.training.multilabel import print_multilabel_metrics, write_multilabel_run
 from modelyard.training.tracking import Tracking, require_trackers, status_of, tracking_uri
@@ -119,9 +120,10 @@ def train(
             raise ModelyardError(f"{kind.name} runs have no training steps to resume (a one-shot fit); start a new run")
         return _one_shot_run(recipe, data, run_id, run_dir, console, t0, tracking)
 
-    ft: FineTuneRecipe | None = None
+    ft: Any = None
+    generative = kind.can("generative")
     try:
-        ft = FineTuneRecipe(recipe, run_dir, data, console)
+        ft = (GenerativeRecipe if generative else FineTuneRecipe)(recipe, run_dir, data, console)
         ft.setup()
         if resume is not None:
             ft.load_checkpoint()
@@ -129,7 +131,10 @@ def train(
         tracking.start(run_id, recipe, run_dir.with_name(run_id), resume_step=resume_step)
         ft.train(stop_after_step=stop_after_step, on_epoch_end=on_epoch_end, on_log=tracking.log_progress)
         metrics = ft.finalize()
-        _write_report_and_manifest(ft, run_id, t0, resumed_from=str(resume) if resume else None)
+        if generative:
+            ft.write_report_and_manifest(run_id, t0, resumed_from=str(resume) if resume else None)
+        else:
+            _write_report_and_manifest(ft, run_id, t0, resumed_from=str(resume) if resume else None)
         if not recipe.train.keep_checkpoints:
             shutil.rmtree(RunDir(run_dir).checkpoints_dir, ignore_errors=True)
         tracking.complete(run_dir, step=ft.state.global_step)
@@ -147,7 +152,11 @@ def train(
         elif resume is None:
             discard_run(run_dir)
         raise
-    _print_final(console, recipe, metrics, final)
+    if generative:
+        ft.print_final(metrics)
+        console.print(f"report: {final / REPORT}")
+    else:
+        _print_final(console, recipe, metrics, final)
     return final
 
 
@@ -189,7 +198,11 @@ def _one_shot_run(
         tracking.finish(status_of(err))
         discard_run(run_dir)  # nothing to resume: a one-shot fit starts over
         raise
-    _print_final(console, recipe, metrics, final)
+    if generative:
+        ft.print_final(metrics)
+        console.print(f"report: {final / REPORT}")
+    else:
+        _print_final(console, recipe, metrics, final)
     return final
 
 
