@@ -23,6 +23,7 @@ from modelyard.ops.cli import (
     registry_app,
     retrain_command,
 )
+from modelyard.ops.generate import generate_command
 from modelyard.ops.runs_cli import runs_app
 
 app = typer.Typer(
@@ -561,6 +562,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(runs_app, name="runs")
 app.command("retrain")(retrain_command)
 app.command("monitor")(monitor_command)
+app.command("generate")(generate_command)
 # Installing as a package: the bundled weights/data, and a check of the whole installation.
 app.command("fetch-bundled")(fetch_bundled_command)
 app.command("doctor")(doctor_command)

@@ -111,11 +111,13 @@ class Recipe(_Stage):
     """A whole modelyard recipe: one section per stage."""
 
     name: str = Field("text-classifier", pattern=NAME_PATTERN, description="Application name (runs, registry).")
-    task: Literal["text-classification", "multi-label-classification", "image-classification", "image-generation"] = Field(
-        "text-classification",
-        description="What is being learned: text-classification (one label per text), multi-label-classification "
-        "(a set of labels per text), image-classification, or image-generation (a `vae` or `gan` that learns "
-        "to generate the training images, per class).",
+    task: Literal["text-classification", "multi-label-classification", "image-classification", "image-generation"] = (
+        Field(
+            "text-classification",
+            description="What is being learned: text-classification (one label per text), multi-label-classification "
+            "(a set of labels per text), image-classification, or image-generation (a `vae` or `gan` that learns "
+            "to generate the training images, per class).",
+        )
     )
     data: DataConfig
     model: SerializeAsAny[ModelSettings] = Field(
@@ -173,6 +175,11 @@ class Recipe(_Stage):
             raise ValueError(
                 f"model.type '{self.model.type}' classifies images; set task: image-classification "
                 "or pick a text model (hf-encoder, prompt)"
+            )
+        if self.train.augment.generated is not None and self.task != "image-classification":
+            raise ValueError(
+                "train.augment.generated adds generated images to an image classifier's training split; "
+                f"it needs task: image-classification (task is {self.task})"
             )
         if self.augment.enabled and self.task != "image-classification":
             raise ValueError("the augment section applies to images only; remove it or set task: image-classification")

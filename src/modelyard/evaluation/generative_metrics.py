@@ -59,7 +59,7 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
     r_real, r_fake = _kth_radius(real, k), _kth_radius(fake, k)
     d = _pairwise(fake, real)  # (fake, real)
     precision = float((d <= r_real[None, :]).any(axis=1).mean())
-    recall = float((d.T <= r_fake[None, :]).any(axis=1).mean())
+    recall = float((r_fake[None, :] >= d.T).any(axis=1).mean())
     return precision, recall
 
 

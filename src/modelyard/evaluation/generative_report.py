@@ -88,13 +88,21 @@ def write_generative_report(
     """Write ``report.html`` of a generative run."""
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in info.items())
     keys = sorted({k for m in metrics.values() for k in m})
-    table = "<tr><th>split</th>" + "".join(f"<th>{escape(k)}</th>" for k in keys) + "</tr>" + "".join(
-        f"<tr><td>{escape(s)}</td>" + "".join(f"<td>{escape(m.get(k, ''))}</td>" for k in keys) + "</tr>"
-        for s, m in metrics.items()
+    table = (
+        "<tr><th>split</th>"
+        + "".join(f"<th>{escape(k)}</th>" for k in keys)
+        + "</tr>"
+        + "".join(
+            f"<tr><td>{escape(s)}</td>" + "".join(f"<td>{escape(m.get(k, ''))}</td>" for k in keys) + "</tr>"
+            for s, m in metrics.items()
+        )
     )
     hkeys = [k for k in (history[0] if history else {}) if k != "step"]
-    htable = "<tr>" + "".join(f"<th>{escape(k)}</th>" for k in hkeys) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{escape(_fmt(h.get(k)))}</td>" for k in hkeys) + "</tr>" for h in history
+    htable = (
+        "<tr>"
+        + "".join(f"<th>{escape(k)}</th>" for k in hkeys)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{escape(_fmt(h.get(k)))}</td>" for k in hkeys) + "</tr>" for h in history)
     )
     grids = []
     for png in sorted(Path(samples_dir).glob("*.png")):

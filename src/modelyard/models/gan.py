@@ -81,11 +81,11 @@ class Discriminator(nn.Module):
         super().__init__()
         c, w = config.in_channels, config.width
         self.body = nn.Sequential(
-            spectral_norm(nn.Conv2d(c, w, 3, 1, 1)),
+            spectral_norm(nn.Conv2d(c, w, 4, 2, 1)),
             nn.LeakyReLU(0.1),
             spectral_norm(nn.Conv2d(w, 2 * w, 4, 2, 1)),
             nn.LeakyReLU(0.1),
-            spectral_norm(nn.Conv2d(2 * w, 4 * w, 4, 2, 1)),
+            spectral_norm(nn.Conv2d(2 * w, 4 * w, 3, 1, 1)),
             nn.LeakyReLU(0.1),
         )
         self.head = spectral_norm(nn.Linear(4 * w, 1))
@@ -155,7 +155,12 @@ class Gan(GenerativeModel):
             nn.utils.clip_grad_norm_(self.generator.parameters(), max_grad_norm)
         opt_g.step()
         self._update_ema()
-        return {"g_loss": g_loss.item(), "d_loss": d_loss.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+        return {
+            "g_loss": g_loss.item(),
+            "d_loss": d_loss.item(),
+            "d_real": d_real.mean().item(),
+            "d_fake": d_fake.mean().item(),
+        }
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -278,7 +278,9 @@ class ImageGenerator:
 # --------------------------------------------------------------------------------------------- the registry
 
 
-def _save(path: Path, model: Any, tokenizer: Any, recipe: Any, labels: list[str], extra: dict[str, Any] | None = None) -> None:
+def _save(
+    path: Path, model: Any, tokenizer: Any, recipe: Any, labels: list[str], extra: dict[str, Any] | None = None
+) -> None:
     model.save_pretrained(path)
     cfg = model.config
     write_json(
@@ -313,7 +315,9 @@ def _check(model_dir: Path, meta: dict[str, Any]) -> None:
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
         raise ValueError(f"config.json does not describe a generative model ({err})") from None
     if config.architecture != meta.get("model_type"):
-        raise ValueError(f"config.json is a '{config.architecture}' model, modelyard.json says '{meta.get('model_type')}'")
+        raise ValueError(
+            f"config.json is a '{config.architecture}' model, modelyard.json says '{meta.get('model_type')}'"
+        )
     try:
         with safe_open(str(model_dir / "model.safetensors"), framework="numpy") as weights:
             if not list(weights.keys()):
@@ -367,4 +371,3 @@ def register_generative_kind(
             instead="it generates images: use `modelyard generate RUN`",
         )
     )
-

@@ -162,7 +162,9 @@ def _restore(
         module.load_state_dict(load_file(str(directory / f"{name}.safetensors"), device=str(device)))
     for stem, opt in _optimizer_files(optimizer).items():
         opt.load_state_dict(
-            _unflatten_optimizer(load_file(str(directory / f"{stem}.safetensors")), read_json(directory / f"{stem}.json"))
+            _unflatten_optimizer(
+                load_file(str(directory / f"{stem}.safetensors")), read_json(directory / f"{stem}.json")
+            )
         )
     state = read_json(directory / "trainer_state.json")
     sched = state.pop("scheduler")

@@ -39,7 +39,7 @@ from modelyard.models.generative_base import GenerativeModel, to_uint8
 from modelyard.models.image_base import ImageModel
 from modelyard.training.batch_sources import ImageBatches, ImageEncoded
 from modelyard.training.checkpoint import load_checkpoint, save_checkpoint, state_bytes
-from modelyard.training.loop import TrainerState, TrainingInterrupted
+from modelyard.training.loop import TrainerState, TrainingInterrupted, _crossed_tenth
 
 QUALITY_MODEL = "quality_model"
 SAMPLES_DIR = "samples"
@@ -76,7 +76,10 @@ class GenerativeRecipe:
         self.splits = {
             name: ImageEncoded(
                 texts=list(getattr(self.data, name).refs),
-                images=torch.from_numpy(np.ascontiguousarray(getattr(self.data, name).images)),
+                # a fresh C-order copy: canonical strides whatever the source (a size-1 channel axis can carry
+                # any stride, and torch would then pick channels-last kernels with different rounding, so a
+                # run resumed from its saved splits would drift from the uninterrupted run)
+                images=torch.from_numpy(np.array(getattr(self.data, name).images, order="C", copy=True)),
                 labels=np.asarray(getattr(self.data, name).labels, dtype=np.int64),
             )
             for name in ("train", "valid", "test")
@@ -106,10 +109,10 @@ class GenerativeRecipe:
                     f"model.quality_from {self.settings.quality_from} classifies {labels}, but this data has "
                     f"{self.labels}; use a classifier trained on the same classes (or leave it empty)"
                 )
-            return ImageModel.from_pretrained(path, device=self.device)
+            return _image_model(path, self.device)
         path = self.run_dir / QUALITY_MODEL
         if (path / "model.safetensors").is_file():  # resumed: the same features as before the interruption
-            return ImageModel.from_pretrained(path, device=self.device)
+            return _image_model(path, self.device)
         model = _fit_quality_classifier(self.recipe, self.data, self.labels, self.console)
         with storage_errors(f"{QUALITY_MODEL}/", path, "output_dir"):
             model.save_pretrained(path)
@@ -161,7 +164,9 @@ class GenerativeRecipe:
         raw = load_checkpoint(self.ckpt_dir / "last", model=self.model, optimizer=self.optimizers, scheduler=None)
         set_rng_state(raw.pop("rng"))
         self.state = TrainerState(**raw)
-        self.console.print(f"resuming at epoch {self.state.epoch + 1}, step {self.state.global_step}/{self.total_steps}")
+        self.console.print(
+            f"resuming at epoch {self.state.epoch + 1}, step {self.state.global_step}/{self.total_steps}"
+        )
 
     # ------------------------------------------------------------------ the loop
     def train(self, stop_after_step: int | None = None, on_epoch_end: Any = None, on_log: Any = None) -> None:
@@ -178,7 +183,10 @@ class GenerativeRecipe:
             TimeRemainingColumn(),
         )
         session_start, session_steps0 = time.perf_counter(), st.global_step
-        with (self.run_dir / PROGRESS).open("a", encoding="utf-8") as log, Progress(*columns, console=self.console) as bar:
+        with (
+            (self.run_dir / PROGRESS).open("a", encoding="utf-8") as log,
+            Progress(*columns, console=self.console) as bar,
+        ):
             task = bar.add_task("train", total=self.total_steps, completed=st.global_step, epoch=st.epoch + 1, loss="")
             for epoch in range(st.epoch, cfg.epochs):
                 batches = self.batches.order(epoch)
@@ -200,8 +208,10 @@ class GenerativeRecipe:
                     st.batch_in_epoch = b + 1
                     if st.global_step % cfg.log_every_steps == 0 or b + 1 == len(batches):
                         now = time.perf_counter()
-                        eta = (now - session_start) / max(st.global_step - session_steps0, 1) * (
-                            self.total_steps - st.global_step
+                        eta = (
+                            (now - session_start)
+                            / max(st.global_step - session_steps0, 1)
+                            * (self.total_steps - st.global_step)
                         )
                         record = {
                             "time": time.time(),
@@ -213,11 +223,16 @@ class GenerativeRecipe:
                             "eta_s": round(eta, 1),
                             "elapsed_s": round(st.train_seconds + now - session_start, 1),
                         }
-                        record.setdefault("loss", headline)
+                        record.setdefault("loss", next(iter(window.means().values())))
                         log.write(json.dumps(record) + "\n")
                         log.flush()
                         emit(record)
-                        bar.update(task, loss=" · ".join(f"{k} {v:.3f}" for k, v in window.means().items()))
+                        shown = " · ".join(f"{k} {v:.3f}" for k, v in window.means().items())
+                        bar.update(task, loss=shown)
+                        if not self.console.is_terminal and _crossed_tenth(
+                            st.global_step, cfg.log_every_steps, self.total_steps
+                        ):  # no live bar in logs/CI: a plain line every ~10%
+                            bar.console.print(f"step {st.global_step}/{self.total_steps} · {shown} · ETA {eta:.0f}s")
                         window = _Window()
                     bar.update(task, completed=st.global_step, epoch=epoch + 1)
                     if cfg.checkpoint_every_steps and st.global_step % cfg.checkpoint_every_steps == 0:
@@ -231,7 +246,9 @@ class GenerativeRecipe:
                 emit({"event": "eval", "time": time.time(), **entry})
                 bar.console.print(
                     f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f} · "
-                    + " · ".join(f"valid {k.removeprefix('valid_')} {v}" for k, v in entry.items() if k.startswith("valid_"))
+                    + " · ".join(
+                        f"valid {k.removeprefix('valid_')} {v}" for k, v in entry.items() if k.startswith("valid_")
+                    )
                     + (" · best so far" if st.best_epoch == epoch + 1 else "")
                 )
                 self._checkpoint_with_time(session_start)
@@ -319,7 +336,9 @@ class GenerativeRecipe:
         valid = scores(self.splits["valid"].images)
         test = scores(self.splits["test"].images[:2000])
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        noise = torch.randint(0, 256, (len(test), *self.splits["test"].images.shape[1:]), generator=gen, dtype=torch.uint8)
+        noise = torch.randint(
+            0, 256, (len(test), *self.splits["test"].images.shape[1:]), generator=gen, dtype=torch.uint8
+        )
         noise_scores = scores(noise)
         threshold = float(np.quantile(valid, self.settings.ood_quantile))
         auroc = float(roc_auc_score(np.r_[np.zeros(len(test)), np.ones(len(noise_scores))], np.r_[test, noise_scores]))
@@ -394,9 +413,7 @@ class GenerativeRecipe:
 
     def print_final(self, metrics: dict[str, Any]) -> None:
         """The test-split quality line."""
-        self.console.print(
-            "[bold]test[/] " + " · ".join(f"{k} {v}" for k, v in metrics["test"].items())
-        )
+        self.console.print("[bold]test[/] " + " · ".join(f"{k} {v}" for k, v in metrics["test"].items()))
 
     def report_info(self) -> dict[str, Any]:
         """The run facts shown at the top of ``report.html``."""
@@ -413,6 +430,12 @@ class GenerativeRecipe:
             "data": self.recipe.data.path,
             "train / valid / test": " / ".join(str(len(self.splits[s].labels)) for s in ("train", "valid", "test")),
         }
+
+
+def _image_model(path: Path, device: torch.device) -> ImageModel:
+    """An image classifier's network from its folder (its kind is imported first, so its class is known)."""
+    get_kind(str(read_json(path / "config.json").get("architecture")))
+    return ImageModel.from_pretrained(path, device=device)
 
 
 class _Window:

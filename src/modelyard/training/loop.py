@@ -55,6 +55,7 @@ from modelyard.training.batch_sources import (
     encode,
 )
 from modelyard.training.checkpoint import load_checkpoint, save_checkpoint, state_bytes
+from modelyard.training.generated_data import add_generated
 
 
 class TrainingInterrupted(ModelyardError):
@@ -199,6 +200,7 @@ class FineTuneRecipe:
             )
             for name in ("train", "valid", "test")
         }
+        self.splits["train"] = add_generated(self.recipe, self.splits["train"], self.labels, self.console)
         self.batches = ImageBatches(self.splits, self.cfg, self.recipe.augment, self.device, channels_last=True)
         return self.model
 

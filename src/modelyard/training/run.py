@@ -198,11 +198,7 @@ def _one_shot_run(
         tracking.finish(status_of(err))
         discard_run(run_dir)  # nothing to resume: a one-shot fit starts over
         raise
-    if generative:
-        ft.print_final(metrics)
-        console.print(f"report: {final / REPORT}")
-    else:
-        _print_final(console, recipe, metrics, final)
+    _print_final(console, recipe, metrics, final)
     return final
 
 
