@@ -232,3 +232,72 @@ def test_quality_measures_match_their_definitions() -> None:
     fake = rng.normal(0, 1, (600, 2))
     precision, recall = precision_recall(real, fake)
     assert precision > 0.9 and 0.3 < recall < 0.6
+
+
+def _png_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_the_server_flags_unlike_inputs_and_monitor_reports_their_share(vae_run: Path, tmp_path: Path) -> None:
+    import base64
+
+    from modelyard.config import load_recipe
+    from modelyard.ops.monitor import Thresholds, monitor
+    from modelyard.rundir import RunDir
+    from tests.production_helpers import bearer, make_registry, production_app, run, running
+    from tests.test_images import _digits_recipe
+
+    classifier = train(load_recipe(_digits_recipe(tmp_path, epochs=1)))
+    reg = make_registry(tmp_path, classifier)
+    key = reg.create_key(["predict", "feedback"])
+    digits = RunDir(vae_run).splits().test.images[:20, 0]
+    noise = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
+    b64 = [base64.b64encode(_png_bytes(a)).decode() for a in [*digits, *noise]]
+
+    async def main() -> tuple[list[Any], Any]:
+        app = production_app(reg, cfg={"ood_from": str(vae_run)})
+        async with running(app) as c:
+            answers = [
+                await c.post("/v1/predict", json={"images": b64[i : i + 10]}, headers=bearer(key)) for i in (0, 10, 20)
+            ]
+            first = answers[0].json()["predictions"][0]
+            feedback = await c.post(
+                "/v1/feedback",
+                json={"prediction_id": first["id"], "label": first["label"], "image": b64[0]},
+                headers=bearer(key),
+            )
+            assert app.state.predlog.flush(10)
+            return answers, feedback
+
+    answers, feedback = run(main())
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    assert feedback.status_code == 202, feedback.text  # the logged description still names the image
+    preds = [p for a in answers for p in a.json()["predictions"]]
+    assert all(set(p["ood"]) == {"score", "threshold", "flagged"} and p["label"] for p in preds)
+    flagged = [p["ood"]["flagged"] for p in preds]
+    assert sum(flagged[:20]) <= 2 and all(flagged[20:])  # digits pass, every noise image is flagged (still answered)
+    row = reg.prediction(preds[25]["id"])
+    assert row is not None and row["text"].endswith("ood_flagged=1")
+    summary = monitor(reg, "demo", since=None, thresholds=Thresholds(min_samples=10, ood_share=0.2))
+    share = summary["signals"]["ood_flagged_share"]
+    assert share["value"] == pytest.approx(sum(flagged) / 30) and share["drift"] is True
+    assert summary["status"] == "drift" and summary["ood"] == {"scored": 30, "flagged": sum(flagged)}
+    assert {"confidence_psi", "confidence_ks", "class_mix_psi"} <= set(summary["signals"])
+
+
+def test_serving_with_an_ood_run_that_cannot_score_is_refused_at_start(tmp_path: Path) -> None:
+    from modelyard.config import ServeConfig
+    from modelyard.serving.ood import OodFlagger
+
+    gan = train(_recipe(tmp_path, "gan", train__epochs=1))
+    with pytest.raises(ConfigError, match="is not a vae run"):
+        OodFlagger(gan)
+    with pytest.raises(ConfigError, match="serve.ood_from .*not found"):
+        OodFlagger(tmp_path / "nope")
+    assert ServeConfig(ood_from="x").ood_from == "x"

@@ -61,6 +61,12 @@ class ServeConfig(_Stage):
     mask_pii: bool = Field(
         True, description="Mask e-mail addresses, phone/card numbers and IP addresses in the prediction log."
     )
+    ood_from: str | None = Field(
+        None,
+        description="Image models: a vae run (trained on the same data) whose out-of-distribution score flags "
+        'inputs unlike the training data; each prediction gains "ood": {score, threshold, flagged}. Flagged '
+        "inputs are still answered; `modelyard monitor` reports their share.",
+    )
     max_images_per_request: int = Field(16, ge=1, description="Image models: more images in one request → HTTP 413.")
     max_image_bytes: int = Field(
         2_000_000, ge=1024, description="Image models: a larger image file (encoded bytes) → HTTP 413."

@@ -240,6 +240,9 @@ def monitor_command(
     ks: Annotated[float, typer.Option("--ks", help="Kolmogorov-Smirnov statistic threshold.")] = 0.2,
     embedding: Annotated[float, typer.Option("--embedding", help="Embedding cosine-distance threshold.")] = 0.1,
     min_samples: Annotated[int, typer.Option("--min-samples", min=1, help="Fewer live predictions: no verdict.")] = 30,
+    ood_share: Annotated[
+        float, typer.Option("--ood-share", help="Image apps served with serve.ood_from: flagged share threshold.")
+    ] = 0.05,
     store: StoreOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -251,7 +254,7 @@ def monitor_command(
         app,
         alias=alias,
         since=since,
-        thresholds=Thresholds(psi=psi, ks=ks, embedding=embedding, min_samples=min_samples),
+        thresholds=Thresholds(psi=psi, ks=ks, embedding=embedding, min_samples=min_samples, ood_share=ood_share),
         output=output,
     )
     for name, s in summary["signals"].items():

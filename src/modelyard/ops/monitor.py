@@ -49,6 +49,7 @@ class Thresholds:
     ks: float = 0.2
     embedding: float = 0.1
     min_samples: int = 30
+    ood_share: float = 0.05  # image apps served with serve.ood_from: share of live inputs flagged unlike training
 
 
 def psi(reference: np.ndarray, live: np.ndarray, bins: int = 10) -> float:
@@ -163,7 +164,12 @@ def monitor(
     import pandas as pd
 
     splits = load_splits(version.path)
-    reference = pd.concat([splits.valid, splits.test], ignore_index=True)  # held out from training
+    images = hasattr(splits.valid, "images")  # an image classifier: its valid/test images are the reference
+    reference = (
+        pd.DataFrame({"text": [*splits.valid.refs, *splits.test.refs]})
+        if images
+        else pd.concat([splits.valid, splits.test], ignore_index=True)  # held out from training
+    )
     if reference.empty:
         raise RegistryError(f"{version.path}: the reference (valid + test splits) is empty")
     # PSI's sampling noise grows with bins/n: about 20 reference rows per bin, 2 to 10 bins.
@@ -187,6 +193,10 @@ def monitor(
         return summary
 
     clf = load(version.path)
+    if images:
+        charts = _image_signals(summary, clf, splits, live, labels, th, bins)
+        _write(output, summary, charts)
+        return summary
     ref_texts = reference["text"].astype(str).tolist()
     ref_probs = np.asarray(clf.predict_proba(ref_texts), dtype=float)
     live_texts = [r["text"] for r in live]
@@ -224,6 +234,52 @@ def monitor(
     ]
     _write(output, summary, charts)
     return summary
+
+
+def _image_signals(
+    summary: dict[str, Any],
+    clf: Any,
+    splits: Any,
+    live: list[dict[str, Any]],
+    labels: list[str],
+    th: Thresholds,
+    bins: int,
+) -> list[dict[str, Any]]:
+    """Image apps: confidence and class mix against the valid + test images, and the share of live inputs that
+    ``serve.ood_from`` flagged as unlike the training data (read from the logged descriptions, serving/ood.py)."""
+    from scipy.stats import ks_2samp
+
+    from modelyard.serving.ood import parse_logged
+
+    ref_images = np.concatenate([splits.valid.images, splits.test.images])
+    ref_probs = np.asarray(clf.predict_proba(list(ref_images)), dtype=float)
+    live_probs = np.array([[float(r["scores"].get(lab, 0.0)) for lab in labels] for r in live])
+    ref_conf, live_conf = ref_probs.max(axis=1), live_probs.max(axis=1)
+    ref_mix, mix_labels = predicted_mix(ref_probs, labels, None)
+    live_mix, _ = predicted_mix(live_probs, labels, None)
+    signals = {
+        "confidence_psi": (psi(ref_conf, live_conf, bins), th.psi),
+        "confidence_ks": (float(ks_2samp(ref_conf, live_conf).statistic), th.ks),
+        "class_mix_psi": (categorical_psi(ref_mix, live_mix), th.psi),
+    }
+    _, flagged = parse_logged([str(r["text"]) for r in live])
+    if len(flagged):
+        signals["ood_flagged_share"] = (float(flagged.mean()), th.ood_share)
+        summary["ood"] = {"scored": int(len(flagged)), "flagged": int(flagged.sum())}
+    summary["signals"] = {
+        name: {"value": round(value, 6), "threshold": limit, "drift": bool(value > limit)}
+        for name, (value, limit) in signals.items()
+    }
+    summary["class_mix"] = {
+        "reference": dict(zip(mix_labels, ref_mix.round(4).tolist(), strict=True)),
+        "live": dict(zip(mix_labels, live_mix.round(4).tolist(), strict=True)),
+    }
+    summary["status"] = "drift" if any(s["drift"] for s in summary["signals"].values()) else "ok"
+    charts = [
+        {"svg": _chart(ref_conf, live_conf, "prediction confidence"), "caption": "confidence_psi, confidence_ks"},
+        {"svg": _chart(ref_mix, live_mix, "predicted-class mix", categorical=mix_labels), "caption": "class_mix_psi"},
+    ]
+    return charts
 
 
 def render_dashboard(summary: dict[str, Any], charts: list[dict[str, Any]]) -> str:

@@ -40,6 +40,7 @@ from modelyard.serving.http_errors import RETRY_AFTER, ApiError, install_error_h
 from modelyard.serving.images import ImageRequestMiddleware
 from modelyard.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from modelyard.serving.middleware import JsonBodyGuardMiddleware, MetricsMiddleware
+from modelyard.serving.ood import OodFlagger
 from modelyard.serving.openapi import install_openapi
 from modelyard.serving.runtime import (
     MAX_PENDING_EXPLANATIONS,
@@ -227,7 +228,8 @@ def create_app(
         path_limits={"/v1/feedback": max(cfg.max_body_bytes, cfg.max_image_bytes * 4 // 3 + 4096)},
     )
     # Image models: multipart / {"images": [base64]} requests to /v1/predict (serving/images.py).
-    app.add_middleware(ImageRequestMiddleware, runtime=runtime, batcher=batcher, cfg=cfg)
+    ood = OodFlagger(cfg.ood_from) if cfg.ood_from else None  # a bad run fails here, before the server starts
+    app.add_middleware(ImageRequestMiddleware, runtime=runtime, batcher=batcher, cfg=cfg, ood=ood)
     app.add_middleware(FramingMiddleware)  # CL + TE together: 400 and close, before anything reads a body
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
 

@@ -72,7 +72,8 @@ def describe_image(data: bytes, img: Any) -> str:
     return f"{_mime(img)} {img.width}x{img.height} sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-_DESCRIPTION = re.compile(r"^image/[\w.+-]+ \d+x\d+ sha256:([0-9a-f]{64})$")
+# an optional OOD score and flag follow when the server runs with serve.ood_from (serving/ood.py)
+_DESCRIPTION = re.compile(r"^image/[\w.+-]+ \d+x\d+ sha256:([0-9a-f]{64})(?: ood=\S+ ood_flagged=[01])?$")
 
 
 def described_sha256(description: str) -> str | None:
@@ -182,8 +183,11 @@ class ImageRequestMiddleware:
         path: The prediction route.
     """
 
-    def __init__(self, app: ASGIApp, runtime: Any, batcher: Any, cfg: ServeConfig, path: str = "/v1/predict") -> None:
+    def __init__(
+        self, app: ASGIApp, runtime: Any, batcher: Any, cfg: ServeConfig, path: str = "/v1/predict", ood: Any = None
+    ) -> None:
         self.app, self.runtime, self.batcher, self.cfg, self.path = app, runtime, batcher, cfg, path
+        self.ood = ood  # serving/ood.py OodFlagger (serve.ood_from), or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
@@ -306,6 +310,16 @@ class ImageRequestMiddleware:
             {"label": labels[int(row.argmax())], "scores": dict(zip(labels, row.tolist(), strict=True))}
             for row in probs
         ]
+        if self.ood is not None:
+            from starlette.concurrency import run_in_threadpool
+
+            flags = await run_in_threadpool(self.ood.flags, arrays)
+            if flags is not None:
+                from modelyard.serving.ood import logged
+
+                for pred, flag in zip(predictions, flags, strict=True):
+                    pred["ood"] = flag
+                descriptions = [logged(d, f) for d, f in zip(descriptions, flags, strict=True)]
         # The production server logs every prediction and returns its id (serving/production.py), like for
         # texts; an image is logged as its description (type, size, sha256), never its pixels (a client that
         # gives feedback may send the image back with it: serving/production.py).

@@ -162,6 +162,12 @@ def _describe_images(doc: dict[str, Any], cfg: ServeConfig) -> None:
             f"This model classifies images: 1 to {cfg.max_images_per_request} per request "
             f"(`max_images_per_request`; more: 413 `too_many_images`), the whole body at most {body_limit(cfg)} "
             "bytes (413 `body_too_large`); answered in order. A texts body: 422 `invalid_request`."
+            + (
+                f" Every prediction also carries `ood`: {{score, threshold, flagged}} from the VAE run {cfg.ood_from} "
+                "(`serve.ood_from`); a flagged image is still classified."
+                if cfg.ood_from
+                else ""
+            )
         ),
         "content": {
             "application/json": {
