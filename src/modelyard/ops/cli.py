@@ -241,8 +241,16 @@ def monitor_command(
     embedding: Annotated[float, typer.Option("--embedding", help="Embedding cosine-distance threshold.")] = 0.1,
     min_samples: Annotated[int, typer.Option("--min-samples", min=1, help="Fewer live predictions: no verdict.")] = 30,
     ood_share: Annotated[
-        float, typer.Option("--ood-share", help="Image apps served with serve.ood_from: flagged share threshold.")
+        float,
+        typer.Option(
+            "--ood-share",
+            help="Flagged share of live inputs (serve.ood_from, --text-ood) above which it is drift.",
+        ),
     ] = 0.05,
+    text_ood: Annotated[
+        bool,
+        typer.Option("--text-ood", help="Text apps: also flag live texts unlike the training texts (embedding VAE)."),
+    ] = False,
     store: StoreOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -256,6 +264,7 @@ def monitor_command(
         since=since,
         thresholds=Thresholds(psi=psi, ks=ks, embedding=embedding, min_samples=min_samples, ood_share=ood_share),
         output=output,
+        text_ood=text_ood,
     )
     for name, s in summary["signals"].items():
         err_console.print(f"{name:28s} {s['value']:.4f} (threshold {s['threshold']}) {'DRIFT' if s['drift'] else 'ok'}")

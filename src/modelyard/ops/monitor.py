@@ -141,6 +141,7 @@ def monitor(
     since: str | None = "7d",
     thresholds: Thresholds | None = None,
     output: Path | None = None,
+    text_ood: bool = False,
 ) -> dict[str, Any]:
     """Compare the app's logged traffic with its reference; write the dashboard and JSON summary.
 
@@ -151,6 +152,8 @@ def monitor(
         since: Window of live traffic, e.g. ``7d``, ``12h`` (``None``: everything).
         thresholds: Alert thresholds.
         output: Dashboard path (default ``<store>/monitor/<app>/drift-<UTC time>.html``).
+        text_ood: Text apps with an encoder: also fit a VAE to the training texts' embeddings and report the
+            share of live texts it flags as unlike them (``text_ood_flagged_share``; :mod:`modelyard.ops.text_ood`).
 
     Returns:
         The summary: ``status`` (``ok``, ``drift`` or ``insufficient_data``), every signal with its
@@ -218,6 +221,10 @@ def monitor(
     ref_emb, live_emb = _embed(clf, ref_texts), _embed(clf, live_texts)
     if ref_emb is not None and live_emb is not None:
         signals["embedding_cosine_distance"] = (_cosine_distance(ref_emb, live_emb), th.embedding)
+    if text_ood:
+        flagged = _text_ood_flags(clf, splits, live_texts, summary)
+        if flagged is not None:
+            signals["text_ood_flagged_share"] = (float(flagged.mean()), th.ood_share)
     summary["signals"] = {
         name: {"value": round(value, 6), "threshold": limit, "drift": bool(value > limit)}
         for name, (value, limit) in signals.items()
@@ -234,6 +241,31 @@ def monitor(
     ]
     _write(output, summary, charts)
     return summary
+
+
+def _text_ood_flags(clf: Any, splits: Any, live_texts: list[str], summary: dict[str, Any]) -> np.ndarray | None:
+    """Which live texts a VAE fitted to the training texts' embeddings flags (None: the model has no encoder)."""
+    from modelyard.ops.text_ood import fit_text_ood, sentence_embeddings
+
+    train = splits.train["text"].astype(str)
+    train = train.sample(min(2000, len(train)), random_state=0).tolist()
+    train_emb = sentence_embeddings(clf, train)
+    valid_emb = sentence_embeddings(clf, splits.valid["text"].astype(str).tolist())
+    live_emb = sentence_embeddings(clf, live_texts)
+    if train_emb is None or valid_emb is None or live_emb is None:
+        summary["text_ood"] = "not available: the model has no encoder embeddings"
+        return None
+    fitted = fit_text_ood(train_emb, valid_emb)
+    flagged = fitted.scores(live_emb) > fitted.threshold
+    summary["text_ood"] = {
+        "score": "negative ELBO of a VAE over the training texts' embeddings (every layer, mean-pooled)",
+        "fitted_on": fitted.n_train,
+        "threshold": round(fitted.threshold, 4),
+        "calibrated_on": f"valid ({len(valid_emb)} texts, quantile {fitted.quantile})",
+        "scored": int(len(flagged)),
+        "flagged": int(flagged.sum()),
+    }
+    return flagged
 
 
 def _image_signals(
