@@ -301,3 +301,17 @@ def test_serving_with_an_ood_run_that_cannot_score_is_refused_at_start(tmp_path:
     with pytest.raises(ConfigError, match="serve.ood_from .*not found"):
         OodFlagger(tmp_path / "nope")
     assert ServeConfig(ood_from="x").ood_from == "x"
+
+
+@pytest.mark.parametrize("verb", ["serve", "predict", "evaluate", "compress", "explain"])
+def test_classifier_verbs_refuse_a_generative_run_in_one_line(vae_run: Path, tmp_path: Path, verb: str) -> None:
+    args = {
+        "serve": ["serve", str(vae_run)],
+        "predict": ["predict", str(vae_run), "--input", str(tmp_path), "--output", str(tmp_path / "p.csv")],
+        "evaluate": ["evaluate", str(vae_run)],
+        "compress": ["compress", str(vae_run)],
+        "explain": ["explain", str(vae_run), "--text", "x"],
+    }[verb]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "generat" in res.output and "Traceback" not in res.output

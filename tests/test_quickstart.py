@@ -66,6 +66,7 @@ def test_cli_verbs_are_documented_in_readme() -> None:
         "keys revoke",
         "retrain",
         "monitor",
+        "generate",
         "fetch-bundled",
         "doctor",
     }

@@ -209,7 +209,9 @@ def evaluate(
 ) -> None:
     """Compute metrics.json and report.html for a run's splits or for a labelled file."""
     from modelyard.evaluation.evaluate import evaluate as run_evaluate
+    from modelyard.models.loading import require_classifier
 
+    require_classifier(run_dir, "evaluate")
     out_dir, _ = run_evaluate(run_dir, data, text_column=text_column, label_column=label_column, console=err_console)
     print(out_dir / METRICS)
 
@@ -233,8 +235,9 @@ def predict(
     from modelyard._internal.labels import add_label_set_columns, add_prediction_columns
     from modelyard.data import read_table, write_table
     from modelyard.errors import DataError
-    from modelyard.models.loading import load
+    from modelyard.models.loading import load, require_classifier
 
+    require_classifier(run_dir, "predict")
     clf = load(run_dir, batch_size=batch_size)
     if getattr(clf, "task", None) == "image-classification":  # --input is an image file or a folder of images
         from modelyard.models.image_classifier import predict_files
@@ -310,9 +313,10 @@ def serve(
     from modelyard.rundir import RunDir
 
     cfg = RunDir(run_dir).serve_settings(overrides)
-    from modelyard.models.loading import check_model_files
+    from modelyard.models.loading import check_model_files, require_classifier
 
     check_model_files(model_dir_of(run_dir))  # fail fast on a bad path or a damaged file, before the server starts
+    require_classifier(run_dir, "serve")
     if runtime == "auto":
         from modelyard.compression.choice import choose_runtime
 

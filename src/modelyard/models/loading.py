@@ -61,6 +61,21 @@ def load(path: str | Path, *, device: str = "auto", batch_size: int = 64) -> Any
         raise ModelError(f"{model_dir}: a model file is damaged ({type(err).__name__}: {err}); {FIX}") from None
 
 
+def require_classifier(path: str | Path, verb: str) -> None:
+    """Refuse a generative run (``task: image-generation``) where a classifier is needed, saying what to do instead.
+
+    Raises:
+        ModelError: the run's model generates images.
+    """
+    meta = read_model_meta(model_dir_of(path))
+    if meta.get("task") == "image-generation":
+        raise ModelError(
+            f"{path} is a generative model ({meta.get('model_type')}); `modelyard {verb}` needs a classifier. "
+            "Use `modelyard generate RUN` for its images, or `serve.ood_from=RUN` (a vae run) to flag unusual "
+            "inputs to an image classifier"
+        )
+
+
 FIX = "re-run `modelyard train` for this run, or restore the run directory from a backup"
 
 
