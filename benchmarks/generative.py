@@ -48,6 +48,7 @@ def ood(vae_run: Path, classifier: Path | None) -> None:
     from modelyard.config import DataConfig
     from modelyard.data.images import prepare_images
     from modelyard.kinds import get_kind
+    from modelyard.models.generative_base import ood_components
     from modelyard.models.image_base import ImageModel
     from modelyard.models.loading import load
     from modelyard.rundir import RunDir
@@ -74,8 +75,11 @@ def ood(vae_run: Path, classifier: Path | None) -> None:
     t0 = time.perf_counter()
     for name, images in (("fashion test", test), ("mnist digits", mnist), ("uniform noise", noise)):
         z = logits(images)
+        parts = ood_components(vae.model, images, "cpu")
         scores[name] = {
-            "VAE negative ELBO": vae.anomaly_scores(images),
+            "VAE negative ELBO alone": parts[:, 0],
+            "VAE negative ELBO − PNG length alone": parts[:, 1],
+            "VAE combined (what serve.ood_from uses)": vae.anomaly_scores(images),
             "classifier 1 − max softmax": (1 - torch.softmax(z, -1).max(-1).values).numpy(),
             "classifier energy": (-torch.logsumexp(z, -1)).numpy(),
         }
@@ -92,7 +96,7 @@ def ood(vae_run: Path, classifier: Path | None) -> None:
             _auroc(inside, scores["uniform noise"][method]),
         )
         row = f"| {method} | {digits_auc:.4f} | {noise_auc:.4f} |"
-        if method.startswith("VAE"):
+        if method.startswith("VAE combined"):
             t = vae.ood_threshold
             row += " " + " / ".join(f"{(scores[k][method] > t).mean():.3f}" for k in scores) + " |"
         else:
