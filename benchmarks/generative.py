@@ -217,8 +217,6 @@ def _outside_texts(n: int) -> dict[str, list[str]]:
 
 
 def text_ood(run: Path, n: int) -> None:
-    import torch
-
     from modelyard.models.loading import load
     from modelyard.ops.text_ood import fit_text_ood, sentence_embeddings
     from modelyard.rundir import RunDir
@@ -227,29 +225,42 @@ def text_ood(run: Path, n: int) -> None:
     splits = RunDir(run).splits()
     t0 = time.perf_counter()
     train = splits.train["text"].astype(str).sample(min(2000, len(splits.train)), random_state=0).tolist()
+    valid = splits.valid["text"].astype(str).tolist()
     fitted = fit_text_ood(
-        sentence_embeddings(clf, train), sentence_embeddings(clf, splits.valid["text"].astype(str).tolist())
+        sentence_embeddings(clf, train),
+        sentence_embeddings(clf, valid),
+        train_ids=clf.encode(train),
+        valid_ids=clf.encode(valid),
+        vocab_size=len(clf.tokenizer),
     )
     fit_s = time.perf_counter() - t0
-    inside = splits.test["text"].astype(str).tolist()[:n]
-    s_in, p_in = fitted.scores(sentence_embeddings(clf, inside)), clf.predict_proba(inside).max(1)
+
+    def measure(texts: list[str]) -> dict[str, np.ndarray]:
+        emb, ids = sentence_embeddings(clf, texts), clf.encode(texts)
+        parts = fitted.components(emb, ids)
+        return {
+            "vae": parts[:, 0],
+            "unigram": parts[:, 1],
+            "combined": fitted.scores(emb, ids),
+            "msp": 1 - clf.predict_proba(texts).max(1),
+        }
+
+    inside = measure(splits.test["text"].astype(str).tolist()[:n])
     print(
-        f"run {run} · embedding VAE fitted on {fitted.n_train} training texts in {fit_s:.0f}s"
-        f" · in: {len(inside)} test texts"
+        f"run {run} · fitted on {fitted.n_train} training texts in {fit_s:.0f}s · in: {len(inside['vae'])} test texts"
     )
     print(
-        "\n| out-of-distribution texts | AUROC, embedding VAE | AUROC, 1 − max softmax "
-        "| flagged at the VAE threshold (in / out) |"
+        "\n| out-of-distribution texts | embedding VAE | unigram surprisal | combined (monitor --text-ood) "
+        "| 1 − max softmax | flagged by the combined score (in / out) |"
     )
-    print("|---|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---|")
     for name, texts in _outside_texts(n).items():
-        s_out = fitted.scores(sentence_embeddings(clf, texts))
-        p_out = clf.predict_proba(texts).max(1)
-        print(
-            f"| {name} | {_auroc(s_in, s_out):.4f} | {_auroc(1 - p_in, 1 - p_out):.4f} | "
-            f"{(s_in > fitted.threshold).mean():.3f} / {(s_out > fitted.threshold).mean():.3f} |"
+        out = measure(texts)
+        aucs = " | ".join(f"{_auroc(inside[k], out[k]):.4f}" for k in ("vae", "unigram", "combined", "msp"))
+        flags = (
+            f"{(inside['combined'] > fitted.threshold).mean():.3f} / {(out['combined'] > fitted.threshold).mean():.3f}"
         )
-    del torch
+        print(f"| {name} | {aucs} | {flags} |")
 
 
 def main() -> None:

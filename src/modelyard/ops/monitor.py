@@ -250,15 +250,23 @@ def _text_ood_flags(clf: Any, splits: Any, live_texts: list[str], summary: dict[
     train = splits.train["text"].astype(str)
     train = train.sample(min(2000, len(train)), random_state=0).tolist()
     train_emb = sentence_embeddings(clf, train)
-    valid_emb = sentence_embeddings(clf, splits.valid["text"].astype(str).tolist())
+    valid_emb = sentence_embeddings(clf, splits.valid["text"].astype(str).tolist())  # encoder kinds have encode()
     live_emb = sentence_embeddings(clf, live_texts)
     if train_emb is None or valid_emb is None or live_emb is None:
         summary["text_ood"] = "not available: the model has no encoder embeddings"
         return None
-    fitted = fit_text_ood(train_emb, valid_emb)
-    flagged = fitted.scores(live_emb) > fitted.threshold
+    valid = splits.valid["text"].astype(str).tolist()
+    fitted = fit_text_ood(
+        train_emb,
+        valid_emb,
+        train_ids=clf.encode(train),
+        valid_ids=clf.encode(valid),
+        vocab_size=len(clf.tokenizer),
+    )
+    flagged = fitted.scores(live_emb, clf.encode(live_texts)) > fitted.threshold
     summary["text_ood"] = {
-        "score": "negative ELBO of a VAE over the training texts' embeddings (every layer, mean-pooled)",
+        "score": "max of robust z-scores: a VAE's negative ELBO over the embeddings (every layer, mean-pooled) "
+        "and the mean unigram surprisal under the training texts' tokens",
         "fitted_on": fitted.n_train,
         "threshold": round(fitted.threshold, 4),
         "calibrated_on": f"valid ({len(valid_emb)} texts, quantile {fitted.quantile})",
