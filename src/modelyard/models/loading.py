@@ -67,7 +67,9 @@ def require_classifier(path: str | Path, verb: str) -> None:
     Raises:
         ModelError: the run's model generates images.
     """
-    meta = read_model_meta(model_dir_of(path))
+    model_dir = model_dir_of(path)
+    check_model_files(model_dir)  # a damaged modelyard.json is named as such, as load() would
+    meta = read_model_meta(model_dir)
     if meta.get("task") == "image-generation":
         raise ModelError(
             f"{path} is a generative model ({meta.get('model_type')}); `modelyard {verb}` needs a classifier. "
