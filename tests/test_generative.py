@@ -315,3 +315,27 @@ def test_classifier_verbs_refuse_a_generative_run_in_one_line(vae_run: Path, tmp
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output
     assert "generat" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist_gan.yaml", "fashion_mnist_vae.yaml"])
+def test_shipped_generative_recipes_train_shrunk_and_generate(name: str, tmp_path: Path) -> None:
+    """The shipped recipes as shipped (kind, data source, conditioning), shrunk to seconds; then `generate`."""
+    from modelyard.config import load_recipe
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    overrides = [
+        "data.sample=400",
+        "model.width=8",
+        "model.eval_samples=100",
+        "train.epochs=1",
+        "train.log_every_steps=5",
+        f"output_dir={tmp_path / 'runs'}",
+    ]
+    run_dir = train(load_recipe(examples / name, overrides))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"fd_proxy", "precision", "recall", "class_accuracy"} <= set(metrics["test"])
+    res = CliRunner().invoke(
+        app, ["generate", str(run_dir), "--n", "4", "--class", "Sneaker", "-o", str(tmp_path / "g")]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "g" / "generated.json").read_text())["files"][0]["class"] == "Sneaker"
