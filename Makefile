@@ -43,6 +43,9 @@ install-gemma: install
 # Test tools and the optional Ray Tune backend (its tests run in CI), kept out of the quickstart's install.
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[dev,tune-ray]"
+	# Flower for `modelyard federate` (tests/test_federated.py): --no-deps, because flwr pins fastapi/typer/rich/
+	# protobuf to older minors than modelyard's; its in-process API needs nothing more (pyproject: the `federated` extra).
+	$(BIN)/pip install -q --no-deps "flwr>=1.42,<2" "pycryptodome>=3.18" "iterators>=0.0.2"
 	touch $@
 
 install: $(VENV)/.installed

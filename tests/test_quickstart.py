@@ -69,6 +69,12 @@ def test_cli_verbs_are_documented_in_readme() -> None:
         "generate",
         "fetch-bundled",
         "doctor",
+        "federate",
+        "redact",
+        "predictions purge",
+        "predictions purges",
+        "predictions rotate-key",
+        "predictions new-key",
     }
     english, chinese = re.split(r"^## 中文\s*$", readme, flags=re.M)
     for verb in verbs:

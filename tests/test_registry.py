@@ -19,7 +19,7 @@ from modelyard.cli import app as cli_app
 from modelyard.registry import RegistryError, open_registry, safe_join, validate_name
 from modelyard.registry.artifacts import looks_like_pickle, validate_model_dir
 
-HEAD = "0003"  # the newest registry migration (feedback_images)
+HEAD = "0004"  # the newest registry migration (log encryption key ids, log_purges)
 
 POSTGRES_URL = os.environ.get("MODELYARD_TEST_POSTGRES_URL")
 needs_postgres = pytest.mark.skipif(

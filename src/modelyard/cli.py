@@ -23,7 +23,10 @@ from modelyard.ops.cli import (
     registry_app,
     retrain_command,
 )
+from modelyard.ops.federate import federate_command
 from modelyard.ops.generate import generate_command
+from modelyard.ops.predictions_cli import predictions_app
+from modelyard.ops.redact import redact_command
 from modelyard.ops.runs_cli import runs_app
 
 app = typer.Typer(
@@ -564,9 +567,12 @@ def version() -> None:
 app.add_typer(registry_app, name="registry")
 app.add_typer(keys_app, name="keys")
 app.add_typer(runs_app, name="runs")
+app.add_typer(predictions_app, name="predictions")
 app.command("retrain")(retrain_command)
 app.command("monitor")(monitor_command)
 app.command("generate")(generate_command)
+app.command("redact")(redact_command)
+app.command("federate")(federate_command)
 # Installing as a package: the bundled weights/data, and a check of the whole installation.
 app.command("fetch-bundled")(fetch_bundled_command)
 app.command("doctor")(doctor_command)

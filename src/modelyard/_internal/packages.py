@@ -79,6 +79,13 @@ FEATURES: tuple[Feature, ...] = (
     Feature("explanations (modelyard explain)", ("captum",), ("captum",), "pip install captum"),
     Feature("hyper-parameter search (modelyard tune)", ("optuna",), ("optuna",), "pip install optuna"),
     Feature(
+        "federated learning simulation (modelyard federate)",
+        ("flwr",),
+        ("flwr",),
+        'pip install "modelyard[federated]"',
+        "federated",
+    ),
+    Feature(
         "MLflow tracking (train.report_to: [mlflow])",
         ("mlflow",),
         ("mlflow-skinny",),

@@ -34,6 +34,7 @@ from modelyard.config.train import (
     AugmentConfig,
     DistillConfig,
     PretrainConfig,
+    PrivacyConfig,
     TrainConfig,
 )
 from modelyard.config.tune import ChoiceParam, IntParam, LogUniformParam, ParamSpec, TuneConfig, UniformParam
@@ -58,6 +59,7 @@ __all__ = [
     "OpenAIBackendConfig",
     "ParamSpec",
     "PretrainConfig",
+    "PrivacyConfig",
     "PromptConfig",
     "Recipe",
     "ServeConfig",

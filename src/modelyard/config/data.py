@@ -44,6 +44,15 @@ class CleaningConfig(_Stage):
     chinese: ChineseCleaningConfig | None = Field(
         None, description="Chinese normalisation/segmentation (halfwidth, punctuation, …); null = off."
     )
+    pii: Literal["off", "redact", "drop", "report"] = Field(
+        "off",
+        description="Personal data in the texts (phones, IDs, cards, e-mail, IPs, names, addresses; English and "
+        "Chinese), found before cleaning and splitting: `redact` replaces each with a typed placeholder (<PHONE>), "
+        "`drop` drops the rows that hold any, `report` only counts; counts per type go to data_report.json.",
+    )
+    pii_lang: Literal["auto", "en", "zh"] = Field(
+        "auto", description="Recognizers for data.clean.pii: `en`, `zh`, or `auto` (both, for mixed texts)."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> CleaningConfig:

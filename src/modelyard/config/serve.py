@@ -61,6 +61,18 @@ class ServeConfig(_Stage):
     mask_pii: bool = Field(
         True, description="Mask e-mail addresses, phone/card numbers and IP addresses in the prediction log."
     )
+    log_inputs: Literal["encrypted", "plaintext"] = Field(
+        "encrypted",
+        description="How the prediction log keeps inputs (texts, image descriptions, feedback images): `encrypted` "
+        "(AES-256-GCM with the log key: serve.log_key_file, $MODELYARD_LOG_KEY or $MODELYARD_LOG_KEY_FILE; without "
+        "one, a key is generated in the registry folder as log.key, mode 600) or `plaintext` (only if you mean it).",
+    )
+    log_key_file: str | None = Field(
+        None,
+        description="Key file for the prediction log (urlsafe-base64 keys, one per line, newest first, mode 600; "
+        "`modelyard predictions new-key` makes one). Default: $MODELYARD_LOG_KEY, $MODELYARD_LOG_KEY_FILE, "
+        "then <registry>/log.key.",
+    )
     ood_from: str | None = Field(
         None,
         description="Image models: a vae run (trained on the same data) whose out-of-distribution score flags "

@@ -54,6 +54,63 @@ class TrainAugment(_Stage):
     )
 
 
+class PrivacyConfig(_Stage):
+    """Differentially private training (DP-SGD with Opacus): per-example clipping, Gaussian noise, an accountant."""
+
+    epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="The privacy budget ε. Without noise_multiplier the noise is calibrated so that the planned "
+        "epochs spend at most ε; with noise_multiplier, training stops before the step that would exceed ε.",
+    )
+    delta: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="δ of (ε, δ)-DP; null = min(1e-5, 0.1 / number of training examples) (well below 1/n).",
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Each example's gradient is clipped to this L2 norm (C).")
+    noise_multiplier: float | None = Field(
+        None,
+        ge=0,
+        description="Noise std / max_grad_norm (σ); null = calibrated from epsilon. 0 clips without noise (ε = ∞: "
+        "no privacy, a baseline).",
+    )
+    scope: str = Field(
+        "all",
+        description="Which weights train (the rest are frozen and get no noise): `all` (what model.finetune "
+        "trains, e.g. LoRA adapters + head), `head` (the classification head) or `top:N` (the top N encoder "
+        "layers and the head). Layers Opacus cannot train privately must be outside the scope.",
+    )
+    accountant: Literal["rdp", "prv"] = Field(
+        "rdp", description="Opacus accountant: `rdp` (Rényi DP, the classic bound) or `prv` (tighter, slower)."
+    )
+    noise_seed: int | None = Field(
+        None,
+        description="Seed of the noise and of the Poisson batch sampling; null = fresh OS randomness (kept "
+        "only in checkpoints, for --resume). A seed in the recipe makes runs reproducible, but whoever knows "
+        "it can regenerate the noise: set it for experiments only.",
+    )
+
+    @model_validator(mode="after")
+    def _checks(self) -> PrivacyConfig:
+        if self.epsilon is None and self.noise_multiplier is None:
+            raise ValueError(
+                "train.privacy needs epsilon (a budget; the noise is calibrated to it) or noise_multiplier"
+            )
+        if self.epsilon is not None and self.noise_multiplier == 0:
+            raise ValueError(
+                "train.privacy.noise_multiplier 0 adds no noise (ε = ∞), so no budget can hold: remove epsilon "
+                "or use a positive noise_multiplier"
+            )
+        scope = self.scope
+        if scope not in ("all", "head") and not (
+            scope.startswith("top:") and scope[4:].isdigit() and int(scope[4:]) >= 1
+        ):
+            raise ValueError(f"train.privacy.scope '{scope}' is not one of all, head, top:N (N ≥ 1, e.g. top:2)")
+        return self
+
+
 class TrainConfig(_Stage):
     """The fine-tuning loop."""
 
@@ -135,6 +192,11 @@ class TrainConfig(_Stage):
     )
     experiment: str | None = Field(None, description="MLflow experiment name; null = the recipe's name.")
     augment: TrainAugment = Field(default_factory=TrainAugment, description="Training-data augmentation.")
+    privacy: PrivacyConfig | None = Field(
+        None,
+        description="Differentially private training: {epsilon, delta, max_grad_norm, noise_multiplier, scope} "
+        "(Opacus DP-SGD); the spent ε is reported in metrics.json, manifest.json and the report. null = off.",
+    )
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -151,6 +213,8 @@ class TrainConfig(_Stage):
             )
         if len(set(self.report_to)) != len(self.report_to):
             raise ValueError(f"train.report_to lists a tracker twice: {self.report_to}")
+        if self.privacy is not None:
+            self._privacy_checks()
         if self.metric not in VALID_METRICS:
             close = difflib.get_close_matches(self.metric, sorted(VALID_METRICS), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -158,6 +222,25 @@ class TrainConfig(_Stage):
                 f"train.metric '{self.metric}' is not a metric; use one of {', '.join(sorted(VALID_METRICS))}{hint}"
             )
         return self
+
+    def _privacy_checks(self) -> None:
+        """Settings that would break DP-SGD's per-example guarantee, or that Opacus cannot combine with it."""
+        refused = {
+            "train.precision bf16/fp16 (per-example gradients are computed in fp32; `auto` is fp32 under privacy)": (
+                self.precision in ("bf16", "fp16")
+            ),
+            "train.compile (Opacus's per-example gradient hooks)": self.compile,
+            "train.rdrop_alpha (each example would be seen twice per step)": self.rdrop_alpha > 0,
+            "train.distill (the teacher's targets come from a model trained on the data without privacy)": (
+                self.distill is not None
+            ),
+            "train.augment.generated (the generator was trained on the data without privacy)": (
+                self.augment.generated is not None
+            ),
+        }
+        named = [name for name, on in refused.items() if on]
+        if named:
+            raise ValueError(f"train.privacy cannot be combined with {'; '.join(named)}")
 
 
 SINGLE_LABEL_METRICS = {"accuracy", "macro_f1", "micro_f1", "weighted_f1", "roc_auc", "loss", "log_loss", "ece"}

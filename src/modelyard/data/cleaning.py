@@ -19,6 +19,7 @@ from modelyard.errors import DataError
 _WHITESPACE = re.compile(r"\s+")
 
 CLEAN_DROP_KEYS = (
+    "pii",
     "missing_label",
     "empty",
     "too_short",
@@ -79,6 +80,26 @@ def clean_text(text: str, cfg: CleaningConfig) -> str:
     return text
 
 
+def find_pii(texts: list[str], cfg: CleaningConfig) -> tuple[list[str], list[bool], dict[str, Any] | None]:
+    """``data.clean.pii``: the texts (with placeholders under ``redact``), which rows hold personal data, the report.
+
+    Runs on the texts as read, before any other cleaning (lower-casing would hide names, segmentation would split
+    numbers). ``off`` returns the texts untouched and no report.
+    """
+    if cfg.pii == "off":
+        return texts, [False] * len(texts), None
+    from modelyard.privacy import redact_texts
+
+    out, found, summary = redact_texts(texts, lang=cfg.pii_lang, mode="mask", redact=cfg.pii == "redact")
+    has = [bool(f) for f in found]
+    report: dict[str, Any] = {"mode": cfg.pii, "lang": cfg.pii_lang, **summary.as_dict()}
+    if cfg.pii == "redact":
+        report["texts_changed"] = sum(a != b for a, b in zip(out, texts, strict=True))
+    elif cfg.pii == "drop":
+        report["rows_dropped"] = sum(has)
+    return out, has, report
+
+
 def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -86,7 +107,8 @@ def _short(text: str, limit: int = 60) -> str:
 def clean_frame(df: pd.DataFrame, cfg: CleaningConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Normalise texts and labels and drop unusable rows, counting every drop.
 
-    Steps, in order: texts to ``str`` → NFKC → whitespace collapse/strip → lowercase; labels stripped
+    Steps, in order: texts to ``str`` → personal data (``cfg.pii``: redacted, or the row dropped as ``pii``, or
+    counted) → NFKC → whitespace collapse/strip → lowercase; labels stripped
     and NFKC'd; rows without a label dropped (``missing_label``); texts shorter than ``min_chars``
     dropped (``empty`` when zero-length, else ``too_short``); texts longer than ``max_chars`` dropped
     (``too_long``); conflicting texts (one text, several labels) resolved per ``cfg.conflicts``
@@ -103,13 +125,15 @@ def clean_frame(df: pd.DataFrame, cfg: CleaningConfig) -> tuple[pd.DataFrame, di
     Returns:
         The cleaned frame (columns ``text``, ``label``, both ``str``; index reset; input order kept)
         and a JSON-serialisable counts dict: ``rows_in``, ``dropped`` (keys :data:`CLEAN_DROP_KEYS`),
-        ``rows_out``, ``conflicts`` (the mode), ``conflicts_resolved`` (texts kept under ``majority``)
-        and ``conflict_examples`` (up to 5 conflicting texts).
+        ``rows_out``, ``conflicts`` (the mode), ``conflicts_resolved`` (texts kept under ``majority``),
+        ``conflict_examples`` (up to 5 conflicting texts) and, unless ``cfg.pii`` is off, ``pii`` (entities per
+        type, texts with any, and ``texts_changed`` or ``rows_dropped``).
 
     Raises:
         DataError: ``cfg.conflicts == "error"`` and some text carries more than one label.
     """
-    texts = [clean_text(t, cfg) for t in as_str_list(df["text"])]
+    raw, has_pii, pii_report = find_pii(as_str_list(df["text"]), cfg)
+    texts = [clean_text(t, cfg) for t in raw]
     labels = [normalize_label(lb, cfg.unicode_nfkc) for lb in as_str_list(df["label"])]
     work = pd.DataFrame({"text": pd.Series(texts, dtype=object), "label": pd.Series(labels, dtype=object)})
     rows_in = len(work)
@@ -120,6 +144,8 @@ def clean_frame(df: pd.DataFrame, cfg: CleaningConfig) -> tuple[pd.DataFrame, di
         dropped[key] += int(mask.sum())
         work = work[~mask]
 
+    if cfg.pii == "drop":
+        drop(pd.Series(has_pii, index=work.index), "pii")
     drop(work["label"] == "", "missing_label")
     lengths = work["text"].map(len)
     drop((lengths == 0) & (cfg.min_chars > 0), "empty")
@@ -171,4 +197,6 @@ def clean_frame(df: pd.DataFrame, cfg: CleaningConfig) -> tuple[pd.DataFrame, di
         "conflicts_resolved": resolved,
         "conflict_examples": examples,
     }
+    if pii_report is not None:
+        counts["pii"] = pii_report
     return work, counts

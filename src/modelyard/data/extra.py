@@ -59,6 +59,7 @@ def load_extra(
         "rows_in": len(table.frame),
         "not_a_class": int((~keep).sum()),
         "dropped": counts["dropped"],
+        **({"pii": counts["pii"]} if "pii" in counts else {}),
     }
     return cleaned, report, {str(path.resolve()): table.sha256}
 

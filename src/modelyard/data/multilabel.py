@@ -273,6 +273,7 @@ def prepare_multilabel(cfg: DataConfig, base_dir: Path) -> PreparedData:
         "seed": cfg.seed,
         "length_chars": _length_stats(canon["text"]),
         "fingerprints": dict(info["sha256"]),
+        **({"pii": clean_counts["pii"]} if "pii" in clean_counts else {}),
     }
     return PreparedData(
         train=splits["train"],

@@ -126,6 +126,8 @@ def _no_rows_error(source: str, rows_in: int, dropped: dict[str, int]) -> DataEr
         reasons.append("too long (data.clean.max_chars)")
     if dropped["missing_label"]:
         reasons.append("without a label")
+    if dropped.get("pii"):
+        reasons.append("holding personal data (data.clean.pii: drop)")
     if dropped["conflicts_rows"]:
         reasons.append("conflicting labels")
     hint = "check data.text_column" if reasons[:1] == ["empty/too short"] else "check data.text_column and data.clean"
@@ -270,6 +272,8 @@ def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
     }
     if extra_reports:
         report["extra_train"] = extra_reports
+    if "pii" in clean_counts:
+        report["pii"] = clean_counts["pii"]
     return PreparedData(
         train=train,
         valid=valid,

@@ -190,11 +190,14 @@ def show_run(path: Path) -> tuple[list[tuple[str, str]], Table, dict[str, Any]]:
         ("git commit", str(manifest.get("git_commit") or "-")),
         ("path", str(rd.path)),
     ]
+    if isinstance(privacy := manifest.get("privacy"), dict):  # train.privacy: the accountant's spent ε
+        eps = "∞" if privacy.get("epsilon_infinite") else _num(privacy.get("epsilon"))
+        lines.insert(-2, ("privacy", f"ε {eps} · δ {privacy.get('delta')} · {privacy.get('steps')} DP-SGD steps"))
     table = Table(title="metrics")
     table.add_column("split")
     for name in HEADLINE:
         table.add_column(name, justify="right")
     for split, values in metrics.items():
-        if isinstance(values, dict):
+        if isinstance(values, dict) and any(n in values for n in HEADLINE):  # splits, not e.g. "federation"
             table.add_row(split, *(_num(values.get(n)) if values.get(n) is not None else "-" for n in HEADLINE))
     return lines, table, {"manifest": manifest, "metrics": metrics}

@@ -33,6 +33,7 @@ from modelyard.registry.models import (
     AuditEvent,
     FeedbackImage,
     FeedbackRecord,
+    LogPurge,
     ModelVersion,
     PredictionRecord,
     utcnow,
@@ -51,6 +52,7 @@ _TABLES = {
     "predictions": PredictionRecord,
     "feedback": FeedbackRecord,
     "feedback_images": FeedbackImage,
+    "log_purges": LogPurge,
 }
 
 
@@ -133,6 +135,7 @@ class RegistryEngine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA secure_delete=ON")  # purged/re-encrypted rows are zeroed, not left in free pages
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -211,12 +214,25 @@ class RegistryEngine:
                 time.sleep(0.05 * (2**i) * (0.5 + secrets.randbelow(100) / 100))
         raise AssertionError("unreachable")
 
+    def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database file and truncate it (after a purge, so deleted
+        values do not linger in ``registry.db-wal``); best effort while other connections read. No-op elsewhere."""
+        if not self.is_sqlite:
+            return
+        raw = self.writer.raw_connection()  # the driver's connection: no BEGIN (a checkpoint cannot run in one)
+        try:
+            cur = raw.cursor()
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cur.close()
+        finally:
+            raw.close()
+
     def count(self, table: str) -> int:
         """Row count of a registry table (tests, ``registry stats``).
 
         Args:
             table: ``apps``, ``model_versions``, ``aliases``, ``audit_events``, ``api_keys``,
-                ``predictions``, ``feedback`` or ``feedback_images``.
+                ``predictions``, ``feedback``, ``feedback_images`` or ``log_purges``.
         """
         with self.read() as session:
             return int(session.scalar(select(func.count()).select_from(_TABLES[table])) or 0)

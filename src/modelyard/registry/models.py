@@ -108,10 +108,13 @@ class PredictionRecord(Base):
     app: Mapped[str] = mapped_column(String(128), nullable=False)
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    text: Mapped[str] = mapped_column(Text, nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)  # base64 AES-GCM ciphertext unless enc_key is NULL
     label: Mapped[str] = mapped_column(String(256), nullable=False)
     scores: Mapped[dict[str, float]] = mapped_column(JSON, nullable=False)
     latency_ms: Mapped[float] = mapped_column(Float, nullable=False)
+    # id of the log key that encrypted `text` (registry/logkeys.py); NULL: stored in clear (logged before 0004,
+    # or `serve.log_inputs: plaintext`)
+    enc_key: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class FeedbackRecord(Base):
@@ -140,3 +143,17 @@ class FeedbackImage(Base):
     media_type: Mapped[str] = mapped_column(String(64), nullable=False)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    enc_key: Mapped[str | None] = mapped_column(String(16), nullable=True)  # as PredictionRecord.enc_key
+
+
+class LogPurge(Base):
+    """One purge of logged inputs (``modelyard predictions purge``): who, when, the criteria, how many rows went."""
+
+    __tablename__ = "log_purges"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    actor: Mapped[str] = mapped_column(String(128), nullable=False)
+    criteria: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    predictions: Mapped[int] = mapped_column(Integer, nullable=False)
+    feedback: Mapped[int] = mapped_column(Integer, nullable=False)
+    images: Mapped[int] = mapped_column(Integer, nullable=False)

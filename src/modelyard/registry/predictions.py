@@ -3,6 +3,10 @@
 The production server writes rows through a bounded asynchronous writer
 (:class:`modelyard.serving.predlog.PredictionLog`); retraining reads the feedback, the drift monitor
 and the web console read predictions and per-bucket traffic.
+
+Logged inputs (texts, image descriptions, feedback images) are encrypted on the way in and decrypted on the way
+out, here and only here (:func:`reveal_text`), so every reader (monitor, retrain, console, feedback) gets them
+back without knowing about keys; see :mod:`modelyard.registry.logkeys`.
 """
 
 from __future__ import annotations
@@ -14,8 +18,38 @@ from typing import Any
 from sqlalchemy import func, insert, select
 
 from modelyard.registry.engine import RegistryEngine
+from modelyard.registry.logkeys import LogKeyError, LogKeyring, LogKeys
 from modelyard.registry.models import FeedbackImage, FeedbackRecord, PredictionRecord
 from modelyard.registry.names import RegistryError
+
+
+def text_aad(prediction_id: str) -> str:
+    """The associated data binding an encrypted input to its prediction row (never change: old rows use it)."""
+    return f"predictions.text:{prediction_id}"
+
+
+def image_aad(sha256: str) -> str:
+    """The associated data binding an encrypted feedback image to its row."""
+    return f"feedback_images.data:{sha256}"
+
+
+def reveal_text(ring: LogKeyring, prediction_id: str, stored: str, enc_key: str | None, strict: bool = True) -> str:
+    """The logged input of a prediction row: decrypted, or as stored when it was logged in clear (``enc_key`` NULL).
+
+    The one place a logged text is decrypted. ``strict=False`` (display: console, admin API, feedback ownership)
+    gives a marker instead of raising, so one unreadable row does not take a page down.
+
+    Raises:
+        LogKeyError: ``strict`` and the key is not configured or the value does not decrypt.
+    """
+    if enc_key is None:
+        return stored
+    try:
+        return ring.decrypt_text(enc_key, stored, text_aad(prediction_id))
+    except LogKeyError:
+        if strict:
+            raise
+        return f"<not decryptable here (log key {enc_key})>"
 
 
 def parse_since(since: str | None) -> datetime | None:
@@ -37,29 +71,48 @@ def parse_since(since: str | None) -> datetime | None:
         raise RegistryError(f"--since {since!r} reaches back before year 1; use a shorter window") from None
 
 
+def _sealed_row(ring: LogKeyring, row: dict[str, Any]) -> dict[str, Any]:
+    kid, blob = ring.encrypt_text(row["text"], text_aad(row["id"]))
+    return {**row, "text": blob, "enc_key": kid}
+
+
+def _sealed_image(ring: LogKeyring, image: dict[str, Any]) -> dict[str, Any]:
+    kid, blob = ring.encrypt(image["data"], image_aad(image["sha256"]))
+    return {**image, "data": blob, "enc_key": kid}
+
+
 class PredictionStore:
     """Predictions and feedback of a registry (one session per call; thread-safe).
 
     Args:
         engine: The registry's database.
+        keys: The log keys (default: resolved for the engine's store, see :class:`LogKeys`).
     """
 
-    def __init__(self, engine: RegistryEngine) -> None:
+    def __init__(self, engine: RegistryEngine, keys: LogKeys | None = None) -> None:
         self._engine = engine
+        self.keys = keys or LogKeys(engine.store)
 
     def log_predictions(
         self,
         rows: Sequence[dict[str, Any]],
         feedback: Sequence[dict[str, Any]] = (),
         images: Sequence[dict[str, Any]] = (),
+        encrypt: bool = True,
     ) -> None:
         """Insert prediction rows, feedback rows and feedback images in one transaction (the log writer's batch).
 
         ``images`` are ``{"sha256", "app", "media_type", "data", "at"}``; one already stored (same sha256) is
-        kept as it is (content-addressed).
+        kept as it is (content-addressed). Texts and image bytes are encrypted with the newest log key (one is
+        generated in the store when none is configured); ``encrypt=False`` (``serve.log_inputs: plaintext``)
+        stores them in clear.
         """
         if not rows and not feedback and not images:
             return
+        if encrypt and (rows or images):
+            ring = self.keys.for_writing()
+            rows = [_sealed_row(ring, r) for r in rows]
+            images = [_sealed_image(ring, im) for im in images]
 
         def do() -> None:
             with self._engine.write() as session:
@@ -77,6 +130,7 @@ class PredictionStore:
 
     def prediction(self, prediction_id: str) -> dict[str, Any] | None:
         """One logged prediction, or ``None``."""
+        ring = self.keys.keyring()
         with self._engine.read() as session:
             p = session.get(PredictionRecord, prediction_id)
             if p is None:
@@ -87,20 +141,34 @@ class PredictionStore:
                 "app": p.app,
                 "version": p.version,
                 "key_id": p.key_id,
-                "text": p.text,
+                "text": reveal_text(ring, p.id, p.text, p.enc_key, strict=False),
                 "label": p.label,
                 "scores": p.scores,
                 "latency_ms": p.latency_ms,
             }
 
     def feedback_image(self, sha256: str) -> tuple[str, bytes] | None:
-        """``(media_type, bytes)`` of an image sent with feedback, or ``None`` when none was sent."""
+        """``(media_type, bytes)`` of an image sent with feedback, or ``None`` when none was sent.
+
+        Raises:
+            LogKeyError: It is encrypted with a key not configured here, or does not decrypt.
+        """
         with self._engine.read() as session:
             im = session.get(FeedbackImage, sha256)
-            return None if im is None else (im.media_type, bytes(im.data))
+            if im is None:
+                return None
+            data = bytes(im.data)
+            kid = im.enc_key
+            media_type = im.media_type
+        return media_type, data if kid is None else self.keys.keyring().decrypt(kid, data, image_aad(sha256))
 
     def predictions(self, app: str, since: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Logged predictions of an app (newest last), optionally since a time."""
+        """Logged predictions of an app (newest last), optionally since a time; texts decrypted.
+
+        Raises:
+            LogKeyError: A text is encrypted with a key not configured here (the message names it).
+        """
+        ring = self.keys.keyring()
         with self._engine.read() as session:
             query = select(PredictionRecord).where(PredictionRecord.app == app)
             if since is not None:
@@ -109,12 +177,23 @@ class PredictionStore:
             if limit is not None:
                 query = query.limit(limit)
             return [
-                {"id": p.id, "at": p.at, "version": p.version, "text": p.text, "label": p.label, "scores": p.scores}
+                {
+                    "id": p.id,
+                    "at": p.at,
+                    "version": p.version,
+                    "text": reveal_text(ring, p.id, p.text, p.enc_key),
+                    "label": p.label,
+                    "scores": p.scores,
+                }
                 for p in session.scalars(query).all()
             ]
 
     def recent_predictions(self, app: str, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest ``limit`` logged predictions of an app (oldest of them first), read with a LIMIT query."""
+        """The newest ``limit`` logged predictions of an app (oldest of them first), read with a LIMIT query.
+
+        For display: a text whose key is not configured here reads as a marker naming the key.
+        """
+        ring = self.keys.keyring()
         with self._engine.read() as session:
             query = (
                 select(PredictionRecord)
@@ -123,25 +202,37 @@ class PredictionStore:
                 .limit(limit)
             )
             rows = [
-                {"id": p.id, "at": p.at, "version": p.version, "text": p.text, "label": p.label, "scores": p.scores}
+                {
+                    "id": p.id,
+                    "at": p.at,
+                    "version": p.version,
+                    "text": reveal_text(ring, p.id, p.text, p.enc_key, strict=False),
+                    "label": p.label,
+                    "scores": p.scores,
+                }
                 for p in session.scalars(query).all()
             ]
         return rows[::-1]
 
     def feedback(self, app: str) -> list[dict[str, Any]]:
-        """Feedback of an app joined with its predictions' texts; the latest label per prediction wins."""
+        """Feedback of an app joined with its predictions' texts (decrypted); the latest label per prediction wins.
+
+        Raises:
+            LogKeyError: A text is encrypted with a key not configured here (the message names it).
+        """
+        ring = self.keys.keyring()
         with self._engine.read() as session:
             rows = session.execute(
-                select(FeedbackRecord, PredictionRecord.text)
+                select(FeedbackRecord, PredictionRecord.text, PredictionRecord.enc_key)
                 .join(PredictionRecord, PredictionRecord.id == FeedbackRecord.prediction_id)
                 .where(FeedbackRecord.app == app)
                 .order_by(FeedbackRecord.at, FeedbackRecord.id)
             ).all()
         latest: dict[str, dict[str, Any]] = {}
-        for fb, text_ in rows:
+        for fb, text_, kid in rows:
             latest[fb.prediction_id] = {
                 "prediction_id": fb.prediction_id,
-                "text": text_,
+                "text": reveal_text(ring, fb.prediction_id, text_, kid),
                 "label": fb.label,
                 "at": fb.at,
             }

@@ -4,7 +4,8 @@
   ``<store>/models/<app>/v<N>/``, aliases, the audit trail;
 * :class:`~modelyard.registry.keys.KeyStore` (``registry.api_keys``): hashed API keys, scopes, rates;
 * :class:`~modelyard.registry.predictions.PredictionStore` (``registry.prediction_log``): logged
-  predictions, feedback, traffic.
+  predictions, feedback, traffic; the logged inputs encrypted with ``registry.log_keys``
+  (:mod:`~modelyard.registry.logkeys`), rotated and purged by :mod:`~modelyard.registry.retention`.
 
 They share one :class:`~modelyard.registry.engine.RegistryEngine` (``registry.engine``: SQLite in the
 store by default, or PostgreSQL). :class:`Registry` also forwards each store's methods, so callers that
@@ -21,8 +22,10 @@ from typing import Any
 
 from modelyard.registry.engine import RegistryEngine, default_store
 from modelyard.registry.keys import KEY_PREFIX, SCOPES, KeyInfo, KeyStore, parse_duration, parse_rate
+from modelyard.registry.logkeys import LogKeys
 from modelyard.registry.names import RegistryError
 from modelyard.registry.predictions import PredictionStore, parse_since
+from modelyard.registry.retention import purge_log, purges, rotate_log_key
 from modelyard.registry.versions import VersionInfo, VersionStore, tree_sha256, verify_version
 
 __all__ = [
@@ -52,6 +55,7 @@ class Registry:
         versions: Versions, aliases and the audit trail.
         api_keys: API keys.
         prediction_log: Predictions and feedback.
+        log_keys: The keys that encrypt logged inputs (:class:`~modelyard.registry.logkeys.LogKeys`).
         store: The store directory (resolved).
     """
 
@@ -59,7 +63,8 @@ class Registry:
         self.engine = RegistryEngine(store, db_url)
         self.versions = VersionStore(self.engine)
         self.api_keys = KeyStore(self.engine)
-        self.prediction_log = PredictionStore(self.engine)
+        self.log_keys = LogKeys(self.engine.store)
+        self.prediction_log = PredictionStore(self.engine, self.log_keys)
         self.store = self.engine.store
         self.db_url = self.engine.db_url
         self.is_sqlite = self.engine.is_sqlite
@@ -167,9 +172,10 @@ class Registry:
         rows: Sequence[dict[str, Any]],
         feedback: Sequence[dict[str, Any]] = (),
         images: Sequence[dict[str, Any]] = (),
+        encrypt: bool = True,
     ) -> None:
         """See :meth:`PredictionStore.log_predictions`."""
-        self.prediction_log.log_predictions(rows, feedback, images)
+        self.prediction_log.log_predictions(rows, feedback, images, encrypt)
 
     def feedback_image(self, sha256: str) -> tuple[str, bytes] | None:
         """See :meth:`PredictionStore.feedback_image`."""
@@ -196,6 +202,20 @@ class Registry:
     ) -> dict[str, Any]:
         """See :meth:`PredictionStore.traffic`."""
         return self.prediction_log.traffic(app, since, bucket_s, until, max_rows)
+
+    # --------------------------------------------------------------- logs at rest
+
+    def rotate_log_key(self, batch: int = 500) -> dict[str, Any]:
+        """See :func:`modelyard.registry.retention.rotate_log_key`."""
+        return rotate_log_key(self.engine, self.log_keys, batch)
+
+    def purge_predictions(self, **criteria: Any) -> dict[str, Any]:
+        """See :func:`modelyard.registry.retention.purge_log` (keyword arguments: ``before``, ``ids``, ``app`` …)."""
+        return purge_log(self.engine, self.log_keys, **criteria)
+
+    def log_purges(self) -> list[dict[str, Any]]:
+        """See :func:`modelyard.registry.retention.purges`."""
+        return purges(self.engine)
 
 
 def open_registry(store: Path | str | None = None, db: str | None = None) -> Registry:

@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 from collections import OrderedDict
 from typing import Any
 
+from modelyard.privacy import get_engine
 from modelyard.registry.store import Registry
 
 logger = logging.getLogger("modelyard.serving")
 
-_PII = [
-    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "<email>"),
-    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), "<ip>"),
-    (re.compile(r"(?<![\w])\+?\d(?:[\s().-]?\d){8,18}(?![\w])"), "<number>"),  # phones, card/account numbers
-]
 RECENT_IDS = 100_000  # ids remembered in memory so feedback works before the row is written
 LABEL_CHARS = 256  # the `label` column of the prediction and feedback tables (String(256))
 
@@ -42,15 +37,21 @@ def log_label(label: str) -> str:
 
 
 def mask_pii(text: str) -> str:
-    """Replace e-mail addresses, IPv4 addresses and long digit runs (phones, cards) with placeholders.
+    """Replace personal data with typed placeholders: the PII engine of :mod:`modelyard.privacy` (``auto``: English
+    and Chinese recognizers — phones, resident IDs, cards, e-mail, IPs, credentials in URLs, passports, addresses,
+    names), the same one ``modelyard redact`` and ``data.clean.pii`` use. About a millisecond per short text.
 
     Example:
         >>> mask_pii("mail bob@example.com or call +44 20 7946 0958")
-        'mail <email> or call <number>'
+        'mail <EMAIL> or call <PHONE>'
     """
-    for pattern, repl in _PII:
-        text = pattern.sub(repl, text)
-    return text
+    return get_engine("auto").redact(text)
+
+
+def warm_pii_engine() -> None:
+    """Build the shared PII engine in a background thread (imports Presidio, loads jieba: seconds), so that the
+    first logged request does not wait for it."""
+    threading.Thread(target=get_engine, args=("auto",), name="modelyard-pii-warmup", daemon=True).start()
 
 
 class PredictionLog:
@@ -60,11 +61,14 @@ class PredictionLog:
         registry: Where rows are written.
         capacity: Rows the queue holds; beyond it rows are dropped and counted.
         batch_size: Rows per database transaction.
+        encrypt: Encrypt logged inputs at rest (the registry's log keys); ``False`` only for
+            ``serve.log_inputs: plaintext``.
     """
 
-    def __init__(self, registry: Registry, capacity: int = 10_000, batch_size: int = 256) -> None:
+    def __init__(self, registry: Registry, capacity: int = 10_000, batch_size: int = 256, encrypt: bool = True) -> None:
         self.registry = registry
         self.batch_size = batch_size
+        self._write_kwargs: dict[str, Any] = {} if encrypt else {"encrypt": False}
         self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=capacity)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -82,7 +86,8 @@ class PredictionLog:
         return self._queue.qsize()
 
     def start(self) -> None:
-        """Start the writer thread."""
+        """Start the writer thread (and build the PII engine that masks logged texts in the background)."""
+        warm_pii_engine()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="modelyard-predlog", daemon=True)
         self._thread.start()
@@ -136,7 +141,7 @@ class PredictionLog:
             feedback = [row for kind, row in items if kind == "feedback"]
             images = [row.pop("_image") for row in feedback if "_image" in row]
             try:
-                self.registry.log_predictions(preds, feedback, images)
+                self.registry.log_predictions(preds, feedback, images, **self._write_kwargs)
                 with self._lock:
                     self.written += len(items)
             except Exception:

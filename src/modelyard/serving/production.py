@@ -5,11 +5,12 @@ What it adds to the plain server:
 * the model comes from the registry (``NAME@production``), verified (file hashes, no pickles) and
   smoke-tested before it serves;
 * API keys with scopes and per-key rate limits (:mod:`modelyard.serving.security`);
-* every prediction logged with a UUIDv4 id by a bounded asynchronous writer (:mod:`.predlog`),
+* every prediction logged with a UUIDv4 id by a bounded asynchronous writer (:mod:`.predlog`), its input
+  encrypted at rest (``serve.log_inputs``, ``serve.log_key_file``; :mod:`modelyard.registry.logkeys`),
   ``POST /v1/feedback`` for the correct label (only with the key that made the prediction);
 * a poller that hot-swaps the model when the alias moves; a version that fails to load or
   verify is recorded in the audit trail and the old one keeps serving;
-* ``GET /admin/v1/versions`` and ``GET /admin/v1/predictions`` (admin scope);
+* ``GET /admin/v1/versions`` and ``GET /admin/v1/predictions`` (admin scope; texts PII-redacted);
 * the web console at ``GET /`` and its ``/admin/v1/traffic`` and ``/admin/v1/drift`` (:mod:`.console`);
 * Prometheus gauges for the served version, the log queue depth and log drops.
 
@@ -201,6 +202,14 @@ def _prediction_logger(predlog: PredictionLog, app_name: str, cfg: ServeConfig) 
     return log_predictions
 
 
+def _redacted_recent(registry: Registry, app_name: str, limit: int) -> list[dict[str, Any]]:
+    """The newest logged predictions with their texts decrypted and then PII-redacted: the admin API and the
+    console show redacted text only, whatever ``serve.mask_pii`` was when the row was logged (an image's
+    description is shown as it is: type, size and hash)."""
+    rows = registry.recent_predictions(app_name, limit)
+    return [r if described_sha256(r["text"]) else {**r, "text": mask_pii(r["text"])} for r in rows]
+
+
 def admin_router(registry: Registry, app_name: str) -> APIRouter:
     """``GET /admin/v1/versions`` and ``GET /admin/v1/predictions`` (the admin scope is enforced by the auth layer)."""
     router = APIRouter()
@@ -221,7 +230,7 @@ def admin_router(registry: Registry, app_name: str) -> APIRouter:
         response_model=list[PredictionOut],
     )
     async def admin_predictions(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
-        rows = await asyncio.to_thread(registry.recent_predictions, app_name, limit)
+        rows = await asyncio.to_thread(_redacted_recent, registry, app_name, limit)
         # SQLite hands back naive UTC datetimes; say UTC explicitly, or browsers read them as local time.
         return [
             {**r, "at": (r["at"] if r["at"].tzinfo else r["at"].replace(tzinfo=timezone.utc)).isoformat()} for r in rows
@@ -357,10 +366,19 @@ def create_production_app(
     """
     validate_name(app_name)
     validate_alias(alias)
-    predlog = PredictionLog(registry, capacity=log_capacity)
+    encrypt = cfg.log_inputs == "encrypted"
+    if cfg.log_key_file is not None:
+        registry.log_keys.configure(cfg.log_key_file)
+    if encrypt:  # a missing, unsafe or malformed key fails here, before the server starts, not in the log writer
+        registry.log_keys.for_writing()
+    else:
+        logger.warning("serve.log_inputs is plaintext: logged inputs are stored unencrypted in the registry database")
+    predlog = PredictionLog(registry, capacity=log_capacity, encrypt=encrypt)
     # The web console's routes: GET / (public page) + /admin/v1/traffic, /admin/v1/drift.
     console = APIRouter()
-    jobs = install_console(console, registry, app_name, alias, run_monitor=drift_monitor)
+    # drift jobs run in a child process, which must find the same database and log keys
+    job_env = {"MODELYARD_DB": registry.engine.db_url, **registry.log_keys.child_env()}
+    jobs = install_console(console, registry, app_name, alias, run_monitor=drift_monitor, jobs=JobRunner(env=job_env))
     swapper = _HotSwapper(registry, app_name, alias, poll_s)
     app = create_app(
         lambda: load_version(registry.resolve(app_name, alias), alias),

@@ -56,6 +56,7 @@ from modelyard.training.batch_sources import (
 )
 from modelyard.training.checkpoint import load_checkpoint, save_checkpoint, state_bytes
 from modelyard.training.generated_data import add_generated
+from modelyard.training.privacy import DPTraining
 
 
 class TrainingInterrupted(ModelyardError):
@@ -103,7 +104,7 @@ class FineTuneRecipe:
             torch.set_num_threads(self.cfg.num_threads)
         seed_everything(self.cfg.seed)
         self.device = pick_device(self.cfg.device)
-        self.dtype = pick_dtype(self.cfg.precision, self.device)
+        self.dtype = pick_dtype("fp32" if self.cfg.privacy else self.cfg.precision, self.device)
         self.labels: list[str] = list(self.data.labels)
         kind = self.kind
         assert kind.build is not None, f"model kind {kind.name} is a one-shot fit, not a loop kind"
@@ -129,13 +130,15 @@ class FineTuneRecipe:
                     else np.array([label_index[x] for x in frame["label"]], dtype=np.int64),
                 )
             self.batches: Any = TextBatches(self.splits, self.cfg, self.pad_id, self.device, self.multi_label)
+        self.dp = DPTraining.for_loop(self) if self.cfg.privacy else None  # train.privacy (training.privacy)
         # The loop's forward pass; torch.compile wraps it (weights, checkpoints and eval use self.model).
-        self.train_model = torch.compile(self.model) if self.cfg.compile else self.model
+        self.train_model = self.dp.module if self.dp else torch.compile(self.model) if self.cfg.compile else self.model
 
         if self.cfg.distill is not None:
             self.splits["train"].soft = self._teacher_targets()
         groups = param_groups(model, self.cfg.learning_rate, self.cfg.weight_decay, self.cfg.layer_lr_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
+        optimizer = torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
+        self.optimizer = self.dp.wrap(optimizer) if self.dp else optimizer  # DP: clip per example, noise, account
         self.ema = None
         if self.cfg.ema_decay is not None:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -255,7 +258,7 @@ class FineTuneRecipe:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
         """Checkpoint model, optimizer, scheduler, RNG and data position (at an optimizer-step boundary)."""
-        state = self.state.__dict__ | {"rng": rng_state()}
+        state = self.state.__dict__ | {"rng": rng_state()} | ({"privacy": self.dp.state_dict()} if self.dp else {})
         save_checkpoint(
             self.ckpt_dir / "last",
             model=self.model,
@@ -275,6 +278,8 @@ class FineTuneRecipe:
             extra_modules={"ema": self.ema} if self.ema is not None else None,
         )
         set_rng_state(raw.pop("rng"))
+        if self.dp:  # the accountant's history, σ, the seed and the noise generator (JSON)
+            self.dp.load_state_dict(raw.pop("privacy"))
         self.state = TrainerState(**raw)
         self.console.print(
             f"resuming at epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}, "
@@ -336,35 +341,38 @@ class FineTuneRecipe:
                 sps="-",
             )
             for epoch in range(st.epoch, cfg.epochs):
-                batches = self.batches.order(epoch)
+                batches = self.dp.order(epoch) if self.dp else self.batches.order(epoch)  # DP: Poisson draws
                 self.model.train()
                 epoch_t0 = time.perf_counter()
                 for b in range(st.batch_in_epoch, len(batches)):
                     idx = batches[b]
-                    inputs = self.batches.inputs(idx, epoch, b)
-                    with autocast(self.device, self.dtype):
-                        if cfg.rdrop_alpha > 0:  # two dropout masks in one forward pass of the doubled batch
-                            inputs = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in inputs.items()}
-                        logits = self.train_model(**inputs).logits
-                    loss = self.loss(logits.float(), idx)
-                    if not torch.isfinite(loss):
-                        raise ModelyardError(
-                            f"training diverged (loss {loss.item()}) at step {st.global_step}; "
-                            "lower train.learning_rate or use train.precision=fp32"
-                        )
-                    scaled = loss / accum
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    st.epoch_loss_sum += loss.item() * len(idx)
-                    st.epoch_loss_count += len(idx)
-                    window_loss += loss.item() * len(idx)
-                    window_n += len(idx)
-                    window_samples += len(idx)
+                    if not len(idx):  # only DP's Poisson draws are ever empty: the step still adds noise
+                        self.dp.empty_batch()
+                    else:
+                        inputs = self.batches.inputs(idx, epoch, b)
+                        with autocast(self.device, self.dtype):
+                            if cfg.rdrop_alpha > 0:  # two dropout masks in one forward pass of the doubled batch
+                                inputs = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in inputs.items()}
+                            logits = self.train_model(**inputs).logits
+                        loss = self.loss(logits.float(), idx)
+                        if not torch.isfinite(loss):
+                            raise ModelyardError(
+                                f"training diverged (loss {loss.item()}) at step {st.global_step}; "
+                                "lower train.learning_rate or use train.precision=fp32"
+                            )
+                        scaled = loss if self.dp else loss / accum  # DP: each example's own gradient
+                        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                        st.epoch_loss_sum += loss.item() * len(idx)
+                        st.epoch_loss_count += len(idx)
+                        window_loss += loss.item() * len(idx)
+                        window_n += len(idx)
+                        window_samples += len(idx)
                     if (b + 1) % accum and b + 1 != len(batches):
                         continue
                     # --- optimizer step (end of an accumulation group, or a short last group)
                     if self.scaler:
                         self.scaler.unscale_(self.optimizer)
-                    if cfg.max_grad_norm:
+                    if cfg.max_grad_norm and not self.dp:  # DP clips each example's gradient instead
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     if self.scaler:
                         self.scaler.step(self.optimizer)
@@ -441,6 +449,7 @@ class FineTuneRecipe:
                 if cfg.patience is not None and st.bad_epochs >= cfg.patience and epoch + 1 < cfg.epochs:
                     st.stopped_early = True
                     bar.console.print(f"early stopping: valid {cfg.metric} did not improve for {cfg.patience} epochs")
+                st.stopped_early |= bool(self.dp and self.dp.stop_at_budget(st.global_step, epoch + 1 < cfg.epochs))
                 self._checkpoint_with_time(session_start)
                 session_start, session_steps0 = time.perf_counter(), st.global_step
                 if on_epoch_end is not None:
@@ -544,6 +553,7 @@ class FineTuneRecipe:
             "best epoch": st.best_epoch,
             "data": recipe.data.path,
             "train / valid / test": " / ".join(str(len(self.splits[s].labels)) for s in ("train", "valid", "test")),
+            **(self.dp.info() if self.dp else {}),
         }
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from modelyard._internal.io import atomic_write_text, write_json
+from modelyard._internal.io import atomic_write_text, read_json, write_json
 from modelyard._internal.layout import (
     CHECKPOINTS_DIR,
     DATA_REPORT,
@@ -32,6 +32,7 @@ from modelyard._internal.layout import (
     INCOMPLETE,
     LABELS,
     MANIFEST,
+    METRICS,
     MODEL_DIR,
     REPORT,
 )
@@ -50,6 +51,7 @@ from modelyard.rundir import RunDir
 from modelyard.training.generative import GenerativeRecipe
 from modelyard.training.loop import FineTuneRecipe, TrainingInterrupted
 from modelyard.training.multilabel import print_multilabel_metrics, write_multilabel_run
+from modelyard.training.privacy import require_privacy
 from modelyard.training.tracking import Tracking, require_trackers, status_of, tracking_uri
 
 __all__ = ["TrainingInterrupted", "load_splits", "print_data_report", "train"]
@@ -86,6 +88,7 @@ def train(
     console = console or Console(stderr=True)
     t0 = time.time()
     require_trackers(recipe.train.report_to)  # a missing tracker package fails before any work
+    require_privacy(recipe, get_kind(recipe.model.type))  # train.privacy: a loop classifier, opacus installed
     if resume is not None:
         run_dir, recipe, data = _reopen(Path(resume), recipe, console)
         run_id = run_dir.name.removesuffix(INCOMPLETE)
@@ -131,6 +134,7 @@ def train(
         tracking.start(run_id, recipe, run_dir.with_name(run_id), resume_step=resume_step)
         ft.train(stop_after_step=stop_after_step, on_epoch_end=on_epoch_end, on_log=tracking.log_progress)
         metrics = ft.finalize()
+        _record_privacy(ft, console)
         if generative:
             ft.write_report_and_manifest(run_id, t0, resumed_from=str(resume) if resume else None)
         else:
@@ -289,6 +293,17 @@ def load_splits(run_dir: Path) -> Any:
     return RunDir(run_dir).splits()
 
 
+def _record_privacy(ft: Any, console: Console) -> None:
+    """``train.privacy``: the accountant's spent ε into ``metrics.json`` (key ``privacy``, beside the splits)."""
+    dp = getattr(ft, "dp", None)
+    if dp is None:
+        return
+    path = ft.run_dir / METRICS
+    with storage_errors(METRICS, path, "output_dir"):
+        write_json(path, read_json(path) | {"privacy": dp.summary()})
+    console.print(f"[bold]{next(iter(dp.info()))}[/] {next(iter(dp.info().values()))}")
+
+
 def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resumed_from: str | None) -> None:
     rd, recipe = RunDir(ft.run_dir), ft.recipe
     kind = ft.kind
@@ -308,6 +323,7 @@ def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resum
         best_epoch=ft.state.best_epoch,
         stopped_early=ft.state.stopped_early,
         total_steps=ft.state.global_step,
+        **({"privacy": ft.dp.summary()} if ft.dp else {}),
     )
     write_json(rd.manifest_path, manifest)
     if ft.multi_label:
@@ -315,7 +331,7 @@ def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resum
     write_report(
         rd.report_path,
         title=f"{recipe.name} · {run_id}",
-        metrics=rd.metrics(),
+        metrics={split: m for split, m in rd.metrics().items() if split != "privacy"},  # ε: in `info`
         labels=ft.labels,
         history=ft.state.history,
         steps=rd.steps(),
