@@ -59,7 +59,10 @@ class ServeConfig(_Stage):
         "serve.auth or NAME@ALIAS), `off` (404).",
     )
     mask_pii: bool = Field(
-        True, description="Mask e-mail addresses, phone/card numbers and IP addresses in the prediction log."
+        True,
+        description="Redact personal data in logged texts with the PII engine (modelyard.privacy: phones, IDs, "
+        "bank cards, e-mail, IPs, URL credentials, passports, addresses, names; English and Chinese), in the "
+        "log's writer thread.",
     )
     log_inputs: Literal["encrypted", "plaintext"] = Field(
         "encrypted",

@@ -141,6 +141,9 @@ class PredictionLog:
             feedback = [row for kind, row in items if kind == "feedback"]
             images = [row.pop("_image") for row in feedback if "_image" in row]
             try:
+                for row in preds:  # PII masking here, in the writer thread, keeps it off the request path
+                    if row.pop("_mask_pii", False):
+                        row["text"] = mask_pii(row["text"])
                 self.registry.log_predictions(preds, feedback, images, **self._write_kwargs)
                 with self._lock:
                     self.written += len(items)
