@@ -116,6 +116,9 @@ def test_addresses_and_names_in_both_languages(engine: PiiEngine) -> None:
     assert _types(engine, "The driver, John Smith, was late.") == [("PERSON", "John Smith")]
     assert _types(engine, "I spoke with Dr. Emily Watson yesterday.") == [("PERSON", "Emily Watson")]
     assert _types(engine, "北京的天气不错，我在超市买了东西") == []  # a city alone is not an address
+    # a name with a number-like given name (张三, 李四) still counts after a cue
+    assert _types(engine, "联系人：张三，电话请留言") == [("PERSON", "张三")]
+    assert _types(engine, "收件人李四") == [("PERSON", "李四")]
 
 
 def test_lookalikes_are_left_alone(engine: PiiEngine) -> None:
