@@ -314,8 +314,14 @@ def test_a_damaged_registry_database_is_one_line(tiny_trained_run: Path, tmp_pat
     db = store / "registry.db"
     for extra in ("-wal", "-shm"):
         Path(f"{db}{extra}").unlink(missing_ok=True)
-    if how == "garble":  # the pages holding the rows, not the header
-        garble(db, 0.6, 512)
+    if how == "garble":  # the page holding the versions' rows (its b-tree header and cells), not the file header
+        import sqlite3
+
+        with sqlite3.connect(db) as con:
+            page = con.execute("PRAGMA page_size").fetchone()[0]
+            root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'model_versions'").fetchone()[0]
+        con.close()
+        garble(db, (root - 1) * page / db.stat().st_size, 512)
     else:
         _damage(db, how)
     res = modelyard("registry", "list", "--store", store)
