@@ -22,13 +22,12 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from modelyard._internal.io import atomic_write_text, read_json, write_json
-from modelyard._internal.layout import DATA_REPORT, FINGERPRINTS, LABELS
+from modelyard._internal.io import read_json, write_json
 from modelyard._internal.rundir import discard_run, finish_run, run_manifest, start_run
 from modelyard._internal.storage import storage_errors
 from modelyard.config import Recipe
 from modelyard.data import PreparedData, prepare_data
-from modelyard.data.images import ImageData, prepare_images, write_image_splits
+from modelyard.data.images import prepare_images
 from modelyard.errors import ConfigError
 from modelyard.evaluation.image_report import add_mistake_grid
 from modelyard.evaluation.predictions import print_metrics
@@ -179,21 +178,6 @@ def print_class_mix(console: Console, federation: dict[str, Any], labels: Sequen
     console.print(table)
 
 
-def _write_inputs(run_dir: Path, recipe: Recipe, data: Any) -> None:
-    """recipe.yaml, data_report.json, splits/ (pooled) and fingerprints.json, as every run has them."""
-    rd = RunDir(run_dir)
-    atomic_write_text(rd.recipe_path, recipe.to_yaml())
-    write_json(run_dir / DATA_REPORT, data.report)
-    if isinstance(data, ImageData):
-        write_image_splits(rd.splits_dir, data)
-    else:
-        rd.splits_dir.mkdir()
-        for name in ("train", "valid", "test"):
-            getattr(data, name).to_parquet(rd.splits_dir / f"{name}.parquet", index=False)
-        write_json(rd.splits_dir / LABELS, list(data.labels))
-    write_json(run_dir / FINGERPRINTS, data.fingerprints)
-
-
 def _report_info(server: FineTuneRecipe, federation: dict[str, Any], best_round: int) -> dict[str, Any]:
     info = {k: v for k, v in server.report_info().items() if k != "best epoch"}
     info["federation"] = (
@@ -221,7 +205,7 @@ def write_federated_run(
     on_round: Callable[..., None] | None,
 ) -> Path:
     """Create the run, let ``simulate`` run the rounds against the pooled model, finalize and rename into place."""
-    from modelyard.training.run import print_data_report
+    from modelyard.training.run import print_data_report, write_run_inputs
 
     kind = get_kind(recipe.model.type)
     print_data_report(console, data.report)
@@ -230,7 +214,7 @@ def write_federated_run(
     run_id, run_dir = start_run(recipe.resolve(recipe.output_dir), resumable=False)
     try:
         with storage_errors("the run's recipe and splits", run_dir, "output_dir"):
-            _write_inputs(run_dir, recipe, data)
+            write_run_inputs(run_dir, recipe, data)
         console.print(f"federated run [bold]{run_id}[/] → {run_dir}")
         server = FineTuneRecipe(recipe, run_dir, data, console)
         server.setup()

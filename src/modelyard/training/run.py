@@ -111,7 +111,7 @@ def train(
         run_id, run_dir = start_run(recipe.resolve(recipe.output_dir), resumable=kind.trains_in_loop)
         try:
             with storage_errors("the run's recipe and splits", run_dir, "output_dir"):
-                _write_inputs(run_dir, recipe, data)
+                write_run_inputs(run_dir, recipe, data)
         except BaseException:
             discard_run(run_dir)  # nothing trained yet: no half-written run directory is left
             raise
@@ -255,7 +255,8 @@ def write_fit_outputs(
     return metrics
 
 
-def _write_inputs(run_dir: Path, recipe: Recipe, data: Any) -> None:
+def write_run_inputs(run_dir: Path, recipe: Recipe, data: Any) -> None:
+    """recipe.yaml, data_report.json, splits/ and fingerprints.json, as every run has them (federated runs too)."""
     rd = RunDir(run_dir)
     atomic_write_text(rd.recipe_path, recipe.to_yaml())
     write_json(run_dir / DATA_REPORT, data.report)
