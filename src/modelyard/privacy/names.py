@@ -191,9 +191,9 @@ def _name_after(text: str, pos: int, bounds: dict[int, tuple[str, str]]) -> tupl
     if text[pos : pos + 1] in _NICK and _surname_len(text[pos + 1 : pos + 3], common_only=True) == 1:
         return pos, pos + 2  # 小刘, 老陈
     word, flag = bounds.get(pos, ("", ""))
-    if flag.startswith(("nr", "un")) and 2 <= len(word) <= 4 and _surname_len(word, common_only=False):
-        if all(_HAS_CJK.fullmatch(c) for c in word):
-            return pos, pos + len(word)  # after a cue, jieba's own name word counts whole (张三, 李四, 诸葛亮)
+    named = flag.startswith(("nr", "un")) and 2 <= len(word) <= 4 and _surname_len(word, common_only=False)
+    if named and all(_HAS_CJK.fullmatch(c) for c in word):
+        return pos, pos + len(word)  # after a cue, jieba's own name word counts whole (张三, 李四, 诸葛亮)
     n = _surname_len(text[pos : pos + 2], common_only=False)
     if not n or _common_word(bounds, pos):
         return None
