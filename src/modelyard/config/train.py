@@ -31,6 +31,20 @@ class DistillConfig(_Stage):
         description="Weight of the gold-label cross-entropy; the teacher's KL term gets 1 - alpha "
         "(0 = learn from the teacher only, gold labels unused).",
     )
+    unlabelled: str | None = Field(
+        None,
+        description="Texts without labels for the teacher to label and add to the training split (small data: a "
+        "zero-shot prompt teacher trains a fast student): `rest` = the training rows that data.train_per_class / "
+        "data.train_fraction leave out (their labels hidden), or a CSV/TSV/JSONL/Parquet file; texts that are in "
+        "valid/test are never added. null = only the labelled training split.",
+    )
+    unlabelled_column: str = Field("text", description="Text column of the train.distill.unlabelled file.")
+    max_unlabelled: int | None = Field(
+        None, ge=1, description="Score a seeded sample of at most this many unlabelled texts; null = all."
+    )
+    min_confidence: float = Field(
+        0.0, ge=0, lt=1, description="Add an unlabelled text only when the teacher's top probability reaches this."
+    )
 
 
 class GeneratedAugment(_Stage):
@@ -45,12 +59,89 @@ class GeneratedAugment(_Stage):
     seed: int = Field(0, description="Generation seed (the same seed gives the same images).")
 
 
+TextMethod = Literal["synonym", "insert", "swap", "delete", "contextual", "paraphrase", "width", "script"]
+
+
+class TextAugment(_Stage):
+    """Text augmentation of the training split, drawn anew each epoch (training.text_augment); never valid/test."""
+
+    methods: list[TextMethod] = Field(
+        default_factory=lambda: ["synonym", "insert", "swap", "delete"],
+        min_length=1,
+        description="Operations; each augmented text gets one, picked at random: EDA's `synonym` (WordNet / "
+        "同义词词林 synonyms), `insert` (a synonym of a word inserted), `swap` (two words swapped), `delete` "
+        "(each word dropped with probability alpha; negations never), `contextual` (words re-filled by a masked "
+        "LM's top-5), `paraphrase` (English: the bundled SmolLM2 rewrites each text once per run, cached in "
+        "augment/), `width` (Chinese: ASCII letters/digits/punctuation ↔ full-width), `script` (Chinese: words "
+        "→ Traditional, OpenCC s2t).",
+    )
+    alpha: float = Field(0.1, gt=0, le=0.5, description="Fraction of a text's words one operation changes (EDA α).")
+    prob: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="copies 0: probability that a training example is replaced by an augmented variant in an epoch.",
+    )
+    copies: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="0 = replace (each epoch, each example is swapped for a variant with probability `prob`; the "
+        "split keeps its size). N ≥ 1 = add (each epoch the split holds every original plus N fresh variants of it, "
+        "EDA's n_aug: N+1 times the steps per epoch; `prob` is not used).",
+    )
+    language: Literal["auto", "en", "zh"] = Field(
+        "auto", description="`auto`: zh when most training texts contain CJK characters, else en."
+    )
+    seed: int | None = Field(
+        None, description="Augmentation seed; null = train.seed. Each (seed, epoch, row) gets its own variant."
+    )
+    contextual_model: str | None = Field(
+        None,
+        description="`contextual`: a masked-LM model directory (a `modelyard pretrain` run, or a Hugging Face "
+        "directory with MLM weights; relative to the recipe's folder); null = the run's own model.backbone, "
+        "which must then carry masked-LM head weights.",
+    )
+    paraphrases: int = Field(
+        4, ge=1, le=16, description="`paraphrase`: variants generated per training text (once per run)."
+    )
+
+    @model_validator(mode="after")
+    def _checks(self) -> TextAugment:
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"train.augment.text.methods lists a method twice: {self.methods}")
+        if self.copies and "prob" in self.model_fields_set:
+            raise ValueError(
+                "train.augment.text.prob applies to copies 0 (replace with probability prob); with copies "
+                f"{self.copies} every copy is augmented: remove prob or set copies 0"
+            )
+        if self.language == "zh" and "paraphrase" in self.methods:
+            raise ValueError(
+                "train.augment.text: `paraphrase` uses the bundled English LM (SmolLM2); it has no Chinese "
+                "paraphraser. Use contextual (with the MLM-pretrained Chinese backbone), synonym, width or script"
+            )
+        chinese_only = [m for m in ("width", "script") if m in self.methods]
+        if self.language == "en" and chinese_only:
+            raise ValueError(
+                f"train.augment.text: {' and '.join(chinese_only)} only change Chinese characters; they need "
+                "language zh or auto (Chinese data)"
+            )
+        if self.contextual_model is not None and "contextual" not in self.methods:
+            raise ValueError("train.augment.text.contextual_model is set but methods has no `contextual`")
+        return self
+
+
 class TrainAugment(_Stage):
     """Training-data augmentation beyond the per-batch image transforms of the top-level ``augment`` section."""
 
     generated: GeneratedAugment | None = Field(
         None,
         description="{from: RUN, per_class: N}: generated images added to the training split (never valid/test).",
+    )
+    text: TextAugment | None = Field(
+        None,
+        description="{methods: [synonym, swap, …], alpha, prob, copies, language, seed, contextual_model}: text "
+        "augmentation of the training split, new variants each epoch (never valid/test); null = off.",
     )
 
 
@@ -236,6 +327,12 @@ class TrainConfig(_Stage):
             ),
             "train.augment.generated (the generator was trained on the data without privacy)": (
                 self.augment.generated is not None
+            ),
+            "train.augment.text.copies ≥ 1 (each example would be seen several times per epoch)": bool(
+                self.augment.text and self.augment.text.copies
+            ),
+            "train.augment.text.contextual_model (a masked LM that may have learnt the data without privacy)": bool(
+                self.augment.text and self.augment.text.contextual_model
             ),
         }
         named = [name for name, on in refused.items() if on]

@@ -11,6 +11,7 @@ import pandas as pd
 
 from modelyard.config import CleaningConfig
 from modelyard.data.chinese import normalize_chinese, segment
+from modelyard.data.sources import SOURCE_FILE, SOURCE_ROW
 from modelyard.errors import DataError
 
 # Python's \s matches every Unicode whitespace character (ideographic space U+3000, NBSP, tabs,
@@ -119,7 +120,8 @@ def clean_frame(df: pd.DataFrame, cfg: CleaningConfig) -> tuple[pd.DataFrame, di
     of a text (after de-duplication each (text, label) pair would occur once and every vote would tie).
 
     Args:
-        df: A frame with ``text`` and ``label`` columns (other columns are ignored).
+        df: A frame with ``text`` and ``label`` columns (other columns are ignored, except that the optional
+            ``source_row``/``source_file`` columns are carried along).
         cfg: The cleaning options.
 
     Returns:
@@ -136,6 +138,9 @@ def clean_frame(df: pd.DataFrame, cfg: CleaningConfig) -> tuple[pd.DataFrame, di
     texts = [clean_text(t, cfg) for t in raw]
     labels = [normalize_label(lb, cfg.unicode_nfkc) for lb in as_str_list(df["label"])]
     work = pd.DataFrame({"text": pd.Series(texts, dtype=object), "label": pd.Series(labels, dtype=object)})
+    for col in (SOURCE_ROW, SOURCE_FILE):  # where each row came from (modelyard data audit), carried when present
+        if col in df.columns:
+            work[col] = df[col].to_numpy()
     rows_in = len(work)
     dropped = dict.fromkeys(CLEAN_DROP_KEYS, 0)
 

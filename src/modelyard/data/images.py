@@ -341,6 +341,11 @@ def prepare_images(cfg: DataConfig, base_dir: Path) -> ImageData:
         DataError: the source can't be read, a bad image with ``on_bad_image: error``, a single class,
             a class too small to split, or an unknown ``data.labels`` entry.
     """
+    if cfg.train_per_class is not None or cfg.train_fraction is not None:
+        raise DataError(
+            "data.train_per_class / data.train_fraction shrink text single-label training splits only; "
+            "remove them for images (data.sample draws a smaller stratified sample)"
+        )
     raw = _read_source(cfg, base_dir)
     if raw.format != "image-folder":
         if cfg.channels is not None and cfg.channels != raw.images.shape[1]:

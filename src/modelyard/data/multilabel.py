@@ -204,6 +204,11 @@ def prepare_multilabel(cfg: DataConfig, base_dir: Path) -> PreparedData:
         DataError: unreadable source, missing columns, a non-0/1 cell in a label column, fewer than two labels,
             or a label with too few rows to appear in every split.
     """
+    if cfg.train_per_class is not None or cfg.train_fraction is not None:
+        raise DataError(
+            "data.train_per_class / data.train_fraction shrink text single-label training splits only; "
+            "remove them for multi-label data (data.sample draws a smaller stratified sample)"
+        )
     frame, info = _read(cfg, base_dir)
     rows_in = len(frame)
     wanted = [normalize_label(lb, cfg.clean.unicode_nfkc) for lb in cfg.labels] if cfg.labels else None

@@ -12,8 +12,8 @@ import pandas as pd
 from modelyard.config import DataConfig
 from modelyard.data.cleaning import as_str_list, clean_frame, normalize_label
 from modelyard.data.extra import add_extra_train
-from modelyard.data.sources import BUNDLED_PREFIX, load_bundled, load_table, suggest_column
-from modelyard.data.split import min_examples_per_class, stratified_sample, stratified_split
+from modelyard.data.sources import BUNDLED_PREFIX, SOURCE_FILE, SOURCE_ROW, load_bundled, load_table, suggest_column
+from modelyard.data.split import min_examples_per_class, per_class_sample, stratified_sample, stratified_split
 from modelyard.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -30,6 +30,8 @@ class PreparedData:
         labels: Class order: ``data.labels`` when given, else the sorted distinct labels.
         report: JSON-serialisable data report (sources, drop counts, class balance, lengths, …).
         fingerprints: ``{absolute source file path: sha256 of its raw bytes}``.
+        unlabelled: The training rows that ``data.train_per_class``/``train_fraction`` left out (same layout),
+            the pool that ``train.distill.unlabelled: rest`` lets a teacher label; None when nothing was left out.
     """
 
     train: pd.DataFrame
@@ -38,6 +40,7 @@ class PreparedData:
     labels: list[str]
     report: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    unlabelled: pd.DataFrame | None = None
 
 
 @dataclass
@@ -77,20 +80,27 @@ def _select_columns(df: pd.DataFrame, cfg: DataConfig, where: str) -> pd.DataFra
     )
 
 
-def _load_source(cfg: DataConfig, base_dir: Path) -> _Source:
+def _load_source(cfg: DataConfig, base_dir: Path, source_rows: bool = False) -> _Source:
     if cfg.path.startswith(BUNDLED_PREFIX):
-        frame, fingerprints = load_bundled(cfg.path)
+        bundled, fingerprints = load_bundled(cfg.path, source_rows=source_rows)
         # Bundled loaders already return text/label columns, whatever data.text_column says.
         frame = pd.DataFrame(
             {
-                "text": pd.Series(as_str_list(frame["text"]), dtype=object),
-                "label": pd.Series(as_str_list(frame["label"]), dtype=object),
+                "text": pd.Series(as_str_list(bundled["text"]), dtype=object),
+                "label": pd.Series(as_str_list(bundled["label"]), dtype=object),
             }
         )
+        if source_rows:
+            frame[SOURCE_ROW] = bundled[SOURCE_ROW].to_numpy() if SOURCE_ROW in bundled else np.arange(len(frame)) + 1
+            frame[SOURCE_FILE] = bundled[SOURCE_FILE].to_numpy() if SOURCE_FILE in bundled else cfg.path
         return _Source(cfg.path, "bundled", None, frame, dict(fingerprints))
     path = _resolve(cfg.path, base_dir)
     table = load_table(path, cfg.format, cfg.encoding, header=cfg.header, sheet=cfg.sheet)
     frame = _select_columns(table.frame, cfg, str(path))
+    if source_rows:  # a folder of .txt files: one text per file; a table: its 1-based data row
+        folder = table.format == "text-folder"
+        frame[SOURCE_ROW] = 1 if folder else np.arange(len(frame)) + 1
+        frame[SOURCE_FILE] = table.frame["file"].to_numpy() if folder else path.name
     return _Source(
         str(path), table.format, table.compression, frame, {str(path.resolve()): table.sha256}, table.encoding
     )
@@ -171,6 +181,26 @@ def _balance(df: pd.DataFrame, labels: list[str]) -> dict[str, int]:
     return {lb: int(counts.get(lb, 0)) for lb in labels}
 
 
+def _shrink_train(train: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, Any]]:
+    """``data.train_per_class`` / ``data.train_fraction``: a subset of the training split only."""
+    if cfg.train_per_class is None and cfg.train_fraction is None:
+        return train, None, {}
+    if cfg.train_per_class is not None:
+        kept = per_class_sample(train, cfg.train_per_class, cfg.seed)
+    else:
+        kept = stratified_sample(train, max(round(len(train) * (cfg.train_fraction or 1.0)), 1), cfg.seed)
+    key = kept["text"] + "\x00" + kept["label"]
+    rest = train[~(train["text"] + "\x00" + train["label"]).isin(set(key))].reset_index(drop=True)
+    info = {
+        "per_class": cfg.train_per_class,
+        "fraction": cfg.train_fraction,
+        "rows_before": len(train),
+        "rows_after": len(kept),
+        "left_out": len(rest),
+    }
+    return kept, (rest if len(rest) else None), info
+
+
 def _length_stats(texts: pd.Series) -> dict[str, float | int]:
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     p5, p50, p95 = np.percentile(lengths, [5, 50, 95])
@@ -184,7 +214,7 @@ def _length_stats(texts: pd.Series) -> dict[str, float | int]:
     }
 
 
-def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
+def prepare_data(cfg: DataConfig, base_dir: Path, *, source_rows: bool = False) -> PreparedData:
     """Read, clean, validate and split the data described by a recipe's ``data`` section.
 
     Steps: resolve ``cfg.path`` (relative to ``base_dir``; ``bundled:NAME`` from the registry) → read →
@@ -197,6 +227,9 @@ def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
     Args:
         cfg: The recipe's data section.
         base_dir: Folder that a relative ``cfg.path`` resolves against (the recipe's folder).
+        source_rows: Also carry ``source_row`` (the 1-based data row of a table, the line of a bundled text
+            file) and ``source_file`` columns in the splits, for ``modelyard data audit``; the rows and the split
+            are the same as without it.
 
     Returns:
         The three splits, the class order, the data report and the source fingerprints.
@@ -205,7 +238,7 @@ def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
         DataError: the source can't be read, or the data can't support a classifier (no usable texts,
             a single class, a class too small to split, an unknown ``data.labels`` entry, …).
     """
-    src = _load_source(cfg, base_dir)
+    src = _load_source(cfg, base_dir, source_rows)
     rows_in = len(src.frame)
     # Labels are normalised before filtering, so data.labels: [pos] also keeps " pos" rows.
     frame = src.frame.assign(label=[normalize_label(lb, cfg.clean.unicode_nfkc) for lb in src.frame["label"]])
@@ -237,12 +270,20 @@ def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
     _validate_classes(overall, labels, cfg, src.name, label_column, dropped["sampled_out"] > 0)
 
     train, valid, test = stratified_split(cleaned, cfg.valid_size, cfg.test_size, cfg.seed)
+    train, unlabelled, subset_info = _shrink_train(train, cfg)
     extra_reports: list[dict[str, Any]] = []
     if cfg.extra_train:
         train, extra_reports, extra_fp = add_extra_train(
             train, [valid, test], cfg.extra_train, cfg.clean, base_dir, list(labels), cfg.seed
         )
         src.fingerprints.update(extra_fp)
+    issues_report: dict[str, Any] | None = None
+    if cfg.clean.label_issues != "off":  # training split only; sklearn/cleanlab are imported when it runs
+        from modelyard.data.label_issues import apply_label_issues
+
+        train, issues_report = apply_label_issues(
+            train, list(labels), cfg.clean.label_issues, cfg.clean.label_issues_file, base_dir, cfg.seed
+        )
     splits = {"train": train, "valid": valid, "test": test}
     report: dict[str, Any] = {
         "source": cfg.path if src.format == "bundled" else src.name,
@@ -270,8 +311,12 @@ def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
         "sample": sample_info,
         "fingerprints": dict(src.fingerprints),
     }
+    if subset_info:
+        report["train_subset"] = subset_info
     if extra_reports:
         report["extra_train"] = extra_reports
+    if issues_report is not None:
+        report["label_issues"] = issues_report
     if "pii" in clean_counts:
         report["pii"] = clean_counts["pii"]
     return PreparedData(
@@ -281,4 +326,5 @@ def prepare_data(cfg: DataConfig, base_dir: Path) -> PreparedData:
         labels=list(labels),
         report=report,
         fingerprints=dict(src.fingerprints),
+        unlabelled=unlabelled,
     )

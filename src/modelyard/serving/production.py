@@ -11,7 +11,8 @@ What it adds to the plain server:
 * a poller that hot-swaps the model when the alias moves; a version that fails to load or
   verify is recorded in the audit trail and the old one keeps serving;
 * ``GET /admin/v1/versions`` and ``GET /admin/v1/predictions`` (admin scope; texts PII-redacted);
-* the web console at ``GET /`` and its ``/admin/v1/traffic`` and ``/admin/v1/drift`` (:mod:`.console`);
+* the web console at ``GET /`` and its ``/admin/v1/traffic`` and ``/admin/v1/drift`` (:mod:`.console`), and its
+  "Label next" panel's ``/admin/v1/label/queue`` and ``/admin/v1/label`` (:mod:`.labelling`);
 * Prometheus gauges for the served version, the log queue depth and log drops.
 
 All of it is passed to :func:`modelyard.serving.create_app` as routers (console, feedback, admin),
@@ -50,6 +51,7 @@ from modelyard.serving.console import install_console
 from modelyard.serving.feedback import FeedbackRequest, FeedbackResponse, feedback_router
 from modelyard.serving.images import described_sha256
 from modelyard.serving.jobs import JobRunner
+from modelyard.serving.labelling import label_router
 from modelyard.serving.predlog import PredictionLog, log_label, mask_pii
 from modelyard.serving.security import install_auth
 from modelyard.serving.server import run_server
@@ -385,7 +387,12 @@ def create_production_app(
     app = create_app(
         lambda: load_version(registry.resolve(app_name, alias), alias),
         cfg,
-        routers=(console, feedback_router(registry, predlog, app_name, cfg), admin_router(registry, app_name)),
+        routers=(
+            console,
+            feedback_router(registry, predlog, app_name, cfg),
+            admin_router(registry, app_name),
+            label_router(registry, app_name, cfg, encrypt),  # the console's "Label next" panel
+        ),
         prediction_hooks=(_prediction_logger(predlog, app_name, cfg),),
         lifespans=(_log_lifespan(predlog), swapper.lifespan, _jobs_lifespan(jobs)),
     )

@@ -45,18 +45,18 @@ from modelyard.errors import ModelyardError
 from modelyard.evaluation.metrics import HEADLINE, compute_metrics
 from modelyard.evaluation.predictions import prediction_frame
 from modelyard.kinds import get_kind
-from modelyard.models.loading import load
 from modelyard.training.batch_sources import (
     Encoded,
     ImageBatches,
     ImageEncoded,
-    TextBatches,
     autocast,
     encode,
 )
 from modelyard.training.checkpoint import load_checkpoint, save_checkpoint, state_bytes
+from modelyard.training.distill import teacher_targets
 from modelyard.training.generated_data import add_generated
 from modelyard.training.privacy import DPTraining
+from modelyard.training.text_augment import text_batches
 
 
 class TrainingInterrupted(ModelyardError):
@@ -111,8 +111,8 @@ class FineTuneRecipe:
         if kind.modality == "image":
             model = self._setup_images(kind.build)
         else:
-            # Models trained from scratch learn their tokenizer from the training texts.
-            texts = {"texts": self.data.train["text"].tolist()} if kind.can("learns_tokenizer") else {}
+            # Models trained from scratch learn their tokenizer from the training texts (few-shot kinds: + labels).
+            texts = kind.build_facts(self.data.train)
             model, tokenizer = kind.build(self.recipe.model, self.labels, self.recipe.base_dir, **texts)
             self.model = model.to(self.device)
             self.tokenizer = tokenizer
@@ -129,7 +129,7 @@ class FineTuneRecipe:
                     if self.multi_label
                     else np.array([label_index[x] for x in frame["label"]], dtype=np.int64),
                 )
-            self.batches: Any = TextBatches(self.splits, self.cfg, self.pad_id, self.device, self.multi_label)
+            self.batches: Any = text_batches(self)  # train.augment.text: re-augmented each epoch
         self.dp = DPTraining.for_loop(self) if self.cfg.privacy else None  # train.privacy (training.privacy)
         # The loop's forward pass; torch.compile wraps it (weights, checkpoints and eval use self.model).
         self.train_model = self.dp.module if self.dp else torch.compile(self.model) if self.cfg.compile else self.model
@@ -208,26 +208,9 @@ class FineTuneRecipe:
         return self.model
 
     def _teacher_targets(self) -> np.ndarray:
-        """The teacher's class probabilities on the train split, re-ordered to our labels and tempered."""
-        spec = self.cfg.distill
-        assert spec is not None
-        teacher = load(self.recipe.resolve(spec.teacher), device=str(self.device))
-        if sorted(teacher.labels) != sorted(self.labels):
-            raise ModelyardError(
-                f"train.distill.teacher {spec.teacher} predicts labels {teacher.labels}, but the data has "
-                f"{self.labels}; distillation needs the same label set"
-            )
+        """The teacher's tempered class probabilities on the train split (:mod:`modelyard.training.distill`)."""
         train = self.splits["train"]
-        self.console.print(f"distill: teacher {spec.teacher} scoring {len(train.texts)} training texts …")
-        probs = np.asarray(teacher.predict_proba(train.texts), dtype=np.float64)
-        probs = probs[:, [teacher.labels.index(lab) for lab in self.labels]]
-        # softmax(logits / T) from probabilities: p^(1/T), renormalised (works for teachers that only give p).
-        tempered = np.power(np.clip(probs, 1e-12, 1.0), 1.0 / spec.temperature)
-        tempered /= tempered.sum(axis=1, keepdims=True)
-        agree = float(np.mean(probs.argmax(axis=1) == train.labels))
-        self.console.print(f"distill: teacher agrees with the gold label on {agree:.1%} of the training split")
-        del teacher
-        return tempered.astype(np.float32)
+        return teacher_targets(self.recipe, train.texts, train.labels, self.labels, str(self.device), self.console)
 
     def loss(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         """The batch's loss from :mod:`modelyard.training.losses`, as the recipe asks.

@@ -60,6 +60,11 @@ def require_privacy(recipe: Recipe, kind: Any) -> None:
         raise ConfigError(
             f"train.privacy trains a classifier with DP-SGD in the shared loop; model.type '{kind.name}' is {what}"
         )
+    if kind.can("learns_from_split"):
+        raise ConfigError(
+            f"train.privacy: model.type '{kind.name}' tunes its body on the training split before the loop, outside "
+            "DP-SGD's guarantee; use model.type hf-encoder"
+        )
     try:
         import opacus  # noqa: F401
     except ImportError:

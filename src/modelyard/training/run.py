@@ -37,6 +37,7 @@ from modelyard._internal.layout import (
     REPORT,
 )
 from modelyard._internal.rundir import discard_run, finish_run, run_manifest, start_run
+from modelyard._internal.runtime import pick_device
 from modelyard._internal.storage import storage_errors
 from modelyard.config import Recipe
 from modelyard.data import prepare_data, prepare_multilabel
@@ -48,10 +49,12 @@ from modelyard.evaluation.report import write_report
 from modelyard.evaluation.scoring import write_scored
 from modelyard.kinds import FitContext, get_kind
 from modelyard.rundir import RunDir
+from modelyard.training.distill import add_teacher_labelled
 from modelyard.training.generative import GenerativeRecipe
 from modelyard.training.loop import FineTuneRecipe, TrainingInterrupted
 from modelyard.training.multilabel import print_multilabel_metrics, write_multilabel_run
 from modelyard.training.privacy import require_privacy
+from modelyard.training.text_augment import augment_record, check_text_augment
 from modelyard.training.tracking import Tracking, require_trackers, status_of, tracking_uri
 
 __all__ = ["TrainingInterrupted", "load_splits", "print_data_report", "train"]
@@ -106,6 +109,9 @@ def train(
             )
         if kind.prepare is not None:
             kind.prepare(recipe.model, recipe, list(data.labels))
+        if recipe.train.distill is not None and recipe.train.distill.unlabelled is not None:
+            data = add_teacher_labelled(recipe, data, str(pick_device(recipe.train.device)), console)
+        check_text_augment(recipe, kind, data)  # train.augment.text: lexicons, masked LM, language
         print_data_report(console, data.report)
         # a one-shot fit has nothing to resume: staged hidden, so even a SIGKILL leaves nothing visible
         run_id, run_dir = start_run(recipe.resolve(recipe.output_dir), resumable=kind.trains_in_loop)
@@ -325,6 +331,7 @@ def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resum
         stopped_early=ft.state.stopped_early,
         total_steps=ft.state.global_step,
         **({"privacy": ft.dp.summary()} if ft.dp else {}),
+        **augment_record(ft),
     )
     write_json(rd.manifest_path, manifest)
     if ft.multi_label:
@@ -352,3 +359,9 @@ def print_data_report(console: Console, report: dict[str, Any]) -> None:
         + (f" (dropped: {', '.join(f'{k} {v}' for k, v in dropped.items())})" if dropped else "")
         + f" · classes {report.get('class_balance')} · split {sizes}"
     )
+    if issues := report.get("label_issues"):  # data.clean.label_issues: report | drop (training split only)
+        console.print(
+            f"[bold]label issues[/] {issues['flagged']} of {issues['train_rows']} training rows flagged "
+            f"({issues['source']}) · {'dropped' if issues['mode'] == 'drop' else 'kept (report only)'}; "
+            "listed in data_report.json"
+        )

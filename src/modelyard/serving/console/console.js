@@ -215,6 +215,105 @@ async function loadRecent() {
   });
 }
 
+// ------------------------------------------------------------------ label next (active learning)
+
+// The queue lives in this page only: the server answers the uploaded file's rows (less texts with feedback),
+// and each answer is one POST /admin/v1/label (stored as feedback). Reloading the same file resumes.
+const labelQueue = { items: [], index: 0, labels: [], multi: false, stored: 0, skipped: 0, chosen: new Set() };
+
+function labelStatus() {
+  const q = labelQueue;
+  const left = q.items.length - q.index;
+  $("label-status").textContent = `${q.stored} labelled, ${q.skipped} skipped, ${left} left in the queue.`;
+}
+
+function showLabelItem() {
+  const q = labelQueue;
+  labelStatus();
+  const item = q.items[q.index];
+  $("label-card").hidden = !item;
+  if (!item) {
+    if (q.items.length) $("label-status").textContent += " Done: run `modelyard retrain` to learn from the answers.";
+    return;
+  }
+  $("label-meta").textContent = `row ${item.row}` + (item.pred ? ` · model says ${item.pred}` : "") +
+    (item.score != null ? ` · score ${item.score.toFixed(3)}` : "");
+  $("label-text").textContent = item.text;
+  $("label-msg").textContent = "";
+  $("label-msg").className = "msg";
+  q.chosen = new Set();
+  const box = $("label-buttons");
+  box.replaceChildren();
+  q.labels.forEach((label, i) => {
+    const button = el("button", { type: "button", class: "answer", "data-label": label, title: `key ${i + 1}` }, label);
+    button.addEventListener("click", () => (q.multi ? toggleLabel(button, label) : sendLabel({ label })));
+    box.append(button);
+  });
+  $("label-save").hidden = !q.multi;
+}
+
+function toggleLabel(button, label) {
+  const chosen = labelQueue.chosen;
+  if (chosen.has(label)) chosen.delete(label); else chosen.add(label);
+  button.classList.toggle("chosen", chosen.has(label));
+}
+
+function labelBusy(busy) {
+  for (const b of $("label-card").querySelectorAll("button")) b.disabled = busy;
+}
+
+async function sendLabel(answer) {
+  const q = labelQueue;
+  const item = q.items[q.index];
+  if (!item) return;
+  labelBusy(true);
+  $("label-msg").className = "msg";
+  $("label-msg").textContent = "saving…";
+  try {
+    await api("POST", "/admin/v1/label", { text: item.text, ...answer });
+    q.stored += 1;
+    q.index += 1;
+    showLabelItem();
+  } catch (err) {
+    $("label-msg").className = "msg bad";
+    $("label-msg").textContent = err instanceof ApiError ? err.describe() : String(err);
+  }
+  labelBusy(false);
+}
+
+function skipLabel() {
+  labelQueue.skipped += 1;
+  labelQueue.index += 1;
+  showLabelItem();
+}
+
+async function loadLabelQueue(event) {
+  event.preventDefault();
+  const file = $("label-file").files[0];
+  if (!file) { showError("label-error", new Error("choose a queue file first")); return; }
+  $("label-load").disabled = true;
+  await panel("label-error", async () => {
+    const csv = await file.text();
+    const res = await api("POST", "/admin/v1/label/queue", { csv, text_column: $("label-column").value.trim() || "text" });
+    Object.assign(labelQueue, { items: res.items, index: 0, labels: res.labels, multi: res.multi_label, stored: 0, skipped: 0 });
+    showLabelItem();
+    const left = [["already labelled", res.already_labelled], ["repeated", res.duplicates], ["empty", res.empty],
+      ["too long", res.too_long]].filter(([, n]) => n).map(([what, n]) => `${n} ${what}`).join(", ");
+    $("label-status").textContent = `${file.name}: ${res.rows_in_file} rows` + (left ? ` (left out: ${left})` : "") +
+      (res.truncated ? `; the first ${res.items.length} are queued` : "") + ". " + $("label-status").textContent;
+  });
+  $("label-load").disabled = false;
+}
+
+function labelKeys(event) {
+  // number keys answer, "s" skips — only while the card is shown and no text field has the focus
+  if ($("label-card").hidden || ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName)) return;
+  const buttons = $("label-buttons").querySelectorAll("button");
+  const n = Number(event.key);
+  if (n >= 1 && n <= buttons.length) buttons[n - 1].click();
+  else if (event.key === "s") skipLabel();
+}
+
 // ------------------------------------------------------------------ charts (inline SVG)
 
 const W = 360, H = 170, PAD = { l: 44, r: 8, t: 10, b: 24 };
@@ -379,5 +478,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("traffic-since").addEventListener("change", loadTraffic);
   $("drift-run").addEventListener("click", runDrift);
   $("registry-refresh").addEventListener("click", loadRegistry);
+  $("label-form").addEventListener("submit", loadLabelQueue);
+  $("label-skip").addEventListener("click", skipLabel);
+  $("label-save").addEventListener("click", () => sendLabel({ labels: [...labelQueue.chosen] }));
+  document.addEventListener("keydown", labelKeys);
   refreshAll();
 });
