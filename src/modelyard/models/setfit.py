@@ -29,7 +29,7 @@ from pydantic import Field
 
 from modelyard.errors import ModelError
 from modelyard.kinds import ModelKind, register_kind
-from modelyard.llm.backbones import resolve_backbone
+from modelyard.models.hf_encoder import KIND as HF_ENCODER
 from modelyard.models.hf_encoder import HFEncoderSettings, apply_finetune_mode, hf_encoder
 from modelyard.models.text_classifier import check_safetensors_weights, load_text_classifier, save_text_model
 
@@ -197,10 +197,6 @@ def build_setfit(
     return apply_finetune_mode(model, cfg), tokenizer  # type: ignore[arg-type]
 
 
-def _prepare(cfg: SetFitSettings, recipe: Any, labels: list[str]) -> None:
-    resolve_backbone(cfg.backbone, recipe.base_dir)  # a missing backbone fails before a run directory exists
-
-
 KIND = register_kind(
     ModelKind(
         name="setfit",
@@ -209,19 +205,10 @@ KIND = register_kind(
         build=build_setfit,
         save=save_text_model,
         load=load_text_classifier,
-        prepare=_prepare,
+        prepare=HF_ENCODER.prepare,  # the backbone resolves before a run directory exists
         check_artifacts=check_safetensors_weights,
         display_name=lambda cfg: f"setfit:{cfg.backbone}",
-        supports=frozenset(
-            {
-                "resume",
-                "explain",
-                "compress",
-                "distill_teacher",
-                "ensemble_member",
-                "pretrained_backbone",
-                "learns_from_split",
-            }  # fmt: skip
-        ),
+        # hf-encoder's capabilities (its LR head is single-label) + the labelled split at build time
+        supports=HF_ENCODER.supports - {"multi_label"} | {"learns_from_split"},
     )
 )
