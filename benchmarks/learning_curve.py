@@ -12,6 +12,12 @@ epoch, as in every modelyard run). Methods:
     setfit      model.type setfit (contrastive pairs, then a logistic-regression head)
     distill     the zero-shot prompt run (--teacher) labels 1,000 of the training texts left out by train_per_class;
                 a student learns from them plus the N gold labels per class (train.distill.unlabelled: rest)
+    distill-confident
+                the teacher scores ALL left-out training texts; only its answers with top probability >=
+                --min-confidence (0.7) join the N gold labels per class (self-training on confident pseudo-labels)
+    prompt-student
+                one `model.type: ensemble` run: the teacher's prompt model + the distill-confident student, weights
+                chosen on the validation split (the split every cell already uses to pick its best epoch)
     zero-shot   the prompt run itself (no labels; one number for every N)
 
     python benchmarks/learning_curve.py --dataset rt --teacher RUN --mlm RUN --out benchmarks/results/lc_rt.json
@@ -89,7 +95,7 @@ def cell_recipe(args: argparse.Namespace, method: str, n: int) -> dict[str, Any]
     elif method == "setfit":
         r["model"]["type"] = "setfit"
         r["train"]["epochs"] = 1  # the head comes from the logistic fit; one frozen-body epoch on top
-    elif method == "distill":
+    elif method in ("distill", "distill-confident", "prompt-student"):
         r["train"]["epochs"] = 3
         r["train"]["distill"] = {
             "teacher": str(Path(args.teacher).resolve()),
@@ -98,6 +104,16 @@ def cell_recipe(args: argparse.Namespace, method: str, n: int) -> dict[str, Any]
             "alpha": 0.5,
             "temperature": 1.0,
         }
+        if method in ("distill-confident", "prompt-student"):
+            # self-training on the teacher's confident answers only: every left-out training text is scored and
+            # those with top probability >= --min-confidence are added (fewer, cleaner pseudo-labels)
+            r["train"]["batch_size"] = 32
+            r["train"]["distill"].update({"max_unlabelled": None, "min_confidence": args.min_confidence})
+        if method == "prompt-student":
+            # one ensemble run: the teacher's own prompt model (its recipe's model section) and the distilled student,
+            # blended with weights chosen on the validation split (greedy selection, as every ensemble run does)
+            teacher_model = yaml.safe_load((Path(args.teacher) / "recipe.yaml").read_text(encoding="utf-8"))["model"]
+            r["model"] = {"type": "ensemble", "members": [teacher_model, r["model"]]}
     elif method != "plain":
         raise SystemExit(f"unknown method {method}")
     if aug is not None:
@@ -117,7 +133,10 @@ def run_cell(recipe: dict[str, Any]) -> dict[str, Any]:
         t0 = time.time()
         run = RunDir(train(load_recipe(path)))
     metrics = run.metrics()
+    report = json.loads((run.path / "data_report.json").read_text(encoding="utf-8"))
+    extra = {"distill_unlabelled": report["distill_unlabelled"]} if "distill_unlabelled" in report else {}
     return {
+        **extra,
         "test_accuracy": round(metrics["test"]["accuracy"], 4),
         "test_macro_f1": round(metrics["test"]["macro_f1"], 4),
         "valid_accuracy": round(metrics["valid"]["accuracy"], 4),
@@ -148,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mlm", help="English `contextual`: a `modelyard pretrain` run (MLM) initialised from MiniLM")
     ap.add_argument("--backbone", help="zh: the `modelyard pretrain` run used as the fine-tuning backbone")
     ap.add_argument("--unlabelled", type=int, default=1000, help="texts the teacher labels for `distill`")
+    ap.add_argument("--min-confidence", type=float, default=0.7, help="`distill-confident`: teacher confidence")
     ap.add_argument("--paraphrase-max", type=int, default=16, help="largest size that runs `paraphrase`")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", default=str(Path(tempfile.gettempdir()) / "modelyard-learning-curve"))
@@ -156,9 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.dataset == "zh" and not args.backbone:
         ap.error("--dataset zh needs --backbone (a `modelyard pretrain` run, e.g. of examples/pretrain_chinese.yaml)")
     sizes = args.sizes or ([8, 16, 64, 256] if args.dataset == "rt" else [16, 256])
-    default = ["plain", "eda", "contextual", "paraphrase", "setfit", "distill"]
+    default = ["plain", "eda", "contextual", "paraphrase", "setfit", "distill", "distill-confident", "prompt-student"]
     methods = args.methods or (default if args.dataset == "rt" else ["plain", "eda", "contextual", "chars", "setfit",
-                                                                     "distill"])  # fmt: skip
+                                                                     "distill", "distill-confident"])  # fmt: skip
     out = Path(args.out)
     results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
     if args.teacher and "zero-shot" not in results:
@@ -171,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
             key = f"{method}@{n}"
             if key in results:
                 continue
-            if method == "distill" and not args.teacher or method == "paraphrase" and n > args.paraphrase_max:
+            if method.startswith("distill") and not args.teacher or method == "paraphrase" and n > args.paraphrase_max:
                 continue
             print(f"=== {key}", file=sys.stderr, flush=True)
             results[key] = run_cell(cell_recipe(args, method, n))

@@ -246,8 +246,10 @@ def test_ensemble_evaluate_predict_and_unsupported_stages(ensemble_run: Path, tm
             {"type": "ensemble", "members": [CHAR, {"type": "ensemble", "members": [CHAR, WORD]}]},
             r"model\.members\[1\] is itself an ensemble",
         ),
-        ({"type": "ensemble", "members": [CHAR, {"type": "prompt"}]}, r"model\.members\[1\] has type 'prompt'"),
-        ({"type": "ensemble", "members": [CHAR, {"type": "cnn-small"}]}, r"model\.members\[1\] has type 'cnn-small'"),
+        (
+            {"type": "ensemble", "members": [CHAR, {"type": "cnn-small"}]},
+            r"model\.members\[1\] has type 'cnn-small'; ensemble members must be text classifiers \(.*prompt.*\)",
+        ),
         ({"type": "hf-encoder", "members": [CHAR, WORD]}, r"model\.members is only used with model\.type 'ensemble'"),
     ],
 )

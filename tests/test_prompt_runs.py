@@ -192,3 +192,31 @@ def test_student_distils_from_a_prompt_teacher(tmp_path: Path, tiny_llama: Path,
     assert (student / "model" / "model.safetensors").is_file()
     saved = yaml.safe_load((student / "recipe.yaml").read_text())
     assert saved["train"]["distill"]["teacher"] == str(teacher) and saved["train"]["distill"]["alpha"] == 0.0
+
+
+def test_prompt_model_is_an_ensemble_member_blended_with_a_trained_model(
+    tmp_path: Path,
+    tiny_llama: Path,  # noqa: F811
+) -> None:
+    """Small data's prompt + student recipe: a zero-shot prompt member and a trained member in one ensemble run; the
+    blend's probabilities are the weighted average of the members' (each reloaded from model/members/<i>)."""
+    raw = yaml.safe_load(_recipe(tmp_path, tiny_llama).read_text())
+    prompt_member = raw["model"]
+    raw["model"] = {
+        "type": "ensemble",
+        "members": [prompt_member, {"type": "tfidf-logreg"}],
+        "ensemble": {"selection_rounds": 4},
+    }
+    raw["name"] = "prompt-ensemble"
+    path = tmp_path / "ens.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    run = train(load_recipe(path))
+    meta = json.loads((run / "model" / "modelyard.json").read_text())
+    assert [m["type"] for m in meta["members"]] == ["prompt", "tfidf-logreg"]
+    weights = [m["weight"] for m in meta["members"]]
+    assert math.isclose(sum(weights), 1.0)
+    texts = pd.read_parquet(run / "splits" / "test.parquet")["text"].tolist()
+    blend = np.asarray(load(run).predict_proba(texts))
+    parts = [np.asarray(load(run / "model" / "members" / str(i)).predict_proba(texts)) for i in range(2)]
+    np.testing.assert_allclose(blend, weights[0] * parts[0] + weights[1] * parts[1], atol=1e-6)
+    assert json.loads((run / "model" / "members" / "0" / "modelyard.json").read_text())["model_type"] == "prompt"

@@ -96,6 +96,41 @@ def test_distill_unlabelled_rest_adds_teacher_labelled_rows(
     assert 0.0 <= report["distill_unlabelled"]["teacher_accuracy_on_hidden_labels"] <= 1.0
 
 
+def test_distill_min_confidence_keeps_only_confident_answers_and_scores_them(
+    tmp_path: Path, tiny_backbone: Path, tiny_trained_run: Path
+):
+    """Self-training on confident pseudo-labels: nothing under the threshold joins, and the report's accuracies are
+    the teacher's agreement with the hidden gold labels on all scored texts and on the added ones."""
+    import numpy as np
+
+    from modelyard.models.loading import load
+    from modelyard.rundir import RunDir
+    from modelyard.training.run import train
+
+    csv = _csv(tmp_path, 240)
+    teacher = load(tiny_trained_run)
+    recipe0 = load_recipe(_student(tmp_path, csv, tiny_backbone, tiny_trained_run, unlabelled="rest"))
+    full = prepare_data(recipe0.data.model_copy(update={"train_per_class": None}), tmp_path)
+    probs = np.asarray(teacher.predict_proba(full.train["text"].tolist()))
+    threshold = float(np.quantile(probs.max(axis=1), 0.5))  # about half the pool is confident enough
+    recipe = load_recipe(
+        _student(tmp_path, csv, tiny_backbone, tiny_trained_run, unlabelled="rest", min_confidence=threshold)
+    )
+    run = RunDir(train(recipe))
+    added = run.splits().train.iloc[10:]
+    report = yaml.safe_load((run.path / "data_report.json").read_text())["distill_unlabelled"]
+    assert 0 < len(added) < len(full.train) - 10 and report["added"] == len(added)
+    facts = zip(probs.max(axis=1), probs.argmax(axis=1), full.train["label"], strict=True)
+    by_text = dict(zip(full.train["text"], facts, strict=True))
+    rest = [t for t in full.train["text"] if t not in set(run.splits().train["text"].iloc[:10])]
+    expected = [t for t in rest if by_text[t][0] >= threshold]
+    assert sorted(added["text"]) == sorted(expected)
+    gold_match = [teacher.labels[by_text[t][1]] == by_text[t][2] for t in rest]
+    on_added = [teacher.labels[by_text[t][1]] == by_text[t][2] for t in expected]
+    assert report["teacher_accuracy_on_hidden_labels"] == pytest.approx(np.mean(gold_match), abs=1e-4)
+    assert report["teacher_accuracy_on_added"] == pytest.approx(np.mean(on_added), abs=1e-4)
+
+
 def test_distill_unlabelled_refusals_leave_nothing(tmp_path: Path, tiny_backbone: Path, tiny_trained_run: Path) -> None:
     from modelyard.training.run import train
 

@@ -26,6 +26,7 @@ __all__ = [
     "select_shots",
 ]
 
+from modelyard.llm import gemma as _gemma  # noqa: F401 - registers bundled:gemma3-270m as an LM
 from modelyard.llm.cache import BUNDLED_LMS, resolve_lm
 from modelyard.llm.classifier import PromptClassifier, load_prompt_model, save_prompt_model
 from modelyard.llm.prompting import DEFAULT_TEMPLATE, PromptTemplate, default_verbalizers, select_shots

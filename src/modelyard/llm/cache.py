@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,15 @@ from modelyard._internal.storage import ensure_free_space, make_dir
 from modelyard.errors import ModelError
 
 BUNDLED_LMS: dict[str, dict[str, str]] = {
-    pkg.name: {"package": pkg.module, "file": pkg.files[0], "install": pkg.install}
-    for pkg in (BUNDLED_PACKAGES["smollm2-135m-instruct"],)
+    pkg.name: {"package": pkg.module, "file": pkg.files[0] if pkg.files else "", "install": pkg.install}
+    for pkg in (BUNDLED_PACKAGES["smollm2-135m-instruct"], BUNDLED_PACKAGES["gemma3-270m"])
 }
 """``bundled:NAME`` language models: the package carrying the GGUF file, its file name, how to install it."""
+
+#: bundled LMs whose GGUF is not one file in a package but is built (assembled from chunk packages) on first
+#: use: name -> a function returning the GGUF's path. ``modelyard.llm.gemma`` registers Gemma-3-270M here on
+#: import (``modelyard.llm`` imports it), so this module needs no import of it (no cycle).
+GGUF_SOURCES: dict[str, Callable[[], Path]] = {}
 
 CACHE_FORMAT = 1
 _STALE_TMP_S = 3600  # a .tmp build folder older than this belongs to a crashed build
@@ -61,6 +67,8 @@ def bundled_gguf(name: str) -> Path:
         ModelError: unknown name, package not installed, or the file is missing from the package.
     """
     entry = BUNDLED_LMS.get(name)
+    if name in GGUF_SOURCES:
+        return GGUF_SOURCES[name]()
     if entry is None:
         raise ModelError(
             f"'bundled:{name}' is not a bundled language model; available: "

@@ -26,7 +26,7 @@ from pathlib import Path
 from modelyard._internal.bundled import BUNDLED_PACKAGES
 from modelyard._internal.packages import package_dir
 from modelyard.errors import ModelError
-from modelyard.llm.cache import cache_root, ensure_lm_cache
+from modelyard.llm.cache import GGUF_SOURCES, cache_root, ensure_lm_cache
 
 GEMMA_NAME = "gemma3-270m"
 GEMMA_PACKAGE = BUNDLED_PACKAGES[GEMMA_NAME].module
@@ -81,3 +81,7 @@ def gemma_backbone_dir(root: Path | None = None) -> Path:
     """
 
     return ensure_lm_cache(GEMMA_NAME, gemma_gguf(None if root is None else Path(root).parent / "gguf"), root=root)
+
+
+# `bundled:gemma3-270m` as a prompt model's LM (model.type: prompt): resolve_lm asks this for the GGUF
+GGUF_SOURCES[GEMMA_NAME] = gemma_gguf

@@ -28,7 +28,7 @@ from modelyard._internal.labels import label_predictions
 from modelyard._internal.layout import MANIFEST, METRICS, MODEL_DIR, MODEL_META, PREDICTIONS
 from modelyard.config import EnsembleConfig, ModelSettings, validate_model_settings
 from modelyard.errors import ModelError
-from modelyard.kinds import FitContext, FitResult, ModelKind, get_kind, kind_of_meta, register_kind
+from modelyard.kinds import FitContext, FitResult, ModelKind, get_kind, kind_of_meta, kinds_with, register_kind
 from modelyard.models.loading import load
 from modelyard.models.text_classifier import text_model_metadata
 
@@ -285,9 +285,9 @@ class EnsembleSettings(ModelSettings):
     members: list[SerializeAsAny[ModelSettings]] = Field(
         default_factory=list,
         validate_default=True,
-        description="Two or more ordinary model sections (kinds that can be ensemble members: trained text "
-        "models, not ensembles, prompt or image models), each trained in the same run (member i with seed "
-        "train.seed + i) and averaged with weights fitted on the validation split.",
+        description="Two or more ordinary model sections (kinds that can be ensemble members: text classifiers, "
+        "a zero-shot `prompt` model included; not ensembles or image models), each trained in the same run "
+        "(member i with seed train.seed + i) and averaged with weights fitted on the validation split.",
     )
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig, description="Selection settings.")
 
@@ -305,10 +305,10 @@ class EnsembleSettings(ModelSettings):
                     "list its members directly in model.members"
                 )
             if not get_kind(member.type).can("ensemble_member"):
+                able = kinds_with("ensemble_member")
                 raise ValueError(
-                    f"model.members[{i}] has type '{member.type}'; ensemble members must be trained text models "
-                    "(hf-encoder, textcnn, bilstm, transformer-encoder, tfidf-logreg), not ensembles, prompt or "
-                    "image models - list their members directly"
+                    f"model.members[{i}] has type '{member.type}'; ensemble members must be text classifiers "
+                    f"({', '.join(able)}), not ensembles or image models - list their members directly"
                 )
             members.append(member)
         if len(members) < 2:

@@ -42,9 +42,10 @@ class PromptSettings(ModelSettings):
     prompt: PromptConfig = Field(default_factory=PromptConfig, description="Template, verbalizers, shots, backend.")
 
 
-def prompt_settings(recipe: Any, labels: list[str]) -> dict[str, Any]:
-    """Template source and verbalizers of a prompt recipe, checked against the data's labels."""
-    p = recipe.model.prompt
+def prompt_settings(recipe: Any, labels: list[str], model: PromptSettings | None = None) -> dict[str, Any]:
+    """Template source and verbalizers of a prompt recipe (or of ``model``, e.g. an ensemble's member), checked
+    against the data's labels."""
+    p = (model or recipe.model).prompt
     assert p is not None
     template = p.template
     if p.template_file is not None:
@@ -171,7 +172,7 @@ def fit_prompt_run(ctx: FitContext) -> FitResult:
 
 
 def _prepare(cfg: PromptSettings, recipe: Any, labels: list[str]) -> None:
-    prompt_settings(recipe, labels)  # template/verbalizer errors before a run directory exists
+    prompt_settings(recipe, labels, cfg)  # template/verbalizer errors before a run directory exists
     if cfg.prompt.backend == "local":
         resolve_lm(cfg.backbone, recipe.base_dir)  # builds the safetensors cache once
 
@@ -245,7 +246,8 @@ KIND = register_kind(
         load=_load,
         check_artifacts=_check_artifacts,
         display_name=lambda cfg: cfg.backbone,
-        supports=frozenset({"distill_teacher"}),
+        # an ensemble member too: a zero-shot prompt blended with a student it taught (small data, README)
+        supports=frozenset({"distill_teacher", "ensemble_member"}),
         external_files=_lm_files,
     )
 )

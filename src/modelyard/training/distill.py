@@ -129,6 +129,8 @@ def add_teacher_labelled(recipe: Recipe, data: Any, device: str, console: Any) -
     if hidden is not None and len(texts):
         matched = np.asarray(labels)[best] == hidden.to_numpy()
         info["teacher_accuracy_on_hidden_labels"] = round(float(np.mean(matched)), 4)
+        if confident.any():
+            info["teacher_accuracy_on_added"] = round(float(np.mean(matched[confident])), 4)
     console.print(f"distill: {len(added)} of {len(texts)} unlabelled texts join the training split, teacher-labelled")
     data.train = pd.concat([data.train, added], ignore_index=True)
     data.report["distill_unlabelled"] = info
