@@ -66,9 +66,9 @@ def bundled_gguf(name: str) -> Path:
     Raises:
         ModelError: unknown name, package not installed, or the file is missing from the package.
     """
-    entry = BUNDLED_LMS.get(name)
-    if name in GGUF_SOURCES:
+    if name in GGUF_SOURCES:  # built on first use (Gemma: assembled from chunk packages)
         return GGUF_SOURCES[name]()
+    entry = BUNDLED_LMS.get(name)
     if entry is None:
         raise ModelError(
             f"'bundled:{name}' is not a bundled language model; available: "
