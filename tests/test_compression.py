@@ -218,7 +218,7 @@ def test_onnx_int8_level_is_chosen_by_a_lower_bound_on_training_texts(compressed
     """
     import pandas as pd
 
-    from modelyard.compression.build import INT8_LADDER
+    from modelyard.compression.build import INT8_LADDER, OUTLIER_LEVELS
     from modelyard.compression.parity import CALIBRATION_ROWS, agreement_lower_bound
 
     run, _ = compressed
@@ -229,8 +229,17 @@ def test_onnx_int8_level_is_chosen_by_a_lower_bound_on_training_texts(compressed
     assert n_train != len(pd.read_parquet(run / "splits" / "valid.parquet"))  # the count tells the splits apart
     assert spec["min_agreement"] == 0.99 and cal["confidence"] == 0.95
     tried = spec["levels_tried"]
+    # every ladder level, in order: measured, or skipped with the reason (an outlier level without outliers)
+    assert [t["level"] for t in tried] == [name for name, _ in INT8_LADDER][: len(tried)]
+    skipped = [t for t in tried if "skipped" in t]
+    assert all(t["level"] in OUTLIER_LEVELS and t["skipped"] for t in skipped)
+    tried = [t for t in tried if "skipped" not in t]
     assert tried and tried[0]["level"] == "all-int8" and tried[0]["fp32_nodes"] == 0
     assert spec["level"] == tried[-1]["level"] in {name for name, _ in INT8_LADDER}
+    for t in tried:
+        if t["level"] in OUTLIER_LEVELS:  # only the outlier channels were kept fp32, and they are counted
+            assert t["fp32_nodes"] == 0 and t["outliers"]["threshold"] == OUTLIER_LEVELS[t["level"]]
+            assert 1 <= t["outliers"]["matmuls"] <= t["outliers"]["channels"]
     for t in tried:
         bound = agreement_lower_bound(t["agree"], t["n"])
         assert t["n"] == cal["n"] and t["agreement"] == t["agree"] / t["n"]
@@ -238,7 +247,7 @@ def test_onnx_int8_level_is_chosen_by_a_lower_bound_on_training_texts(compressed
         assert t["accepted"] == (bound >= 0.99)
     # stops at the first accepted level, or tried every level, kept the last and says none passed
     assert not any(t["accepted"] for t in tried[:-1])
-    assert tried[-1]["accepted"] or len(tried) == len(INT8_LADDER)
+    assert tried[-1]["accepted"] or len(tried) + len(skipped) == len(INT8_LADDER)
     assert cal["passed"] == tried[-1]["accepted"]
     assert n_train < 299 and not cal["passed"]  # this run cannot show ≥ 0.99 at 95% confidence
     # the kernel path the level was chosen on (an AVX2 machine may choose another level)

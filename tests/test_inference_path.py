@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +79,48 @@ def test_numpy_padding_matches_torch_padding() -> None:
 )
 def test_int8_kernel_path_is_read_from_the_cpu_flags(flags: set[str], path: str) -> None:
     assert int8_kernel_path(frozenset(flags)) == path
+
+
+def test_single_text_shortcuts_match_the_general_path() -> None:
+    """One text: one batch, nothing padded — the same result the general code gives."""
+    (only,) = padding_aware_batches([17], batch_size=32)
+    assert only.tolist() == [0] and only.dtype == np.int64
+    ids, mask = pad_batch_numpy([[5, 6, 7]], pad_id=0)
+    assert ids.dtype == mask.dtype == np.int64
+    np.testing.assert_array_equal(ids, [[5, 6, 7]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1]])
+
+
+TEXTS = [
+    "a gripping, funny and sad film",
+    "",
+    "   spaces   and\ttabs\n",
+    "UPPER case and Ünïcödé ACCENTS",
+    "这部电影真的很好看，演员的表演非常自然！",
+    "混合 mixed 文本 with numbers 12345 and emoji 🙂",
+    " ".join(["long"] * 300),
+    "word " * 10 + "这是一个很长的句子" * 40,
+]
+
+
+@pytest.mark.parametrize("max_length", [8, 64, 512])
+def test_truncating_backend_gives_the_ids_of_the_tokenizer_call(tiny_backbone, max_length: int) -> None:
+    """The request path's private backend copy tokenizes exactly as ``tokenizer(texts, truncation=True, …)``."""
+    from transformers import AutoTokenizer
+
+    from modelyard._internal.bundled import BUNDLED_PACKAGES
+    from modelyard._internal.packages import package_dir
+    from modelyard.llm.backbones import resolve_backbone
+    from modelyard.models.text_classifier import truncating_backend
+
+    tokenizers = [AutoTokenizer.from_pretrained(tiny_backbone)]
+    if package_dir(BUNDLED_PACKAGES["minilm-l6"].module) is not None:  # a real uncased WordPiece vocabulary
+        tokenizers.append(AutoTokenizer.from_pretrained(resolve_backbone("bundled:minilm-l6", Path("."))))
+    for tok in tokenizers:
+        backend = truncating_backend(tok, max_length)
+        want = tok(TEXTS, truncation=True, max_length=max_length)["input_ids"]
+        got = [e.ids for e in backend.encode_batch(TEXTS)]
+        assert got == want
+        assert max(len(x) for x in got) <= max_length
+        # the tokenizer itself is left as it was (the copy is private)
+        assert tok(TEXTS[-1:])["input_ids"][0] == tok.backend_tokenizer.encode(TEXTS[-1]).ids

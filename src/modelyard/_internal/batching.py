@@ -63,6 +63,8 @@ def padding_aware_batches(lengths: Sequence[int], batch_size: int, call_tokens: 
     ``Trainer.predict`` pad each fixed-size batch to its longest; no library we use picks the cuts.
     Callers scatter the results back by index, as with :func:`sorted_batches`.
     """
+    if len(lengths) == 1:  # the serving case: one request, one call (the DP below costs ~30 µs for nothing)
+        return [np.zeros(1, dtype=np.int64)]
     lens = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lens, kind="stable")
     n = len(order)
@@ -93,6 +95,9 @@ def padding_aware_batches(lengths: Sequence[int], batch_size: int, call_tokens: 
 
 def pad_batch_numpy(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`pad_batch` for runtimes fed numpy (onnxruntime): ``(input_ids, attention_mask)``, int64."""
+    if len(sequences) == 1:  # nothing to pad (the serving case at batch 1)
+        one = np.asarray(sequences, dtype=np.int64)
+        return one, np.ones_like(one)
     width = max(len(s) for s in sequences)
     ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(sequences), width), dtype=np.int64)
