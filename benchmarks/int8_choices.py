@@ -11,6 +11,9 @@ runs onnxruntime's recommended pre-processing once, then builds each candidate i
   ``dynamic reduce-range`` (7-bit weights, the other AVX2 remedy);
 * ``dynamic s8 no-Gather`` (``rr``: with reduce-range) — only MatMul/Attention quantised, the embedding table
   (a Gather) kept fp32;
+* ``ffn MatMuls fp32`` — the ladder's ``ffn-fp32`` level (feed-forward MatMuls not quantized);
+* ``outlier channels fp32 (6×/3×)`` — the ladder's outlier levels: the input channels whose range exceeds 6× (3×)
+  the median channel's stay fp32 in a side product, the rest of every MatMul is int8 (compression/outliers.py);
 * ``static QDQ u8s8`` / ``static QDQ s8s8`` — ``quantize_static`` with QuantizeLinear/DequantizeLinear pairs,
   activation ranges calibrated (MinMax) on 256 *training* texts;
 * ``static QOperator u8s8`` — the same calibration, QLinearMatMul operators.
@@ -96,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from modelyard.compression.build import INT8_LADDER
     from modelyard.compression.cpu import cpu_summary
     from modelyard.compression.onnx_export import load_fp32
+    from modelyard.compression.outliers import channel_ranges, split_outliers
     from modelyard.compression.parity import agreement_entry, calibration_texts, torch_logits
     from modelyard.compression.variants import _OrtModel
     from modelyard.models.text_classifier import Classifier
@@ -142,6 +147,26 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         MATMULS = ["MatMul", "Attention"]  # the embedding Gather stays fp32
+        ranges = channel_ranges(prep, train_ids)
+        ffn_levels = dict(INT8_LADDER)["ffn-fp32"]
+        ffn = [n.name for n in onnx.load(str(prep)).graph.node if any(p.search(n.name) for p in ffn_levels)]
+
+        def split(threshold: float) -> Any:
+            """What the onnx-int8 ladder's outlier levels build: outlier input channels fp32, the rest int8."""
+
+            def build(out: Path) -> None:
+                staged = out.with_name(out.stem + ".split.onnx")
+                facts = split_outliers(prep, staged, ranges, threshold)
+                quantize_dynamic(
+                    str(staged),
+                    str(out),
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    nodes_to_exclude=facts["fp32_nodes"],
+                )
+
+            return build
+
         candidates = {
             "fp32 fused (onnx)": None,
             "dynamic s8 per-channel": lambda out: quantize_dynamic(
@@ -167,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
                 reduce_range=True,
                 op_types_to_quantize=MATMULS,
             ),
+            "ffn MatMuls fp32 (ffn-fp32)": lambda out: quantize_dynamic(
+                str(prep), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=ffn
+            ),
+            "outlier channels fp32 (6×)": split(6.0),
+            "outlier channels fp32 (3×)": split(3.0),
             "static QDQ u8s8": static(QuantFormat.QDQ, QuantType.QUInt8),
             "static QDQ s8s8": static(QuantFormat.QDQ, QuantType.QInt8, ActivationSymmetric=True),
             "static QOperator u8s8": static(QuantFormat.QOperator, QuantType.QUInt8),

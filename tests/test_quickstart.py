@@ -139,3 +139,14 @@ def test_full_rotten_tomatoes_recipe_reaches_085(tmp_path: Path) -> None:
     run_dir = Path(out.stdout.strip().splitlines()[-1])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.85, metrics["test"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_benchmark_recipes_validate_and_find_their_data(path: Path) -> None:
+    """The benchmarks' recipes (README, "CPU inference") validate, write to runs/ and point at data that exists here."""
+    recipe = load_recipe(path)
+    assert recipe.resolve(recipe.output_dir).resolve() == (ROOT / "runs").resolve()
+    data = recipe.resolve(recipe.data.path)
+    if "shared" in data.parts and not data.parent.parent.exists():
+        pytest.skip(f"{data} is read from ../shared, absent on this machine")
+    assert data.is_file(), data
