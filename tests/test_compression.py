@@ -310,7 +310,8 @@ def test_calibration_texts_are_a_seeded_sample_of_the_training_split(tmp_path: P
 
 
 def test_onnx_graphs_are_fused_and_keep_parity_with_torch(compressed: tuple[Path, dict]) -> None:
-    """The tiny BERT's export gets Attention, SkipLayerNormalization and BiasGelu; the fused graph matches torch."""
+    """The tiny BERT's export gets Attention, SkipLayerNormalization, BiasGelu and EmbedLayerNormalization; the fused
+    graph matches torch, also on padded batches of unseen texts."""
     import onnx
 
     run, _ = compressed
@@ -322,12 +323,16 @@ def test_onnx_graphs_are_fused_and_keep_parity_with_torch(compressed: tuple[Path
         assert fusion["fused_operators"].get("BiasGelu") == 2
         # the dynamo export's Where-based masks, rewritten to BERT's classic form, let Attention fuse
         assert fusion["fused_operators"].get("Attention") == 2 and fusion["attention_masks_rewritten"] == 2
+        # word + position + token type + LayerNorm (and the mask length Attention reads): one node
+        assert fusion["fused_operators"].get("EmbedLayerNormalization") == 1
         assert all(n > 0 for n in fusion["fused_operators"].values())
         assert fusion["parity"]["split"] == "train" and fusion["parity"]["agreement"] == 1.0
         assert fusion["parity"]["max_abs_logit_diff"] <= TOLERANCES["onnx"]["max_abs_logit_diff"]
         ops = {n.op_type for n in onnx.load(str(run / "compressed" / method / "model.onnx")).graph.node}
         assert {"SkipLayerNormalization", "BiasGelu"} <= ops
         assert ("Attention" if method == "onnx" else "QAttention") in ops, ops
+        assert ("EmbedLayerNormalization" if method == "onnx" else "QEmbedLayerNormalization") in ops, ops
+        assert not ops & {"Slice", "Expand", "GatherElements", "ReduceSum", "LayerNormalization"}, ops
     texts = synthetic_sentiment(200, seed=13)["text"].tolist()  # unseen texts, batches with padding
     diff = np.abs(load_variant(run, "onnx").predict_logits(texts) - load_variant(run, "torch").predict_logits(texts))
     assert diff.max() <= TOLERANCES["onnx"]["max_abs_logit_diff"]
@@ -352,7 +357,7 @@ def test_fusion_falls_back_to_the_unfused_graph_when_parity_breaks(tmp_path: Pat
     logs: list[str] = []
     got = fuse_checked(tmp_path / "src", tmp_path / "model.onnx", ids, reference + 0.01, 0, log=logs.append)
     # tried with the attention masks rewritten, then without; both broke the (shifted) parity: not kept
-    assert isinstance(got, str) and got.startswith("none (the fused graph (Attention, "), got
+    assert isinstance(got, str) and got.startswith("none (the fused graph (EmbedLayerNormalization, Attention, "), got
     assert got.count("broke parity with torch on 40 training texts") == 2
     assert (tmp_path / "model.onnx").read_bytes() == before and len(logs) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "src"]  # no fused leftovers

@@ -2,9 +2,11 @@
 
 For BERT-family encoders the optimizer replaces op-by-op subgraphs with ONNX Runtime's fused CPU kernels
 (``SkipLayerNormalization`` = residual Add + LayerNorm, ``BiasGelu`` = bias Add + erf GELU, ``Attention`` =
-Q/K/V projections + scaled dot-product + softmax, and where its pattern matches, ``EmbedLayerNormalization``).
-The optimizer's ``Attention`` patterns predate transformers 5's mask code, so the dynamo export's masks are
-first rewritten into BERT's classic form (:func:`canonical_padding_masks`). The fused graph is the ``onnx``
+Q/K/V projections + scaled dot-product + softmax, ``EmbedLayerNormalization`` = the three embedding lookups + their
+sum + LayerNorm). The optimizer's ``Attention`` patterns predate transformers 5's mask code, so the dynamo export's
+masks are first rewritten into BERT's classic form (:func:`canonical_padding_masks`), and its embedding pattern
+does not match the dynamo export's position/token-type buffers, so that block is fused here
+(:func:`fuse_embeddings`). The fused graph is the ``onnx``
 variant and the input of int8 quantisation. It is kept only when it stays within the ``onnx`` tolerance
 against torch fp32 on the calibration texts (max |Δ logit| ≤ 1e-3, argmax agreement 1.0); otherwise the
 unfused export is kept and the reason recorded. Other model kinds (TextCNN, BiLSTM, …) are not fused.
@@ -206,6 +208,130 @@ def _drop_dead_nodes(graph: Any) -> None:
     graph.initializer.extend(kept_inits)
 
 
+def fuse_embeddings(model: Any) -> bool:
+    """Replace the embedding block with ONNX Runtime's ``EmbedLayerNormalization`` where the optimizer could not.
+
+    The optimizer's pattern expects position ids built by the classic exporter; the dynamo export slices a
+    constant ``position_ids`` buffer and expands a constant ``token_type_ids`` buffer instead, so
+    ``word + token type + position → LayerNorm`` (and the mask's ``ReduceSum`` that feeds ``Attention``) stay ~15
+    small nodes. This rewrite checks *numerically* that the position indices are ``0 … L-1`` and the token type
+    indices all 0 (the index subgraphs are evaluated for two input shapes), folds token type row 0 into the
+    position table (the kernel adds no segment embedding when it gets no segment ids) and emits one fused node
+    whose second output is the mask length ``Attention`` reads. Returns whether it fused; the caller's parity
+    check against torch still decides whether the graph is kept.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    inits = {i.name: i for i in graph.initializer}
+    inputs = {i.name for i in graph.input}
+    if "input_ids" not in inputs:
+        return False
+    norms = [n for n in graph.node if n.op_type == "LayerNormalization" and n.input[0] in producers]
+    for ln in norms:
+        top = producers[ln.input[0]]
+        if top.op_type != "Add":
+            continue
+        gathers = []
+        for name in top.input:
+            node = producers.get(name)
+            if node is not None and node.op_type == "Add":
+                gathers += [producers.get(x) for x in node.input]
+            else:
+                gathers.append(node)
+        if len(gathers) != 3 or any(g is None or g.op_type != "Gather" or g.input[0] not in inits for g in gathers):
+            continue
+        word = next((g for g in gathers if g.input[1] == "input_ids"), None)
+        others = [g for g in gathers if g is not word]
+        if word is None or len(others) != 2 or len(ln.input) < 3 or not all(x in inits for x in ln.input[1:3]):
+            continue
+        # evaluate the two other index tensors for two input shapes: which is 0…L-1, which is all zeros
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        del probe.graph.output[:]
+        for g in others:
+            probe.graph.output.append(helper.make_tensor_value_info(g.input[1], TensorProto.INT64, None))
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            feeds = {i.name for i in session.get_inputs()}
+            roles: list[set[str]] = [set(), set()]
+            for shape in ((2, 7), (1, 13)):
+                ids = np.ones(shape, dtype=np.int64)
+                got = session.run(
+                    None, {k: v for k, v in {"input_ids": ids, "attention_mask": ids}.items() if k in feeds}
+                )
+                for k, idx in enumerate(got):
+                    idx = np.broadcast_to(idx, shape)
+                    if np.array_equal(idx, np.broadcast_to(np.arange(shape[1]), shape)):
+                        roles[k].add("position")
+                    elif not idx.any():
+                        roles[k].add("zeros")
+                    else:
+                        roles[k].add("other")
+        except Exception:  # noqa: BLE001 - a graph we cannot probe is simply not fused
+            return False
+        if sorted(next(iter(r)) if len(r) == 1 else "?" for r in roles) != ["position", "zeros"]:
+            continue
+        position, segment = (others[0], others[1]) if roles[0] == {"position"} else (others[1], others[0])
+        table = numpy_helper.to_array(inits[position.input[0]]) + numpy_helper.to_array(inits[segment.input[0]])[0]
+        epsilon = next((a.f for a in ln.attribute if a.name == "epsilon"), 1e-5)
+        # the Attention nodes' mask input: ReduceSum(Cast(attention_mask → int32), axis 1), the mask length
+        attention = [n for n in graph.node if n.op_type == "Attention" and len(n.input) > 3 and n.input[3]]
+        reduce = producers.get(attention[0].input[3]) if attention else None
+        cast = producers.get(reduce.input[0]) if reduce is not None and reduce.op_type == "ReduceSum" else None
+        if cast is None or cast.op_type != "Cast" or cast.input[0] != "attention_mask":
+            return False
+        nodes = [
+            helper.make_node("Cast", ["input_ids"], ["input_ids_int32"], name="EmbedIdsCast", to=TensorProto.INT32),
+            helper.make_node(
+                "EmbedLayerNormalization",
+                [
+                    "input_ids_int32",
+                    "",
+                    word.input[0],
+                    "embed_position_with_segment",
+                    "",
+                    ln.input[1],
+                    ln.input[2],
+                    cast.output[0],
+                ],
+                [ln.output[0], reduce.output[0]],
+                name="EmbedLayerNormalization_0",
+                domain="com.microsoft",
+                epsilon=epsilon,
+            ),
+        ]
+        graph.initializer.append(numpy_helper.from_array(table.astype(np.float32), "embed_position_with_segment"))
+        # protobuf hands out a new wrapper per access: nodes are matched by their first output's name
+        gone = {ln.output[0], reduce.output[0]}
+        kept, cast_done = [], False
+        for node in graph.node:
+            if node.output[0] in gone:
+                if node.output[0] == ln.output[0]:  # the fused node takes the LayerNorm's place
+                    kept += ([] if cast_done else [cast]) + nodes
+                    cast_done = True
+                continue
+            if node.output[0] == cast.output[0]:
+                if cast_done:
+                    continue
+                cast_done = True
+            kept.append(node)
+        copies = [type(n)() for n in kept]  # copied before the field is cleared (its wrappers would go stale)
+        for new, old in zip(copies, kept, strict=True):
+            new.CopyFrom(old)
+        del graph.node[:]
+        graph.node.extend(copies)
+        _drop_dead_nodes(graph)
+        return True
+    return False
+
+
 def optimize_encoder(source: Path, path: Path, out: Path, *, rewrite_masks: bool = True) -> tuple[dict[str, int], int]:
     """Run ONNX Runtime's transformer optimizer on ``path`` → ``out``.
 
@@ -242,6 +368,8 @@ def optimize_encoder(source: Path, path: Path, out: Path, *, rewrite_masks: bool
                 use_gpu=False,
             )
             stats = fused.get_fused_operator_statistics()
+            if not stats.get("EmbedLayerNormalization") and fuse_embeddings(fused.model):
+                stats["EmbedLayerNormalization"] = 1
             fused.save_model_to_file(str(out))
     finally:
         staged.unlink(missing_ok=True)
