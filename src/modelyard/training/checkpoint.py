@@ -149,6 +149,20 @@ def load_checkpoint(
         raise ModelyardError(f"checkpoint {directory} does not match this run's model ({err}); {fix}") from None
 
 
+def _match_param_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments) its parameter's memory layout again.
+
+    safetensors stores tensors contiguous, so the moments of a channels-last conv weight come back in the
+    default layout. The fused AdamW kernel walks parameter, gradient and moments as flat memory and assumes one
+    layout for all: with mismatched strides every update after a resume would pair the wrong elements.
+    """
+    for group in opt.param_groups:
+        for param in group["params"]:
+            for key, value in opt.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    opt.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def _restore(
     directory: Path,
     model: torch.nn.Module,
@@ -166,6 +180,7 @@ def _restore(
                 load_file(str(directory / f"{stem}.safetensors")), read_json(directory / f"{stem}.json")
             )
         )
+        _match_param_layouts(opt)
     state = read_json(directory / "trainer_state.json")
     sched = state.pop("scheduler")
     if scheduler is not None:
