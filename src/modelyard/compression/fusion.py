@@ -208,6 +208,19 @@ def _drop_dead_nodes(graph: Any) -> None:
     graph.initializer.extend(kept_inits)
 
 
+def replace_nodes(graph: Any, nodes: list[Any]) -> None:
+    """Make ``nodes`` (some of them the graph's own) the graph's node list, then drop what nothing uses any more.
+
+    The nodes are copied before the field is cleared: wrappers of a cleared repeated field's elements go stale.
+    """
+    copies = [type(n)() for n in nodes]
+    for new, old in zip(copies, nodes, strict=True):
+        new.CopyFrom(old)
+    del graph.node[:]
+    graph.node.extend(copies)
+    _drop_dead_nodes(graph)
+
+
 def fuse_embeddings(model: Any) -> bool:
     """Replace the embedding block with ONNX Runtime's ``EmbedLayerNormalization`` where the optimizer could not.
 
@@ -322,12 +335,7 @@ def fuse_embeddings(model: Any) -> bool:
                     continue
                 cast_done = True
             kept.append(node)
-        copies = [type(n)() for n in kept]  # copied before the field is cleared (its wrappers would go stale)
-        for new, old in zip(copies, kept, strict=True):
-            new.CopyFrom(old)
-        del graph.node[:]
-        graph.node.extend(copies)
-        _drop_dead_nodes(graph)
+        replace_nodes(graph, kept)
         return True
     return False
 

@@ -87,6 +87,8 @@ def split_outliers(source: Path, dest: Path, ranges: dict[str, np.ndarray], thre
     import onnx
     from onnx import helper, numpy_helper
 
+    from modelyard.compression.fusion import replace_nodes
+
     model = onnx.load(str(source))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -137,12 +139,6 @@ def split_outliers(source: Path, dest: Path, ranges: dict[str, np.ndarray], thre
         nodes.append(total)
         fp32_nodes.append(base + OUTLIER_SUFFIX)
         channels += len(picked)
-    # initializers no node reads any more (the original weights) are dropped
-    used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    replace_nodes(graph, nodes)  # the original weights of split MatMuls are no longer read: dropped
     onnx.save(model, str(dest))
     return {"threshold": threshold, "matmuls": len(fp32_nodes), "channels": channels, "fp32_nodes": fp32_nodes}
