@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev install-data install-gemma quickstart test test-faults test-package test-slow test-all test-llamacpp llamacpp-venv lint format clean
+.PHONY: install install-dev install-data install-gemma quickstart test test-faults test-distributed test-package test-slow test-all test-llamacpp llamacpp-venv lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,7 +58,12 @@ quickstart: install
 test: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports --config pyproject.toml
-	$(BIN)/pytest -m "not slow and not faults_slow and not package" --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not faults_slow and not package and not distributed" --durations=15 $(PYTEST_ARGS)
+
+# Real 2-process training on torchrun/DDP (gloo) and Ray Train, two "nodes" on loopback, a worker killed and one
+# stalled mid-run (tests/test_distributed.py, a few minutes); .ci/run runs it.
+test-distributed: install-dev
+	$(BIN)/pytest -m distributed $(PYTEST_ARGS)
 
 # Kills at random moments of every writing stage (tests/test_faults_kill.py, a few minutes) and the one-minute
 # registry stress run of four writer processes; .ci/run runs it.

@@ -20,6 +20,7 @@ from pydantic import (
 
 from modelyard.config._base import NAME_PATTERN, _Stage
 from modelyard.config.data import DataConfig
+from modelyard.config.distributed import DistributedConfig
 from modelyard.config.model import ModelSettings, default_model_settings, validate_model_settings
 from modelyard.config.serve import ServeConfig
 from modelyard.config.train import (
@@ -130,6 +131,9 @@ class Recipe(_Stage):
         None, description="MLM pretraining section (`modelyard pretrain`); null when unused."
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Image augmentation section.")
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Data-parallel training (torchrun DDP or Ray Train)."
+    )
     output_dir: str = Field(
         "runs", description="Folder (relative to the recipe's folder) holding one directory per run."
     )

@@ -51,7 +51,7 @@ ParamSpec = Annotated[
     Field(discriminator="type"),
 ]
 # Sections a search may not vary: the search itself, where runs go, and settings that do not affect training.
-_UNTUNABLE = ("tune", "output_dir", "name", "task", "serve", "pretrain")
+_UNTUNABLE = ("tune", "output_dir", "name", "task", "serve", "pretrain", "distributed")
 
 
 class TuneConfig(_Stage):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +54,9 @@ from modelyard.training.batch_sources import (
 )
 from modelyard.training.checkpoint import load_checkpoint, save_checkpoint, state_bytes
 from modelyard.training.distill import teacher_targets
+from modelyard.training.distributed import Heartbeats, World, rank_state, restore_rank_state
 from modelyard.training.generated_data import add_generated
+from modelyard.training.optim import param_groups
 from modelyard.training.privacy import DPTraining
 from modelyard.training.text_augment import text_batches
 
@@ -83,8 +85,18 @@ class TrainerState:
 class FineTuneRecipe:
     """setup → train → finalize, with checkpoints in between. One instance per run directory."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, data: Any, console: Console) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        data: Any,
+        console: Console,
+        world: World | None = None,
+        heartbeats: Heartbeats | None = None,
+    ) -> None:
         self.recipe = recipe
+        self.world = world or World()  # distributed: this rank's place in a DDP job (training.distributed)
+        self.heartbeats = heartbeats
         self.run_dir = run_dir
         self.data = data
         self.console = console
@@ -103,7 +115,7 @@ class FineTuneRecipe:
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
         seed_everything(self.cfg.seed)
-        self.device = pick_device(self.cfg.device)
+        self.device = self.world.place(pick_device(self.cfg.device))
         self.dtype = pick_dtype("fp32" if self.cfg.privacy else self.cfg.precision, self.device)
         self.labels: list[str] = list(self.data.labels)
         kind = self.kind
@@ -132,7 +144,13 @@ class FineTuneRecipe:
             self.batches: Any = text_batches(self)  # train.augment.text: re-augmented each epoch
         self.dp = DPTraining.for_loop(self) if self.cfg.privacy else None  # train.privacy (training.privacy)
         # The loop's forward pass; torch.compile wraps it (weights, checkpoints and eval use self.model).
-        self.train_model = self.dp.module if self.dp else torch.compile(self.model) if self.cfg.compile else self.model
+        # Under DDP (distributed.*) the forward pass is DDP's, which averages gradients over the ranks.
+        forward = self.world.wrap(self.model, self.device)
+        self.train_model = self.dp.module if self.dp else torch.compile(forward) if self.cfg.compile else forward
+        self.world.seed_dropout(self.cfg.seed)
+        self.workers = self.world.gather_json(
+            {"rank": self.world.rank, "host": self.world.host, "device": str(self.device)}
+        )
 
         if self.cfg.distill is not None:
             self.splits["train"].soft = self._teacher_targets()
@@ -178,6 +196,7 @@ class FineTuneRecipe:
             f" · {self.steps_per_epoch} steps/epoch × {self.cfg.epochs} epochs = {self.total_steps} steps"
             f" · warm-up {self.warmup_steps} steps · effective batch"
             f" {self.cfg.batch_size * self.cfg.gradient_accumulation_steps}"
+            + (f" over {self.world.size} {self.world.backend} workers" if self.world.active else "")
         )
 
     def _setup_images(self, build_model: Callable[..., Any]) -> torch.nn.Module:
@@ -244,7 +263,12 @@ class FineTuneRecipe:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
         """Checkpoint model, optimizer, scheduler, RNG and data position (at an optimizer-step boundary)."""
-        state = self.state.__dict__ | {"rng": rng_state()} | ({"privacy": self.dp.state_dict()} if self.dp else {})
+        st = self.state
+        ranks = self.world.gather_json(rank_state(st.epoch_loss_sum, st.epoch_loss_count)) if self.world.active else []
+        if not self.world.is_main:
+            return  # rank 0 writes the checkpoint, with every rank's RNG and partial loss sums
+        state = st.__dict__ | {"rng": rng_state()} | ({"privacy": self.dp.state_dict()} if self.dp else {})
+        state |= {"ranks": ranks} if ranks else {}
         save_checkpoint(
             self.ckpt_dir / "last",
             model=self.model,
@@ -264,9 +288,18 @@ class FineTuneRecipe:
             extra_modules={"ema": self.ema} if self.ema is not None else None,
         )
         set_rng_state(raw.pop("rng"))
+        ranks = raw.pop("ranks", None)
         if self.dp:  # the accountant's history, σ, the seed and the noise generator (JSON)
             self.dp.load_state_dict(raw.pop("privacy"))
         self.state = TrainerState(**raw)
+        if ranks:  # a distributed run: this rank's own RNG streams and partial loss sums
+            if len(ranks) == self.world.size:
+                self.state.epoch_loss_sum, self.state.epoch_loss_count = restore_rank_state(ranks[self.world.rank])
+            else:
+                self.console.print(
+                    f"[yellow]note: this run was checkpointed by {len(ranks)} workers and resumes on "
+                    f"{self.world.size}; weights and data position are exact, dropout streams are not[/]"
+                )
         self.console.print(
             f"resuming at epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}, "
             f"step {self.state.global_step}/{self.total_steps}"
@@ -304,7 +337,7 @@ class FineTuneRecipe:
         cfg, st = self.cfg, self.state
         accum = cfg.gradient_accumulation_steps
         progress_path = self.run_dir / PROGRESS
-        log = progress_path.open("a", encoding="utf-8")
+        log = progress_path.open("a", encoding="utf-8") if self.world.is_main else open(os.devnull, "w")  # noqa: SIM115
         window_start, window_samples, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
         session_start, session_steps0 = time.perf_counter(), st.global_step
         columns = (
@@ -332,28 +365,33 @@ class FineTuneRecipe:
                 epoch_t0 = time.perf_counter()
                 for b in range(st.batch_in_epoch, len(batches)):
                     idx = batches[b]
+                    last_micro = not ((b + 1) % accum and b + 1 != len(batches))
                     if not len(idx):  # only DP's Poisson draws are ever empty: the step still adds noise
                         self.dp.empty_batch()
                     else:
+                        idx, weight, n = self.world.shard(idx)  # DDP: this rank's share, weighted to the global mean
                         inputs = self.batches.inputs(idx, epoch, b)
-                        with autocast(self.device, self.dtype):
-                            if cfg.rdrop_alpha > 0:  # two dropout masks in one forward pass of the doubled batch
-                                inputs = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in inputs.items()}
-                            logits = self.train_model(**inputs).logits
-                        loss = self.loss(logits.float(), idx)
-                        if not torch.isfinite(loss):
-                            raise ModelyardError(
-                                f"training diverged (loss {loss.item()}) at step {st.global_step}; "
-                                "lower train.learning_rate or use train.precision=fp32"
-                            )
-                        scaled = loss if self.dp else loss / accum  # DP: each example's own gradient
-                        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                        st.epoch_loss_sum += loss.item() * len(idx)
-                        st.epoch_loss_count += len(idx)
-                        window_loss += loss.item() * len(idx)
-                        window_n += len(idx)
-                        window_samples += len(idx)
-                    if (b + 1) % accum and b + 1 != len(batches):
+                        with self.world.accumulating(self.train_model, sync=last_micro):
+                            with autocast(self.device, self.dtype):
+                                if cfg.rdrop_alpha > 0:  # two dropout masks in one forward pass of the doubled batch
+                                    inputs = {
+                                        k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in inputs.items()
+                                    }
+                                logits = self.train_model(**inputs).logits
+                            loss = self.loss(logits.float(), idx)
+                            if not torch.isfinite(loss):
+                                raise ModelyardError(
+                                    f"training diverged (loss {loss.item()}) at step {st.global_step}; "
+                                    "lower train.learning_rate or use train.precision=fp32"
+                                )
+                            scaled = loss if self.dp else loss * weight / accum  # DP: each example's own gradient
+                            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                        st.epoch_loss_sum += loss.item() * n
+                        st.epoch_loss_count += n
+                        window_loss += loss.item() * n
+                        window_n += n
+                        window_samples += n
+                    if not last_micro:
                         continue
                     # --- optimizer step (end of an accumulation group, or a short last group)
                     if self.scaler:
@@ -371,11 +409,16 @@ class FineTuneRecipe:
                         self.ema.update_parameters(self.model)
                     st.global_step += 1
                     st.batch_in_epoch = b + 1
+                    if self.heartbeats is not None:
+                        self.heartbeats.beat(st.global_step)
 
                     now = time.perf_counter()
                     done_here = st.global_step - session_steps0
                     eta = (now - session_start) / max(done_here, 1) * (self.total_steps - st.global_step)
                     if st.global_step % cfg.log_every_steps == 0 or b + 1 == len(batches):
+                        window_loss, window_n, window_samples = self.world.all_sum(
+                            [window_loss, window_n, window_samples]
+                        )
                         sps = window_samples / max(now - window_start, 1e-9)
                         record = {
                             "time": time.time(),
@@ -388,6 +431,8 @@ class FineTuneRecipe:
                             "eta_s": round(eta, 1),
                             "elapsed_s": round(st.train_seconds + now - session_start, 1),
                         }
+                        if self.heartbeats is not None:  # per-rank heartbeats: step, host, pid, seconds since
+                            record["ranks"] = self.heartbeats.progress_field()
                         log.write(json.dumps(record) + "\n")
                         log.flush()
                         emit(record)
@@ -410,6 +455,7 @@ class FineTuneRecipe:
                         raise TrainingInterrupted(f"stopped after step {st.global_step} as requested")
 
                 # --- end of epoch: validate, select, maybe stop, checkpoint
+                st.epoch_loss_sum, st.epoch_loss_count = self.world.all_sum([st.epoch_loss_sum, st.epoch_loss_count])
                 metrics, _ = self.evaluate_split("valid")
                 entry = {
                     "epoch": epoch + 1,
@@ -462,6 +508,8 @@ class FineTuneRecipe:
         better = st.best_value is None or (value < st.best_value if lower else value > st.best_value)
         if better:
             st.best_value, st.best_epoch, st.bad_epochs = float(value), entry["epoch"], 0
+            if not self.world.is_main:
+                return
             from safetensors.torch import save_file
 
             tmp = self.ckpt_dir / "best.safetensors.tmp"
@@ -541,42 +589,6 @@ class FineTuneRecipe:
             "train / valid / test": " / ".join(str(len(self.splits[s].labels)) for s in ("train", "valid", "test")),
             **(self.dp.info() if self.dp else {}),
         }
-
-
-_LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
-_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-
-
-def param_groups(
-    model: torch.nn.Module, lr: float, weight_decay: float, layer_decay: float | None = None
-) -> list[dict[str, Any]]:
-    """AdamW parameter groups: no weight decay on biases/norms; optional layer-wise learning-rate decay.
-
-    With ``layer_decay`` d, parameters of encoder layer i (of L) get ``lr * d**(L - i)``, embeddings
-    ``lr * d**(L + 1)`` and everything above the encoder (pooler, head) ``lr`` — the ELECTRA/BEiT recipe
-    that keeps the pretrained lower layers close to where they started. transformers has no helper for
-    this outside its Trainer subclasses, hence the few lines here.
-    """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    found = [int(m.group(1)) for n, _ in named if (m := _LAYER_INDEX.search("." + n))]
-    n_layers = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0) or (
-        max(found) + 1 if found else 0
-    )
-
-    def depth(name: str) -> int:
-        if m := _LAYER_INDEX.search("." + name):
-            return int(m.group(1)) + 1
-        return 0 if "embed" in name else n_layers + 1
-
-    groups: dict[tuple[float, bool], dict[str, Any]] = {}
-    for name, p in named:
-        scale = 1.0 if layer_decay is None else layer_decay ** (n_layers + 1 - depth(name))
-        decay = not name.endswith(_NO_DECAY)
-        g = groups.setdefault(
-            (scale, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
-        )
-        g["params"].append(p)
-    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], not k[1]))]
 
 
 def _crossed_tenth(step: int, every: int, total: int) -> bool:

@@ -197,7 +197,7 @@ def pretrain(recipe: Recipe, *, console: Console | None = None) -> Path:
     from modelyard._internal.batching import length_grouped_batches
     from modelyard._internal.rundir import discard_run, finish_run, git_commit, hardware, package_versions, start_run
     from modelyard._internal.runtime import pick_device, seed_everything
-    from modelyard.training.loop import param_groups
+    from modelyard.training.optim import param_groups
 
     console = console or Console(stderr=True)
     t0 = time.time()

@@ -14,6 +14,7 @@ The kind (``recipe.model.type``) is looked up in :mod:`modelyard.kinds`; nothing
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -50,7 +51,9 @@ from modelyard.evaluation.scoring import write_scored
 from modelyard.kinds import FitContext, get_kind
 from modelyard.rundir import RunDir
 from modelyard.training.distill import add_teacher_labelled
+from modelyard.training.distributed import Heartbeats, World, current_world, launched, require_distributed
 from modelyard.training.generative import GenerativeRecipe
+from modelyard.training.launch import launch
 from modelyard.training.loop import FineTuneRecipe, TrainingInterrupted
 from modelyard.training.multilabel import print_multilabel_metrics, write_multilabel_run
 from modelyard.training.privacy import require_privacy
@@ -92,6 +95,16 @@ def train(
     t0 = time.time()
     require_trackers(recipe.train.report_to)  # a missing tracker package fails before any work
     require_privacy(recipe, get_kind(recipe.model.type))  # train.privacy: a loop classifier, opacus installed
+    require_distributed(recipe, get_kind(recipe.model.type))  # distributed: loop classifiers, no DP-SGD
+    if recipe.distributed.backend != "none" and not launched():  # start the ranks; each comes back in here
+        if on_epoch_end is not None:
+            raise ModelyardError("per-epoch callbacks (tuning's pruning) cannot reach the ranks of a distributed run")
+        return launch(recipe, train_rank, resume=resume, data=data, stop_after_step=stop_after_step, console=console)
+    world = current_world(recipe.distributed)
+    world.join(pick_device(recipe.train.device))  # a rank of a torchrun / Ray Train job: its process group
+    if not world.is_main:  # rank 0 alone reports, writes the run directory and talks to trackers
+        console = Console(stderr=True, quiet=True)
+    heartbeats = Heartbeats(world) if world.active else None
     if resume is not None:
         run_dir, recipe, data = _reopen(Path(resume), recipe, console)
         run_id = run_dir.name.removesuffix(INCOMPLETE)
@@ -113,17 +126,14 @@ def train(
             data = add_teacher_labelled(recipe, data, str(pick_device(recipe.train.device)), console)
         check_text_augment(recipe, kind, data)  # train.augment.text: lexicons, masked LM, language
         print_data_report(console, data.report)
-        # a one-shot fit has nothing to resume: staged hidden, so even a SIGKILL leaves nothing visible
-        run_id, run_dir = start_run(recipe.resolve(recipe.output_dir), resumable=kind.trains_in_loop)
-        try:
-            with storage_errors("the run's recipe and splits", run_dir, "output_dir"):
-                write_run_inputs(run_dir, recipe, data)
-        except BaseException:
-            discard_run(run_dir)  # nothing trained yet: no half-written run directory is left
-            raise
+        run_id, run_dir = _start(recipe, data, kind, world)
     kind = get_kind(recipe.model.type)
     console.print(f"run [bold]{run_id}[/] → {run_dir}")
-    tracking = Tracking.for_recipe(recipe, run_dir, console, parent_run_id=tracking_parent)
+    tracking = (
+        Tracking.for_recipe(recipe, run_dir, console, parent_run_id=tracking_parent)
+        if world.is_main
+        else Tracking([], console)
+    )
     if not kind.trains_in_loop:
         if resume is not None:
             raise ModelyardError(f"{kind.name} runs have no training steps to resume (a one-shot fit); start a new run")
@@ -132,13 +142,20 @@ def train(
     ft: Any = None
     generative = kind.can("generative")
     try:
-        ft = (GenerativeRecipe if generative else FineTuneRecipe)(recipe, run_dir, data, console)
-        ft.setup()
-        if resume is not None:
-            ft.load_checkpoint()
-        resume_step = ft.state.global_step if resume is not None else None
-        tracking.start(run_id, recipe, run_dir.with_name(run_id), resume_step=resume_step)
-        ft.train(stop_after_step=stop_after_step, on_epoch_end=on_epoch_end, on_log=tracking.log_progress)
+        ft = (
+            GenerativeRecipe(recipe, run_dir, data, console)
+            if generative
+            else FineTuneRecipe(recipe, run_dir, data, console, world=world, heartbeats=heartbeats)
+        )
+        with world.failures_named(heartbeats):  # a rank that died or stalled: one error naming it, no hang
+            ft.setup()
+            if resume is not None:
+                ft.load_checkpoint()
+            resume_step = ft.state.global_step if resume is not None else None
+            tracking.start(run_id, recipe, run_dir.with_name(run_id), resume_step=resume_step)
+            ft.train(stop_after_step=stop_after_step, on_epoch_end=on_epoch_end, on_log=tracking.log_progress)
+        if not world.is_main:
+            return run_dir  # rank 0 evaluates, writes the model and the reports, and finishes the directory
         metrics = ft.finalize()
         _record_privacy(ft, console)
         if generative:
@@ -150,6 +167,8 @@ def train(
         tracking.complete(run_dir, step=ft.state.global_step)
         final = finish_run(run_dir)
     except BaseException as err:
+        if not world.is_main:
+            raise  # rank 0 decides what happens to the run directory
         tracking.finish("KILLED" if ft is not None and ft.stopped_by_hook else status_of(err))
         # kept minimal (plain path checks): this also runs when memory is exhausted
         resumable = (run_dir / CHECKPOINTS_DIR / "last" / "trainer_state.json").is_file()
@@ -168,6 +187,54 @@ def train(
     else:
         _print_final(console, recipe, metrics, final)
     return final
+
+
+def train_rank(payload: dict[str, Any], data: Any) -> str:
+    """One rank of a job that :func:`~modelyard.training.launch.launch` started: the same ``train``, ranked."""
+    import yaml
+
+    from modelyard.config.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(yaml.safe_load(payload["recipe"]), base_dir=Path(payload["base_dir"]))
+    console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0")
+    resume = Path(payload["resume"]) if payload["resume"] else None
+    return str(train(recipe, resume=resume, console=console, stop_after_step=payload["stop_after_step"], data=data))
+
+
+def _start(recipe: Recipe, data: Any, kind: Any, world: World) -> tuple[str, Path]:
+    """Create the run directory with its inputs (rank 0) and share its path with every rank.
+
+    Ranks prepare the data themselves (the same recipe and seed give the same splits); their fingerprints are
+    compared, so a rank that read different data (another file at that path on another machine) fails now.
+    """
+    shared: dict[str, Any] = {}
+    if world.is_main:
+        try:
+            # a one-shot fit has nothing to resume: staged hidden, so even a SIGKILL leaves nothing visible
+            run_id, run_dir = start_run(recipe.resolve(recipe.output_dir), resumable=kind.trains_in_loop)
+            try:
+                with storage_errors("the run's recipe and splits", run_dir, "output_dir"):
+                    write_run_inputs(run_dir, recipe, data)
+            except BaseException:
+                discard_run(run_dir)  # nothing trained yet: no half-written run directory is left
+                raise
+            shared = {"run_id": run_id, "run_dir": str(run_dir)}
+        except Exception as err:
+            world.from_main({"error": str(err)})  # the other ranks stop with the same reason instead of waiting
+            raise
+    shared = world.from_main(shared)
+    if "error" in shared:
+        raise ModelyardError(f"rank 0 could not create the run directory: {shared['error']}")
+    fingerprints = world.gather_json(data.fingerprints)
+    for rank, seen in enumerate(fingerprints):
+        if seen != fingerprints[0]:
+            if world.is_main:
+                discard_run(Path(shared["run_dir"]))
+            raise ModelyardError(
+                f"rank {rank} prepared different data than rank 0 (fingerprints {seen} vs {fingerprints[0]}); "
+                "every machine must see the same data files at the recipe's paths"
+            )
+    return shared["run_id"], Path(shared["run_dir"])
 
 
 def _print_final(console: Console, recipe: Recipe, metrics: dict[str, Any], final: Path) -> None:
@@ -330,6 +397,8 @@ def _write_report_and_manifest(ft: FineTuneRecipe, run_id: str, t0: float, resum
         best_epoch=ft.state.best_epoch,
         stopped_early=ft.state.stopped_early,
         total_steps=ft.state.global_step,
+        distributed=ft.world.describe() | {"workers": ft.workers},
+        world_size=ft.world.size,
         **({"privacy": ft.dp.summary()} if ft.dp else {}),
         **augment_record(ft),
     )
