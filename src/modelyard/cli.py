@@ -270,16 +270,6 @@ def predict(
     print(output)
 
 
-def _is_multi_label(run_dir: Path) -> bool:
-    """Whether the model of a run directory (or model directory) learns label sets."""
-    from modelyard.models.loading import model_dir_of, read_model_meta
-
-    try:
-        return read_model_meta(model_dir_of(run_dir)).get("task") == "multi-label-classification"
-    except (ModelyardError, OSError, ValueError):
-        return False  # not a readable model: the command's own loading reports it
-
-
 @app.command()
 @friendly_errors
 def serve(
@@ -301,12 +291,37 @@ def serve(
         Path | None, typer.Option("--store", help="Registry store for NAME@ALIAS and API keys (default ~/.modelyard).")
     ] = None,
     db: Annotated[str | None, typer.Option("--db", help="Registry database URL (default: SQLite in store).")] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="uvicorn (one process) or ray: a Ray Serve deployment of --replicas copies of the same app "
+            "(pip install 'modelyard[ray]')."
+        ),
+    ] = "uvicorn",
+    replicas: Annotated[int, typer.Option(min=1, help="--backend ray: how many replicas serve requests.")] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="--backend ray: an existing Ray cluster (auto, ray://host:10001); default: a local one."),
+    ] = None,
 ) -> None:
     """Serve a run directory or NAME@ALIAS from the registry (POST /v1/predict, /healthz, /readyz, /docs, /metrics)."""
-    from modelyard.models.loading import model_dir_of
-    from modelyard.serving import serve as run_serve
+    from modelyard.serving.targets import Target
 
-    if "@" in str(run_dir) and not run_dir.exists():  # NAME@production: registry, API keys, log, hot swap
+    target = Target(str(run_dir), runtime=runtime, overrides=list(overrides or []), store=_opt(store), db=db)
+    if backend not in ("uvicorn", "ray"):
+        raise ModelyardError(f"--backend must be uvicorn or ray (got {backend!r})")
+    if replicas != 1 and backend != "ray":
+        raise ModelyardError("--replicas needs --backend ray (one uvicorn process serves one replica)")
+    if backend == "ray":
+        from modelyard.ops.monitor import monitor
+        from modelyard.serving.ray_serve import serve_on_ray
+
+        say = lambda line: err_console.print(line, markup=False, highlight=False)  # noqa: E731
+        serve_on_ray(
+            target, replicas=replicas, host=host, port=port, address=ray_address, drift_monitor=monitor, say=say
+        )
+        return
+    if target.is_registry:  # NAME@production: registry, API keys, log, hot swap
         from modelyard.ops.monitor import monitor
         from modelyard.serving.production import serve_registry
 
@@ -316,51 +331,22 @@ def serve(
         )
         return
     from modelyard.rundir import RunDir
+    from modelyard.serving.targets import build_app, run_loader
 
     cfg = RunDir(run_dir).serve_settings(overrides)
-    from modelyard.models.loading import check_model_files, require_classifier
-
-    check_model_files(model_dir_of(run_dir))  # fail fast on a bad path or a damaged file, before the server starts
-    require_classifier(run_dir, "serve")
-    if runtime == "auto":
-        from modelyard.compression.choice import choose_runtime
-
-        runtime, why = choose_runtime(run_dir, measure=True)
-        err_console.print(f"runtime auto → {runtime}: {why}", markup=False, highlight=False)
-    if runtime == "torch":
-        from modelyard.models.loading import load
-
-        loader = lambda: load(run_dir)  # noqa: E731
-    else:
-        from modelyard.compression import load_variant
-        from modelyard.compression.variants import check_runtime
-
-        check_runtime(runtime)  # names the replacement of a removed variant (dynamic-int8 → onnx-int8)
-        if _is_multi_label(run_dir):  # variants softmax one label; a label set needs per-label sigmoids
-            raise ModelyardError(
-                f"{run_dir} is a multi-label model; compressed runtimes ('{runtime}') cannot serve label sets yet; "
-                "serve it with --runtime torch"
-            )
-        if not (RunDir(run_dir).compressed_dir / runtime).is_dir():
-            raise ModelyardError(
-                f"{run_dir} has no '{runtime}' variant; "
-                f"create it with: modelyard compress {run_dir} --methods {runtime}"
-            )
-        from modelyard.compression.variants import check_variant
-
-        check_variant(run_dir, runtime)
-        loader = lambda: load_variant(run_dir, runtime)  # noqa: E731
+    say = lambda line: err_console.print(line, markup=False, highlight=False)  # noqa: E731
     if cfg.auth:  # serve.auth: true → API keys from the registry
-        from modelyard.registry import open_registry
-        from modelyard.serving import create_app
         from modelyard.serving.production import run_app
-        from modelyard.serving.security import install_auth
 
-        web = create_app(loader, cfg)
-        install_auth(web, open_registry(store, db).lookup_key, max_in_flight=cfg.max_in_flight_per_key)
-        run_app(web, cfg, host, port)
+        run_app(build_app(target, say=say), cfg, host, port)
         return
-    run_serve(loader, cfg, host=host, port=port)
+    from modelyard.serving import serve as run_serve
+
+    run_serve(run_loader(run_dir, runtime, say=say), cfg, host=host, port=port)
+
+
+def _opt(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 @app.command()

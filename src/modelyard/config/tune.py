@@ -88,6 +88,11 @@ class TuneConfig(_Stage):
     n_jobs: int = Field(
         1, ge=1, description="Trials run in parallel (threads; results are then not bit-for-bit reproducible)."
     )
+    ray_address: str | None = Field(
+        None,
+        description="--backend ray: an existing Ray cluster (`auto`, `ray://head:10001`) whose nodes run the trials; "
+        "null starts a local loopback-only instance. The recipe's output_dir must then be on storage every node sees.",
+    )
 
     @field_validator("space")
     @classmethod

@@ -97,8 +97,8 @@ def train(
     require_privacy(recipe, get_kind(recipe.model.type))  # train.privacy: a loop classifier, opacus installed
     require_distributed(recipe, get_kind(recipe.model.type))  # distributed: loop classifiers, no DP-SGD
     if recipe.distributed.backend != "none" and not launched():  # start the ranks; each comes back in here
-        if on_epoch_end is not None:
-            raise ModelyardError("per-epoch callbacks (tuning's pruning) cannot reach the ranks of a distributed run")
+        if on_epoch_end is not None:  # a tuning trial that is itself a distributed run
+            console.print("[yellow]note: per-epoch reports and pruning are off for a distributed run[/]")
         return launch(recipe, train_rank, resume=resume, data=data, stop_after_step=stop_after_step, console=console)
     world = current_world(recipe.distributed)
     world.join(pick_device(recipe.train.device))  # a rank of a torchrun / Ray Train job: its process group

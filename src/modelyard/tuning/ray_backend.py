@@ -5,6 +5,10 @@ metric after each epoch. Ray keeps its own bookkeeping under ``<tune dir>/ray/``
 ends every trial is copied into ``study.db`` (with its parameters, per-epoch values, state, run dir
 and error), so the tables, best recipe, report and clean-up are exactly those of the Optuna backend.
 
+On a cluster (``tune.ray_address``) Ray's scheduler spreads the trials over the nodes; a trial whose recipe
+has a ``distributed`` section is itself a torchrun job on its node (Ray reserves its workers' CPUs) or a Ray
+Train job across the cluster. Such trials report only their final value (the ranks cannot call back per epoch).
+
 Not supported here: pruning (a Ray scheduler stops a trial by killing its worker, which would leave
 a half-written run behind) and ``--resume``.
 """
@@ -83,14 +87,17 @@ def run_ray(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = False
     if not ray.is_initialized():
-        ray.init(
-            address="local",
-            num_cpus=max(2, cfg.n_jobs),
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=False,
-            logging_level="ERROR",
-        )
+        if cfg.ray_address is None:
+            ray.init(
+                address="local",
+                num_cpus=max(2, cfg.n_jobs),
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                log_to_driver=False,
+                logging_level="ERROR",
+            )
+        else:  # a cluster: its scheduler spreads the trials over the nodes
+            ray.init(address=cfg.ray_address, log_to_driver=False, logging_level="ERROR")
         started = True
     try:
         search = OptunaSearch(
@@ -100,7 +107,9 @@ def run_ray(
             sampler=optuna.samplers.TPESampler(seed=cfg.seed),
             points_to_evaluate=[baseline] if baseline else None,
         )
-        trainable = ray_tune.with_resources(ray_tune.with_parameters(_trainable, settings=settings), {"cpu": 1})
+        trainable = ray_tune.with_resources(
+            ray_tune.with_parameters(_trainable, settings=settings), trial_resources(settings.recipe)
+        )
         tuner = ray_tune.Tuner(
             trainable,
             tune_config=ray_tune.TuneConfig(search_alg=search, num_samples=n_trials, max_concurrent_trials=cfg.n_jobs),
@@ -111,6 +120,13 @@ def run_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def trial_resources(recipe: Any) -> dict[str, float]:
+    """What Ray reserves for one trial: a CPU, or the CPUs of the torchrun processes a distributed trial starts on
+    its node (a ``distributed.backend: ray`` trial asks Ray for its workers itself)."""
+    dist = recipe.distributed
+    return {"cpu": float(dist.workers) if dist.backend == "torchrun" else 1.0}
 
 
 def _record(
