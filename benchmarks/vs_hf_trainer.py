@@ -1,6 +1,6 @@
 """Fine-tuning speed against Hugging Face ``Trainer``: the same backbone, data and hyperparameters, side by side.
 
-    python benchmarks/vs_hf_trainer.py [--sample 4000] [--precision fp32|bf16] [--epochs 1] [--threads N]
+    python benchmarks/vs_hf_trainer.py [--sample 4000] [--precision fp32|bf16] [--epochs 1] [--threads N] [--compile]
 
 Both sides fine-tune the bundled MiniLM-L6 on the same Rotten Tomatoes training split (the quickstart recipe,
 ``data.sample`` rows), batch 32, learning rate 1e-4 with 6% linear warm-up, weight decay 0.01, gradient clipping
@@ -33,7 +33,7 @@ from typing import Any
 HYPER = {"batch_size": 32, "learning_rate": 1.0e-4, "warmup_ratio": 0.06, "weight_decay": 0.01, "max_grad_norm": 1.0}
 
 
-def _modelyard(out: Path, sample: int, precision: str, epochs: int, threads: int) -> dict[str, Any]:
+def _modelyard(out: Path, sample: int, precision: str, epochs: int, threads: int, compile_: bool) -> dict[str, Any]:
     from rich.console import Console
 
     from modelyard.quickstart import quickstart_recipe
@@ -44,6 +44,7 @@ def _modelyard(out: Path, sample: int, precision: str, epochs: int, threads: int
         f"train.precision={precision}",
         f"train.epochs={epochs}",
         f"train.num_threads={threads}",
+        f"train.compile={str(compile_).lower()}",
         *(f"train.{k}={v}" for k, v in HYPER.items()),
     ]
     recipe = quickstart_recipe(out / "runs", overrides)
@@ -124,7 +125,7 @@ def _trainer(run: Path, precision: str, epochs: int, threads: int) -> dict[str, 
 def _side(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if args.side == "modelyard":
-        row = _modelyard(Path(args.out), args.sample, args.precision, args.epochs, args.threads)
+        row = _modelyard(Path(args.out), args.sample, args.precision, args.epochs, args.threads, args.compile)
     else:
         row = _trainer(Path(args.run), args.precision, args.epochs, args.threads)
     row["wall_s"] = time.perf_counter() - t0
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--compile", action="store_true", help="modelyard side with train.compile=true")
     parser.add_argument("--side", choices=["modelyard", "trainer"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
@@ -156,11 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     common = ["--precision", args.precision, "--epochs", str(args.epochs), "--threads", str(args.threads)]
     with tempfile.TemporaryDirectory() as out:
-        ours = _spawn(["--side", "modelyard", "--out", out, "--sample", str(args.sample), *common])
+        ours = _spawn(
+            ["--side", "modelyard", "--out", out, "--sample", str(args.sample), *common]
+            + (["--compile"] if args.compile else [])
+        )
         theirs = _spawn(["--side", "trainer", "--run", ours["run"], *common])
     print(
         f"MiniLM-L6 on {ours['n_train']} Rotten Tomatoes training texts × {args.epochs} epoch(s), {args.precision}, "
         f"{args.threads} threads, batch {HYPER['batch_size']}"
+        + (", modelyard with torch.compile" if args.compile else "")
     )
     print(f"{'':22} {'samples/s':>10} {'train s':>8} {'wall s':>7} {'peak MiB':>9} {'test acc':>9}")
     for name, row in (("transformers.Trainer", theirs), ("modelyard", ours)):

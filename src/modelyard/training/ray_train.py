@@ -36,7 +36,7 @@ def launch_ray(
         from ray.train.torch import TorchConfig, TorchTrainer
     except ImportError as err:
         raise ModelyardError(
-            f"distributed.backend: ray needs Ray Train ({err.name} is missing): pip install 'modelyard[tune-ray]'"
+            f"distributed.backend: ray needs Ray Train ({err.name} is missing): pip install 'modelyard[ray]'"
         ) from None
     import torch
 
