@@ -56,9 +56,9 @@ def test_launcher_environment_is_detected(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_recipes_distributed_training_does_not_cover_are_refused(tmp_path, tiny_backbone) -> None:
-    from modelyard.kinds import get_kind
-
     import yaml
+
+    from modelyard.kinds import get_kind
 
     path = write_tiny_recipe(tmp_path, tmp_path / "x.csv", tiny_backbone)
     raw = yaml.safe_load(path.read_text()) | {"model": {"type": "tfidf-logreg"}}
