@@ -90,6 +90,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Host → device. On CUDA from pinned memory with a non-blocking copy, so the copy of the next batch overlaps the
+    kernels still queued from this one (what a DataLoader's ``pin_memory=True`` buys, without worker processes)."""
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in tensors.items()}
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
 class TextBatches:
     """Token-id splits: length-grouped shuffled batches, right-padded per batch."""
 
@@ -109,7 +117,7 @@ class TextBatches:
     def inputs(self, idx: np.ndarray, epoch: int, batch: int) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` of one batch, on the device."""
         train = self.splits["train"]
-        return {k: v.to(self.device) for k, v in pad_batch([train.ids[i] for i in idx], self.pad_id).items()}
+        return to_device(pad_batch([train.ids[i] for i in idx], self.pad_id), self.device)
 
     def predict(self, model: torch.nn.Module, split: str, dtype: torch.dtype | None) -> tuple[np.ndarray, float | None]:
         """Probabilities and mean loss on one split."""
