@@ -155,7 +155,7 @@ def train(
             tracking.start(run_id, recipe, run_dir.with_name(run_id), resume_step=resume_step)
             ft.train(stop_after_step=stop_after_step, on_epoch_end=on_epoch_end, on_log=tracking.log_progress)
         if not world.is_main:
-            return run_dir  # rank 0 evaluates, writes the model and the reports, and finishes the directory
+            return run_dir.with_name(run_id)  # where rank 0 finishes the run (it evaluates and writes the outputs)
         metrics = ft.finalize()
         _record_privacy(ft, console)
         if generative:
