@@ -168,7 +168,10 @@ class World:
         latest = max(b["step"] for b in beats)
         now = time.time()
         behind = sorted((b for b in beats if b["rank"] != self.rank), key=lambda b: (b["step"], b["time"]))
-        culprit = next((b for b in behind if b["step"] < latest or now - b["time"] > self.timeout_s), None)
+        # a rank whose process is gone (same host), else one that fell behind or went quiet past the timeout
+        culprit = next((b for b in behind if _process_gone(b)), None) or next(
+            (b for b in behind if b["step"] < latest or now - b["time"] > self.timeout_s), None
+        )
         if culprit is None:
             missing = sorted(set(range(self.size)) - {b["rank"] for b in beats})
             if missing:
@@ -177,7 +180,7 @@ class World:
         state = "died" if _process_gone(culprit) else "stopped responding"
         return (
             f"rank {culprit['rank']} on host {culprit['host']} (pid {culprit['pid']}) {state}: its last heartbeat was "
-            f"step {culprit['step']}, {now - culprit['time']:.0f} s ago, while rank {self.rank} reached step {latest} "
+            f"step {culprit['step']}, {now - culprit['time']:.0f} s ago, while the run had reached step {latest} "
             f"(distributed.timeout_s={self.timeout_s:g}); the run failed instead of hanging ({first})"
         )
 
