@@ -88,3 +88,43 @@ def test_a_failed_job_names_each_rank_earliest_first() -> None:
     assert "rank 1 on host" in text and "(pid 4242) killed by SIGKILL" in text
     assert "rank 0" in text and "exited with status 1: ModelyardError: rank 1 stopped responding" in text
     assert isinstance(ModelyardError(text), ModelyardError)
+
+
+class _Beats:
+    def __init__(self, beats: list[dict]) -> None:
+        self.beats = beats
+
+    def read(self) -> list[dict]:
+        return self.beats
+
+
+def test_a_failed_collective_names_the_dead_or_stalled_rank() -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    host, now = socket.gethostname(), time.time()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)  # a process that has exited
+    world = World(rank=0, size=3, timeout_s=10, host=host)
+    err = RuntimeError("Connection closed by peer\nmore gloo detail")
+
+    def message(beats: list[dict]) -> str:
+        with pytest.raises(ModelyardError) as caught, world.failures_named(_Beats(beats)):
+            raise err
+        return str(caught.value)
+
+    me = {"rank": 0, "host": host, "pid": os.getpid(), "step": 12, "time": now}
+    alive = {"rank": 1, "host": host, "pid": os.getpid(), "step": 12, "time": now}
+    dead = {"rank": 2, "host": host, "pid": dead_pid, "step": 12, "time": now}
+    text = message([me, alive, dead])
+    assert text.startswith(f"rank 2 on host {host} (pid {dead_pid}) died") and "Connection closed by peer" in text
+    stalled = {**alive, "step": 9, "time": now - 30}
+    text = message([me, stalled, {**dead, "pid": os.getpid()}])
+    assert text.startswith("rank 1 on host") and "stopped responding" in text and "step 9, 30 s ago" in text
+    assert message([me, alive]).startswith("rank 2 never reported a heartbeat")
+    # one process: a RuntimeError is not a distributed failure and passes through unchanged
+    with pytest.raises(RuntimeError, match="Connection closed"), World().failures_named(None):
+        raise err
