@@ -154,7 +154,14 @@ class _OrtModel:
             opts.intra_op_num_threads = num_threads
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        from modelyard.compression.fusion import DISABLED_OPTIMIZERS
+
+        self.session = ort.InferenceSession(
+            str(path),
+            sess_options=opts,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(DISABLED_OPTIMIZERS),  # keep the unfused SkipLayerNormalization unfused
+        )
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
