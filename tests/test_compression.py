@@ -346,7 +346,7 @@ def test_served_sessions_do_not_fuse_skip_layer_norm_back(compressed: tuple[Path
     import onnx
     import onnxruntime as ort
 
-    from modelyard.compression.fusion import DISABLED_OPTIMIZERS
+    from modelyard.compression.variants import DISABLED_OPTIMIZERS
 
     run, _ = compressed
     for method in ("onnx", "onnx-int8"):

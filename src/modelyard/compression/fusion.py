@@ -221,11 +221,6 @@ def replace_nodes(graph: Any, nodes: list[Any]) -> None:
     _drop_dead_nodes(graph)
 
 
-# ONNX Runtime graph transformers the sessions of a variant turn off (``InferenceSession(disabled_optimizers=…)``):
-# SkipLayerNormFusion would put back what :func:`unfuse_skip_layer_norm` took apart.
-DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
-
-
 def unfuse_skip_layer_norm(model: Any) -> int:
     """Replace each ``SkipLayerNormalization`` by ``Add`` (bias) + ``Add`` (residual) + ``LayerNormalization``.
 
@@ -233,7 +228,7 @@ def unfuse_skip_layer_norm(model: Any) -> int:
     for 25 rows where the three plain nodes take 17 µs, and 1.1 ms against 0.32 ms for 800 rows (batch 32) — so the
     fusion costs the quickstart MiniLM's int8 graph about a quarter of its time (batch 1: 2.44 → 1.80 ms; batch 32:
     102 → 73 ms). The optimizer still matches it (its ``Attention`` fusion starts from that pattern); it is taken
-    apart afterwards, and sessions load with :data:`DISABLED_OPTIMIZERS` so ONNX Runtime does not fuse it back.
+    apart afterwards, and sessions load with ``variants.DISABLED_OPTIMIZERS`` so ONNX Runtime does not fuse it back.
     Only nodes whose extra outputs (mean, inverse std, sum) nothing reads are replaced. Returns how many were.
     """
     from onnx import helper

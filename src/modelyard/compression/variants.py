@@ -132,6 +132,11 @@ class TorchClassifier(VariantClassifier):
         self.variant_path = model_dir if runtime != "torch" else None
 
 
+# ONNX Runtime graph transformers every variant session turns off (``InferenceSession(disabled_optimizers=…)``):
+# SkipLayerNormFusion would put back what ``fusion.unfuse_skip_layer_norm`` took apart (its CPU kernel is slower).
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
 class _OrtModel:
     """Adapter: an ONNX Runtime session called like a ``transformers`` sequence classifier.
 
@@ -154,8 +159,6 @@ class _OrtModel:
             opts.intra_op_num_threads = num_threads
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        from modelyard.compression.fusion import DISABLED_OPTIMIZERS
-
         self.session = ort.InferenceSession(
             str(path),
             sess_options=opts,
