@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from modelyard.config import load_recipe
 from modelyard.errors import ModelyardError
 from modelyard.training.run import train
 from tests.conftest import synthetic_sentiment, write_tiny_recipe
+from tests.production_helpers import free_port
 
 pytestmark = pytest.mark.distributed
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -114,18 +114,12 @@ def test_interrupted_two_process_run_resumes_exactly(tiny_backbone: Path, tmp_pa
     assert _max_diff(_weights(resumed), _weights(reference)) <= 1e-6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_nodes_on_one_machine(tiny_backbone: Path, tmp_path: Path) -> None:
     """`torchrun --nnodes 2`: two launchers (one per "node") meet at a loopback c10d rendezvous."""
     data = tmp_path / "reviews.csv"
     synthetic_sentiment(240).to_csv(data, index=False)
     recipe = write_tiny_recipe(tmp_path, data, tiny_backbone, epochs=1)
-    port = _free_port()
+    port = free_port()
     nodes = [
         subprocess.Popen(
             [
@@ -221,7 +215,7 @@ def test_ray_serve_two_replicas_keep_the_http_contract(served_run: Path, tmp_pat
 
     registry = open_registry(tmp_path / "store")
     key = registry.create_key(["predict"])
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "modelyard", "serve", str(served_run), "serve.auth=true", "--store"]
     cmd += [str(tmp_path / "store"), "--backend", "ray", "--replicas", "2", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
